@@ -1,0 +1,96 @@
+// Dispatch and combine: carry each token to the ranks holding its experts, laid out expert by
+// expert, and bring the weighted results home. Forward and backward.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "moecomm/export.hpp"
+#include "moecomm/group.hpp"
+#include "moecomm/types.hpp"
+
+namespace moecomm {
+
+// Where the tokens of this rank go, computed locally from topk_idx (no communication).
+struct DispatchLayout {
+  std::vector<int64_t> tokens_per_rank;    // [ranks]: tokens sent to each rank (once per rank)
+  std::vector<int64_t> tokens_per_expert;  // [E]: routed slots per global expert
+  std::vector<uint8_t> is_token_in_rank;   // [T * ranks], row-major
+};
+
+MOECOMM_API DispatchLayout computeLayout(const Group& group, const TensorView& topk_idx);
+
+struct DispatchOptions {
+  int expert_alignment = 1;  // pad each local expert's rows to a multiple of this (>= 1)
+};
+
+// Everything combine and the backward passes need to reuse a dispatch's layout without exchanging
+// counts again. Cheap to copy; valid for the group that made it.
+class MOECOMM_API DispatchHandle {
+ public:
+  struct Impl;
+  DispatchHandle() = default;
+  explicit DispatchHandle(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+  bool valid() const noexcept { return impl_ != nullptr; }
+  const Impl* impl() const noexcept { return impl_.get(); }
+
+  int64_t numRows() const noexcept;      // rows of the expert-major layout, padding included
+  int64_t numTokens() const noexcept;    // T of the dispatching rank
+
+ private:
+  std::shared_ptr<const Impl> impl_;
+};
+
+// The received tokens, expert-major: for local expert e, rows [offsets[e], offsets[e] + counts[e])
+// hold the tokens routed to it, ordered by source rank and then by source token index; rows from
+// offsets[e] + counts[e] up to offsets[e + 1] are alignment padding (zeros, weight 0).
+struct ExpertBatch {
+  Tensor x;                             // [num_rows, H], dispatch dtype
+  Tensor row_weights;                   // [num_rows] f32: the routing weight of each row
+  std::vector<int64_t> expert_counts;   // [local experts] real rows
+  std::vector<int64_t> expert_offsets;  // [local experts + 1], multiples of the alignment
+  std::vector<int64_t> tokens_from_rank;  // [ranks] tokens received from each rank
+  DispatchHandle handle;
+};
+
+// All calls are collective over the group and synchronous on CPU. On error they throw moecomm::Error
+// on every rank (the rank with the bad input gets its own error, the others kRemoteError naming it)
+// and caller-provided outputs are left untouched: an output is written only when the call succeeds.
+class MOECOMM_API Dispatcher {
+ public:
+  explicit Dispatcher(Group& group, const DispatchOptions& options = {});
+  ~Dispatcher();
+  Dispatcher(Dispatcher&&) noexcept;
+  Dispatcher& operator=(Dispatcher&&) noexcept;
+
+  // x [T, H] in the group dtype; topk_idx [T, k] i32 or i64 (-1 = unused slot); topk_weights [T, k]
+  // f32. Each token travels once per destination rank, with its weights for that rank's experts.
+  ExpertBatch dispatch(const TensorView& x, const TensorView& topk_idx,
+                       const TensorView& topk_weights, ExecContext context = {});
+
+  // y [num_rows, H] (f32 or bf16, the expert outputs in the batch's layout) -> out [T, H] of y's
+  // dtype: out[t] = sum over t's slots of weight * y[row], reduced per rank before sending back, in
+  // f32. A token with no valid slot gets zeros.
+  void combine(const TensorView& y, const DispatchHandle& handle, const TensorView& out,
+               ExecContext context = {});
+  Tensor combine(const TensorView& y, const DispatchHandle& handle, ExecContext context = {});
+
+  // Backward of dispatch: grad_x[t] = sum over t's rows of grad_rows[row] (no weights).
+  void dispatchBackward(const TensorView& grad_rows, const DispatchHandle& handle,
+                        const TensorView& grad_x, ExecContext context = {});
+
+  // Backward of combine: grad_y[row] = weight(row) * grad_out[t(row)] (zero on padding rows) and
+  // grad_weights[t, j] = <grad_out[t], y[row(t, j)]> (zero for unused slots). grad_out, y, grad_y
+  // share one dtype; grad_weights is [T, k] f32.
+  void combineBackward(const TensorView& grad_out, const TensorView& y,
+                       const DispatchHandle& handle, const TensorView& grad_y,
+                       const TensorView& grad_weights, ExecContext context = {});
+
+  struct State;
+
+ private:
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace moecomm

@@ -1,0 +1,124 @@
+/* moecomm C ABI, in NCCL's style: opaque handles, status codes, config structs that start with
+ * size/magic/version and grow without breaking callers. No exception crosses it. */
+#ifndef MOECOMM_H_
+#define MOECOMM_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moecomm/version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define MOECOMM_C_API
+#else
+#define MOECOMM_C_API __attribute__((visibility("default")))
+#endif
+
+typedef enum {
+  moecommSuccess = 0,
+  moecommInvalidArgument = 1,
+  moecommInvalidUsage = 2,
+  moecommSystemError = 3,
+  moecommInternalError = 4,
+  moecommRemoteError = 5,
+  moecommTimeout = 6,
+  moecommInProgress = 7,
+  moecommNumResults = 8
+} moecommResult_t;
+
+typedef enum {
+  moecommFloat32 = 0,
+  moecommBfloat16 = 1,
+  moecommFloat16 = 2,
+  moecommFp8E4M3 = 3,
+  moecommInt32 = 4,
+  moecommInt64 = 5
+} moecommDataType_t;
+
+typedef enum { moecommDeviceCpu = 0, moecommDeviceCuda = 1 } moecommDeviceType_t;
+
+/* A framework-free tensor descriptor: contiguous rows, row-major. */
+typedef struct {
+  void* data;
+  moecommDataType_t dtype;
+  moecommDeviceType_t device_type;
+  int device_index;
+  int ndim;
+  int64_t sizes[4];
+} moecommTensor_t;
+
+typedef struct moecommWorld* moecommWorld_t;   /* ranks that are threads of one process */
+typedef struct moecommGroup* moecommGroup_t;   /* one rank's membership of a group */
+typedef struct moecommHandle* moecommHandle_t; /* one dispatch: expert batch and layout */
+
+#define MOECOMM_CONFIG_MAGIC 0x4d4f4531u
+#define MOECOMM_ABI_VERSION 1u
+
+typedef struct {
+  size_t size;          /* sizeof(moecommConfig_t) as the caller compiled it */
+  unsigned int magic;   /* MOECOMM_CONFIG_MAGIC */
+  unsigned int version; /* MOECOMM_ABI_VERSION */
+  int num_experts;
+  int hidden;
+  moecommDataType_t dtype; /* dispatch payload: moecommFloat32 or moecommBfloat16 */
+  int topk;
+  int64_t timeout_ms;    /* 0: MOECOMM_TIMEOUT_MS or 300000 */
+  const char* transport; /* NULL or "auto": MOECOMM_TRANSPORT, else the best available */
+  int expert_alignment;  /* 0 here means 1 (no padding) */
+} moecommConfig_t;
+
+#define MOECOMM_CONFIG_INIT \
+  { sizeof(moecommConfig_t), MOECOMM_CONFIG_MAGIC, MOECOMM_ABI_VERSION, 0, 0, moecommBfloat16, 0, 0, NULL, 0 }
+
+MOECOMM_C_API const char* moecommGetErrorString(moecommResult_t result);
+/* The last error message of `group`'s rank, or of this thread's last call when group is NULL. The
+ * pointer stays valid until the next call on the same group or thread. */
+MOECOMM_C_API const char* moecommGetLastError(moecommGroup_t group);
+MOECOMM_C_API moecommResult_t moecommGetVersion(int* version);
+
+MOECOMM_C_API moecommResult_t moecommWorldCreate(int nranks, moecommWorld_t* world);
+MOECOMM_C_API moecommResult_t moecommWorldDestroy(moecommWorld_t world);
+
+/* Collective: call once per rank, each from its own thread. *group is set only on success. */
+MOECOMM_C_API moecommResult_t moecommGroupCreate(moecommWorld_t world, int rank,
+                                                 const moecommConfig_t* config,
+                                                 moecommGroup_t* group);
+MOECOMM_C_API moecommResult_t moecommGroupDestroy(moecommGroup_t group);
+MOECOMM_C_API moecommResult_t moecommGroupRank(moecommGroup_t group, int* rank);
+MOECOMM_C_API moecommResult_t moecommGroupSize(moecommGroup_t group, int* size);
+
+/* x [T, hidden]; topk_idx [T, topk] int32/int64; topk_weights [T, topk] float32. *handle is set only
+ * on success and owns the expert batch until moecommHandleDestroy. stream: NULL on CPU. */
+MOECOMM_C_API moecommResult_t moecommDispatch(moecommGroup_t group, const moecommTensor_t* x,
+                                              const moecommTensor_t* topk_idx,
+                                              const moecommTensor_t* topk_weights,
+                                              moecommHandle_t* handle, void* stream);
+/* Views of the batch the handle owns. counts has local-experts entries, offsets one more; any
+ * output pointer may be NULL. */
+MOECOMM_C_API moecommResult_t moecommHandleGetBatch(moecommHandle_t handle, moecommTensor_t* x,
+                                                    moecommTensor_t* row_weights,
+                                                    int64_t* expert_counts,
+                                                    int64_t* expert_offsets);
+MOECOMM_C_API moecommResult_t moecommHandleDestroy(moecommHandle_t handle);
+
+MOECOMM_C_API moecommResult_t moecommCombine(moecommGroup_t group, const moecommTensor_t* y,
+                                             moecommHandle_t handle, const moecommTensor_t* out,
+                                             void* stream);
+MOECOMM_C_API moecommResult_t moecommDispatchBackward(moecommGroup_t group,
+                                                      const moecommTensor_t* grad_rows,
+                                                      moecommHandle_t handle,
+                                                      const moecommTensor_t* grad_x, void* stream);
+MOECOMM_C_API moecommResult_t moecommCombineBackward(
+    moecommGroup_t group, const moecommTensor_t* grad_out, const moecommTensor_t* y,
+    moecommHandle_t handle, const moecommTensor_t* grad_y, const moecommTensor_t* grad_weights,
+    void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOECOMM_H_ */

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job: install what is missing, build in Release, run one 4-rank in-process MoE step that
+# routes, dispatches, transforms per expert, combines and checks itself against a dense reference.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+build=${MOECOMM_BUILD_DIR:-build}
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOECOMM_BUILD_TESTS=OFF
+cmake --build "$build" --target moe_step
+"$build/examples/moe_step"

@@ -1,0 +1,23 @@
+// How ranks find each other: rank, size, all-gather and barrier, separate from the transport that
+// moves the data (as gloo keeps its Store apart from its pairs). Implementations: src/bootstrap/.
+#pragma once
+
+#include <cstddef>
+
+#include "src/core/deadline.hpp"
+#include "src/core/status.hpp"
+
+namespace moecomm {
+
+class Bootstrap {
+ public:
+  virtual ~Bootstrap() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Every rank contributes `bytes` from `in`; `out` receives size() * bytes, rank-ordered. Every rank
+  // must pass the same `bytes`. Fails with kTimeout naming the ranks that did not arrive.
+  virtual Status allGather(const void* in, void* out, size_t bytes, Deadline deadline) = 0;
+  virtual Status barrier(Deadline deadline) = 0;
+};
+
+}  // namespace moecomm

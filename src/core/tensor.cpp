@@ -1,0 +1,92 @@
+#include <fmt/format.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "moecomm/types.hpp"
+
+namespace moecomm {
+
+size_t dtypeSize(DType dtype) noexcept {
+  switch (dtype) {
+    case DType::kF32: return 4;
+    case DType::kBF16: return 2;
+    case DType::kF16: return 2;
+    case DType::kFP8E4M3: return 1;
+    case DType::kI32: return 4;
+    case DType::kI64: return 8;
+  }
+  return 0;
+}
+
+const char* dtypeName(DType dtype) noexcept {
+  switch (dtype) {
+    case DType::kF32: return "f32";
+    case DType::kBF16: return "bf16";
+    case DType::kF16: return "f16";
+    case DType::kFP8E4M3: return "fp8e4m3";
+    case DType::kI32: return "i32";
+    case DType::kI64: return "i64";
+  }
+  return "unknown";
+}
+
+TensorView TensorView::vector(void* data, DType dtype, int64_t n, Device device) {
+  TensorView v;
+  v.data = data;
+  v.dtype = dtype;
+  v.device = device;
+  v.ndim = 1;
+  v.shape[0] = n;
+  return v;
+}
+
+TensorView TensorView::matrix(void* data, DType dtype, int64_t rows, int64_t cols, Device device) {
+  TensorView v = vector(data, dtype, rows, device);
+  v.ndim = 2;
+  v.shape[1] = cols;
+  return v;
+}
+
+int64_t TensorView::numel() const noexcept {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+std::string TensorView::describe() const {
+  std::string dims;
+  for (int i = 0; i < ndim; ++i) dims += fmt::format("{}{}", i ? ", " : "", shape[i]);
+  return fmt::format("{}[{}] {}", dtypeName(dtype), dims,
+                     device.kind == DeviceKind::kCpu ? "cpu" : "cuda");
+}
+
+Tensor Tensor::empty(std::initializer_list<int64_t> shape, DType dtype) {
+  Tensor t;
+  t.view_.dtype = dtype;
+  t.view_.ndim = static_cast<int>(shape.size());
+  if (t.view_.ndim > kMaxDims) throw std::invalid_argument("moecomm::Tensor: at most 4 dims");
+  int i = 0;
+  for (int64_t d : shape) {
+    if (d < 0) throw std::invalid_argument(fmt::format("moecomm::Tensor: negative dim {}", d));
+    t.view_.shape[i++] = d;
+  }
+  size_t bytes = t.view_.bytes();
+  size_t rounded = (bytes + 63) / 64 * 64;
+  if (rounded == 0) rounded = 64;
+  void* memory = std::aligned_alloc(64, rounded);
+  if (memory == nullptr) throw std::bad_alloc();
+  t.storage_ = std::shared_ptr<std::byte>(static_cast<std::byte*>(memory),
+                                          [](std::byte* p) { std::free(p); });
+  t.view_.data = memory;
+  return t;
+}
+
+Tensor Tensor::zeros(std::initializer_list<int64_t> shape, DType dtype) {
+  Tensor t = empty(shape, dtype);
+  std::memset(t.data(), 0, t.bytes());
+  return t;
+}
+
+}  // namespace moecomm

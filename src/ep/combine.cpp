@@ -1,0 +1,224 @@
+// Combine and the backward passes, all reusing the layout a dispatch recorded in its handle.
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/rows.hpp"
+#include "src/core/tensor_checks.hpp"
+#include "src/ep/dispatcher_state.hpp"
+
+namespace moecomm {
+
+namespace {
+
+size_t rowBytes(const TensorView& v) { return static_cast<size_t>(v.shape[1]) * dtypeSize(v.dtype); }
+
+Status checkExpectedSizes(const Group::Impl& group, const Staging& staging,
+                          const std::vector<int64_t>& counts, size_t per_token, WireOp op) {
+  for (int p = 0; p < group.size; ++p) {
+    const size_t expected = sizeof(WireHeader) + static_cast<size_t>(counts[p]) * per_token;
+    if (staging.received[p] != expected) {
+      return makeError(StatusCode::kInternalError, "rank {}: {} message from rank {} has {} bytes, "
+                       "expected {}", group.rank, wireOpName(op), p, staging.received[p], expected);
+    }
+  }
+  return Status::ok();
+}
+
+std::vector<int64_t> sendCounts(const DispatchHandle::Impl& h) {
+  std::vector<int64_t> counts;
+  for (const auto& tokens : h.send_tokens) counts.push_back(static_cast<int64_t>(tokens.size()));
+  return counts;
+}
+
+// The checks shared by combine and dispatchBackward: rows [num_rows, H] f32|bf16, out [T, H] same.
+Status checkReduceInputs(const Group::Impl& group, const DispatchHandle& handle,
+                         const TensorView& rows, const TensorView& out, const char* rows_name,
+                         const char* out_name) {
+  MOECOMM_RETURN_IF_ERROR(checkHandle(handle, group));
+  const DispatchHandle::Impl& h = *handle.impl();
+  MOECOMM_RETURN_IF_ERROR(
+      checkMatrix(rows_name, rows, h.num_rows, h.hidden, {DType::kF32, DType::kBF16}));
+  return checkMatrix(out_name, out, h.tokens, h.hidden, {rows.dtype});
+}
+
+// Expert rows -> per-token sums on the receiving rank -> back to the source ranks -> summed per
+// token over ranks. `weighted` applies the routing weight of each row (combine) or not
+// (dispatchBackward).
+Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
+                       const DispatchHandle& handle, const TensorView& out, bool weighted,
+                       WireOp op) {
+  Group::Impl& group = *state.group;
+  Staging& staging = state.staging;
+  const uint64_t sequence = group.takeSequence();
+  staging.prepare(group.size);
+  Status local = checkReduceInputs(group, handle, rows, out, weighted ? "y" : "grad_rows",
+                                   weighted ? "out" : "grad_x");
+  if (!local.isOk()) return exchange(group, staging, op, sequence, 0, local);
+
+  const DispatchHandle::Impl& h = *handle.impl();
+  const int k = h.topk;
+  const int64_t hidden = h.hidden;
+  const bool bf16 = rows.dtype == DType::kBF16;
+  const size_t row_bytes = rowBytes(rows);
+  std::vector<float> acc(static_cast<size_t>(hidden));
+  int64_t g = 0;
+  for (int p = 0; p < group.size; ++p) {
+    std::byte* payload =
+        staging.sendPayload(p, static_cast<size_t>(h.recv_tokens[p]) * row_bytes, op, sequence,
+                            h.recv_tokens[p]);
+    for (int64_t i = 0; i < h.recv_tokens[p]; ++i, ++g) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int j = 0; j < k; ++j) {
+        const int64_t row = h.recv_rows[g * k + j];
+        if (row < 0) continue;
+        const float weight = weighted ? h.row_weights[row] : 1.0f;
+        cpu::accumulateRow(acc.data(), static_cast<const std::byte*>(rows.data) + row * row_bytes,
+                           bf16, weight, hidden);
+      }
+      cpu::storeRow(payload + i * row_bytes, bf16, acc.data(), hidden);
+    }
+  }
+  const std::vector<int64_t> counts = sendCounts(h);
+  for (int p = 0; p < group.size; ++p) staging.expect(p, static_cast<size_t>(counts[p]) * row_bytes);
+  MOECOMM_RETURN_IF_ERROR(exchange(group, staging, op, sequence, 0, Status::ok()));
+  MOECOMM_RETURN_IF_ERROR(checkExpectedSizes(group, staging, counts, row_bytes, op));
+
+  // Sum over ranks in rank order (deterministic), in f32, then write the output once.
+  std::vector<float> total(static_cast<size_t>(h.tokens * hidden), 0.0f);
+  for (int p = 0; p < group.size; ++p) {
+    const std::byte* payload = staging.recvPayload(p);
+    for (size_t i = 0; i < h.send_tokens[p].size(); ++i) {
+      const int64_t t = h.send_tokens[p][i];
+      cpu::accumulateRow(total.data() + t * hidden, payload + i * row_bytes, bf16, 1.0f, hidden);
+    }
+  }
+  for (int64_t t = 0; t < h.tokens; ++t) {
+    cpu::storeRow(static_cast<std::byte*>(out.data) + t * row_bytes, bf16,
+                  total.data() + t * hidden, hidden);
+  }
+  return Status::ok();
+}
+
+Status checkCombineBackwardInputs(const Group::Impl& group, const DispatchHandle& handle,
+                                  const TensorView& grad_out, const TensorView& y,
+                                  const TensorView& grad_y, const TensorView& grad_weights) {
+  MOECOMM_RETURN_IF_ERROR(checkHandle(handle, group));
+  const DispatchHandle::Impl& h = *handle.impl();
+  MOECOMM_RETURN_IF_ERROR(
+      checkMatrix("grad_out", grad_out, h.tokens, h.hidden, {DType::kF32, DType::kBF16}));
+  MOECOMM_RETURN_IF_ERROR(checkMatrix("y", y, h.num_rows, h.hidden, {grad_out.dtype}));
+  MOECOMM_RETURN_IF_ERROR(checkMatrix("grad_y", grad_y, h.num_rows, h.hidden, {grad_out.dtype}));
+  return checkMatrix("grad_weights", grad_weights, h.tokens, h.topk, {DType::kF32});
+}
+
+Status runCombineBackward(Dispatcher::State& state, const TensorView& grad_out, const TensorView& y,
+                          const DispatchHandle& handle, const TensorView& grad_y,
+                          const TensorView& grad_weights) {
+  Group::Impl& group = *state.group;
+  Staging& staging = state.staging;
+  const uint64_t sequence = group.takeSequence();
+  staging.prepare(group.size);
+  Status local = checkCombineBackwardInputs(group, handle, grad_out, y, grad_y, grad_weights);
+  if (!local.isOk()) return exchange(group, staging, WireOp::kCombineBackwardGrad, sequence, 0, local);
+
+  const DispatchHandle::Impl& h = *handle.impl();
+  const int k = h.topk;
+  const int64_t hidden = h.hidden;
+  const bool bf16 = grad_out.dtype == DType::kBF16;
+  const size_t row_bytes = rowBytes(grad_out);
+  const std::vector<int64_t> counts = sendCounts(h);
+
+  // Phase 1: grad_out travels like a dispatch (once per destination rank).
+  for (int p = 0; p < group.size; ++p) {
+    std::byte* payload = staging.sendPayload(p, static_cast<size_t>(counts[p]) * row_bytes,
+                                             WireOp::kCombineBackwardGrad, sequence, counts[p]);
+    for (size_t i = 0; i < h.send_tokens[p].size(); ++i) {
+      std::memcpy(payload + i * row_bytes,
+                  static_cast<const std::byte*>(grad_out.data) + h.send_tokens[p][i] * row_bytes,
+                  row_bytes);
+    }
+    staging.expect(p, static_cast<size_t>(h.recv_tokens[p]) * row_bytes);
+  }
+  MOECOMM_RETURN_IF_ERROR(
+      exchange(group, staging, WireOp::kCombineBackwardGrad, sequence, 0, Status::ok()));
+  MOECOMM_RETURN_IF_ERROR(
+      checkExpectedSizes(group, staging, h.recv_tokens, row_bytes, WireOp::kCombineBackwardGrad));
+
+  // On the expert side: grad_y = weight * grad_out, and each slot's <grad_out, y>.
+  std::vector<std::byte> grad_y_tmp(static_cast<size_t>(h.num_rows) * row_bytes, std::byte{0});
+  std::vector<std::vector<float>> dots(static_cast<size_t>(group.size));
+  int64_t g = 0;
+  for (int p = 0; p < group.size; ++p) {
+    const std::byte* incoming = staging.recvPayload(p);
+    dots[p].assign(static_cast<size_t>(h.recv_tokens[p] * k), 0.0f);
+    for (int64_t i = 0; i < h.recv_tokens[p]; ++i, ++g) {
+      const std::byte* g_row = incoming + i * row_bytes;
+      for (int j = 0; j < k; ++j) {
+        const int64_t row = h.recv_rows[g * k + j];
+        if (row < 0) continue;
+        cpu::scaleRow(grad_y_tmp.data() + row * row_bytes, g_row, bf16, h.row_weights[row], hidden);
+        dots[p][i * k + j] = cpu::dotRows(
+            g_row, static_cast<const std::byte*>(y.data) + row * row_bytes, bf16, hidden);
+      }
+    }
+  }
+
+  // Phase 2: the dot products go home.
+  const size_t dot_bytes = static_cast<size_t>(k) * sizeof(float);
+  for (int p = 0; p < group.size; ++p) {
+    std::byte* payload = staging.sendPayload(p, dots[p].size() * sizeof(float),
+                                             WireOp::kCombineBackwardDots, sequence, h.recv_tokens[p]);
+    if (!dots[p].empty()) std::memcpy(payload, dots[p].data(), dots[p].size() * sizeof(float));
+    staging.expect(p, static_cast<size_t>(counts[p]) * dot_bytes);
+  }
+  MOECOMM_RETURN_IF_ERROR(
+      exchange(group, staging, WireOp::kCombineBackwardDots, sequence, 1, Status::ok()));
+  MOECOMM_RETURN_IF_ERROR(
+      checkExpectedSizes(group, staging, counts, dot_bytes, WireOp::kCombineBackwardDots));
+
+  std::vector<float> grad_w(static_cast<size_t>(h.tokens * k), 0.0f);
+  for (int p = 0; p < group.size; ++p) {
+    const auto* incoming = reinterpret_cast<const float*>(staging.recvPayload(p));
+    for (size_t i = 0; i < h.send_tokens[p].size(); ++i) {
+      const int64_t t = h.send_tokens[p][i];
+      for (int j = 0; j < k; ++j) {
+        if (h.slot_owner[t * k + j] == p) grad_w[t * k + j] = incoming[i * k + j];
+      }
+    }
+  }
+  // Both exchanges succeeded: only now touch the caller's outputs.
+  if (!grad_y_tmp.empty()) std::memcpy(grad_y.data, grad_y_tmp.data(), grad_y_tmp.size());
+  if (!grad_w.empty()) std::memcpy(grad_weights.data, grad_w.data(), grad_w.size() * sizeof(float));
+  return Status::ok();
+}
+
+}  // namespace
+
+void Dispatcher::combine(const TensorView& y, const DispatchHandle& handle, const TensorView& out,
+                         ExecContext /*context*/) {
+  Status status = reduceToSources(*state_, y, handle, out, true, WireOp::kCombine);
+  if (!status.isOk()) state_->group->raise(status);
+}
+
+Tensor Dispatcher::combine(const TensorView& y, const DispatchHandle& handle, ExecContext context) {
+  Tensor out = Tensor::empty({handle.numTokens(), y.dim(1)},
+                             y.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32);
+  combine(y, handle, out.view(), context);
+  return out;
+}
+
+void Dispatcher::dispatchBackward(const TensorView& grad_rows, const DispatchHandle& handle,
+                                  const TensorView& grad_x, ExecContext /*context*/) {
+  Status status =
+      reduceToSources(*state_, grad_rows, handle, grad_x, false, WireOp::kDispatchBackward);
+  if (!status.isOk()) state_->group->raise(status);
+}
+
+void Dispatcher::combineBackward(const TensorView& grad_out, const TensorView& y,
+                                 const DispatchHandle& handle, const TensorView& grad_y,
+                                 const TensorView& grad_weights, ExecContext /*context*/) {
+  Status status = runCombineBackward(*state_, grad_out, y, handle, grad_y, grad_weights);
+  if (!status.isOk()) state_->group->raise(status);
+}
+
+}  // namespace moecomm

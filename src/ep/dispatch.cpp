@@ -1,0 +1,230 @@
+// Dispatch: count exchange, pack once per destination rank, all-to-all-v, unpack expert-major.
+#include <cstring>
+
+#include "src/core/tensor_checks.hpp"
+#include "src/ep/dispatcher_state.hpp"
+#include "src/ep/routing_plan.hpp"
+
+namespace moecomm {
+
+namespace {
+
+ExpertPlacement placementOf(const Group::Impl& group) {
+  return {group.config.num_experts, group.local_experts, group.size, group.config.topk};
+}
+
+Status checkDispatchInputs(const Group::Impl& group, const DispatchOptions& options,
+                           const TensorView& x, const TensorView& topk_idx,
+                           const TensorView& topk_weights, RoutingPlan* plan) {
+  if (options.expert_alignment < 1) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "expert_alignment must be >= 1 (1 means no padding), got {}",
+                     options.expert_alignment);
+  }
+  const GroupConfig& config = group.config;
+  MOECOMM_RETURN_IF_ERROR(checkMatrix("x", x, -1, config.hidden, {config.dtype}));
+  const int64_t tokens = x.shape[0];
+  MOECOMM_RETURN_IF_ERROR(checkMatrix("topk_idx", topk_idx, tokens, config.topk,
+                                      {DType::kI32, DType::kI64}));
+  MOECOMM_RETURN_IF_ERROR(
+      checkMatrix("topk_weights", topk_weights, tokens, config.topk, {DType::kF32}));
+  return planRouting(topk_idx, placementOf(group), plan);
+}
+
+// Bytes one token occupies in a dispatch message: its row, then k local expert ids and k weights.
+size_t tokenBytes(const GroupConfig& config) {
+  return static_cast<size_t>(config.hidden) * dtypeSize(config.dtype) +
+         static_cast<size_t>(config.topk) * (sizeof(int32_t) + sizeof(float));
+}
+
+void packForRank(const Group::Impl& group, const RoutingPlan& plan, const TensorView& x,
+                 const float* weights, int peer, std::byte* out) {
+  const int k = plan.topk;
+  const size_t row_bytes = static_cast<size_t>(group.config.hidden) * dtypeSize(x.dtype);
+  const auto& tokens = plan.rank_tokens[peer];
+  const size_t n = tokens.size();
+  std::byte* rows = out;
+  auto* ids = reinterpret_cast<int32_t*>(rows + n * row_bytes);
+  auto* w = reinterpret_cast<float*>(ids + n * k);
+  const int first = peer * group.local_experts;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t t = tokens[i];
+    std::memcpy(rows + i * row_bytes, static_cast<const std::byte*>(x.data) + t * row_bytes,
+                row_bytes);
+    for (int j = 0; j < k; ++j) {
+      const size_t slot = static_cast<size_t>(t * k + j);
+      const bool here = plan.owner[slot] == peer;
+      ids[i * k + j] = here ? plan.expert[slot] - first : -1;
+      w[i * k + j] = here ? weights[slot] : 0.0f;
+    }
+  }
+}
+
+// Lays the received tokens out expert-major and fills the receive side of the handle.
+Status unpack(const Group::Impl& group, const Staging& staging, int64_t alignment,
+              DispatchHandle::Impl& handle, ExpertBatch& batch) {
+  const int k = group.config.topk;
+  const int local = group.local_experts;
+  const size_t row_bytes = static_cast<size_t>(group.config.hidden) * dtypeSize(group.config.dtype);
+  batch.expert_counts.assign(static_cast<size_t>(local), 0);
+  // Pass 1: rows per local expert, and a check that the ids we got make sense.
+  for (int p = 0; p < group.size; ++p) {
+    const int64_t n = handle.recv_tokens[p];
+    const auto* ids = reinterpret_cast<const int32_t*>(staging.recvPayload(p) + n * row_bytes);
+    for (int64_t i = 0; i < n * k; ++i) {
+      if (ids[i] >= local) {
+        return makeError(StatusCode::kInternalError, "rank {}: rank {} sent local expert id {} >= {}",
+                         group.rank, p, ids[i], local);
+      }
+      if (ids[i] >= 0) ++batch.expert_counts[ids[i]];
+    }
+  }
+  batch.expert_offsets.assign(static_cast<size_t>(local) + 1, 0);
+  for (int e = 0; e < local; ++e) {
+    const int64_t padded = (batch.expert_counts[e] + alignment - 1) / alignment * alignment;
+    batch.expert_offsets[e + 1] = batch.expert_offsets[e] + padded;
+  }
+  const int64_t rows = batch.expert_offsets[local];
+  handle.num_rows = rows;
+  batch.x = Tensor::zeros({rows, group.config.hidden}, group.config.dtype);
+  batch.row_weights = Tensor::zeros({rows}, DType::kF32);
+  handle.row_weights.assign(static_cast<size_t>(rows), 0.0f);
+  handle.recv_rows.assign(static_cast<size_t>(handle.receivedTokens() * k), -1);
+
+  // Pass 2: place each (token, local expert) pair, in source-rank then send order.
+  std::vector<int64_t> cursor(batch.expert_offsets.begin(), batch.expert_offsets.end() - 1);
+  auto* out_rows = static_cast<std::byte*>(batch.x.data());
+  int64_t g = 0;
+  for (int p = 0; p < group.size; ++p) {
+    const int64_t n = handle.recv_tokens[p];
+    const std::byte* src_rows = staging.recvPayload(p);
+    const auto* ids = reinterpret_cast<const int32_t*>(src_rows + n * row_bytes);
+    const auto* w = reinterpret_cast<const float*>(ids + n * k);
+    for (int64_t i = 0; i < n; ++i, ++g) {
+      for (int j = 0; j < k; ++j) {
+        const int32_t e = ids[i * k + j];
+        if (e < 0) continue;
+        const int64_t row = cursor[e]++;
+        std::memcpy(out_rows + row * row_bytes, src_rows + i * row_bytes, row_bytes);
+        handle.row_weights[row] = w[i * k + j];
+        handle.recv_rows[g * k + j] = row;
+      }
+    }
+  }
+  if (rows > 0) std::memcpy(batch.row_weights.data(), handle.row_weights.data(), rows * sizeof(float));
+  return Status::ok();
+}
+
+Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorView& topk_idx,
+                   const TensorView& topk_weights, ExpertBatch* out) {
+  Group::Impl& group = *state.group;
+  Staging& staging = state.staging;
+  const uint64_t sequence = group.takeSequence();
+  const int n = group.size;
+  staging.prepare(n);
+
+  RoutingPlan plan;
+  Status local = checkDispatchInputs(group, state.options, x, topk_idx, topk_weights, &plan);
+
+  // Phase 1: counts. Each rank learns how many tokens every rank will send it.
+  for (int p = 0; p < n; ++p) {
+    int64_t count = local.isOk() ? static_cast<int64_t>(plan.rank_tokens[p].size()) : 0;
+    staging.sendPayload(p, 0, WireOp::kDispatchCounts, sequence, count);
+    staging.expect(p, 0);
+  }
+  MOECOMM_RETURN_IF_ERROR(exchange(group, staging, WireOp::kDispatchCounts, sequence, 0, local));
+
+  auto handle = std::make_shared<DispatchHandle::Impl>();
+  handle->group = &group;
+  handle->ranks = n;
+  handle->topk = group.config.topk;
+  handle->hidden = group.config.hidden;
+  handle->tokens = plan.tokens;
+  handle->slot_owner = plan.owner;
+  handle->recv_tokens.resize(static_cast<size_t>(n));
+  for (int p = 0; p < n; ++p) handle->recv_tokens[p] = staging.recvHeader(p).count;
+
+  // Phase 2: payloads sized exactly from the counts.
+  const size_t per_token = tokenBytes(group.config);
+  const auto* weights = topk_weights.as<const float>();
+  for (int p = 0; p < n; ++p) {
+    const auto count = static_cast<int64_t>(plan.rank_tokens[p].size());
+    std::byte* payload = staging.sendPayload(p, static_cast<size_t>(count) * per_token,
+                                             WireOp::kDispatchPayload, sequence, count);
+    packForRank(group, plan, x, weights, p, payload);
+    staging.expect(p, static_cast<size_t>(handle->recv_tokens[p]) * per_token);
+  }
+  MOECOMM_RETURN_IF_ERROR(
+      exchange(group, staging, WireOp::kDispatchPayload, sequence, 1, Status::ok()));
+  for (int p = 0; p < n; ++p) {
+    const size_t expected = sizeof(WireHeader) + static_cast<size_t>(handle->recv_tokens[p]) * per_token;
+    if (staging.received[p] != expected || staging.recvHeader(p).count != handle->recv_tokens[p]) {
+      return makeError(StatusCode::kInternalError,
+                       "rank {}: dispatch payload from rank {} has {} bytes, expected {}",
+                       group.rank, p, staging.received[p], expected);
+    }
+  }
+
+  ExpertBatch batch;
+  MOECOMM_RETURN_IF_ERROR(unpack(group, staging, state.options.expert_alignment, *handle, batch));
+  handle->send_tokens = std::move(plan.rank_tokens);
+  batch.tokens_from_rank = handle->recv_tokens;
+  batch.handle = DispatchHandle(std::move(handle));
+  *out = std::move(batch);
+  return Status::ok();
+}
+
+}  // namespace
+
+Status checkHandle(const DispatchHandle& handle, const Group::Impl& group) {
+  if (!handle.valid()) {
+    return makeError(StatusCode::kInvalidUsage,
+                     "the DispatchHandle is empty; pass the handle of an ExpertBatch from dispatch");
+  }
+  if (handle.impl()->group != &group) {
+    return makeError(StatusCode::kInvalidUsage,
+                     "the DispatchHandle was made by a dispatch on another group; use it only with "
+                     "the group that made it");
+  }
+  return Status::ok();
+}
+
+int64_t DispatchHandle::numRows() const noexcept { return impl_ ? impl_->num_rows : 0; }
+int64_t DispatchHandle::numTokens() const noexcept { return impl_ ? impl_->tokens : 0; }
+
+Dispatcher::Dispatcher(Group& group, const DispatchOptions& options)
+    : state_(std::make_unique<State>()) {
+  state_->group = group.sharedImpl();
+  state_->options = options;
+}
+Dispatcher::~Dispatcher() = default;
+Dispatcher::Dispatcher(Dispatcher&&) noexcept = default;
+Dispatcher& Dispatcher::operator=(Dispatcher&&) noexcept = default;
+
+ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& topk_idx,
+                                 const TensorView& topk_weights, ExecContext /*context*/) {
+  ExpertBatch batch;
+  Status status = runDispatch(*state_, x, topk_idx, topk_weights, &batch);
+  if (!status.isOk()) state_->group->raise(status);
+  return batch;
+}
+
+DispatchLayout computeLayout(const Group& group, const TensorView& topk_idx) {
+  const Group::Impl& impl = group.impl();
+  RoutingPlan plan;
+  throwIfError(planRouting(topk_idx, placementOf(impl), &plan));
+  DispatchLayout layout;
+  layout.tokens_per_rank.resize(static_cast<size_t>(impl.size));
+  layout.tokens_per_expert.assign(static_cast<size_t>(impl.config.num_experts), 0);
+  layout.is_token_in_rank.assign(static_cast<size_t>(plan.tokens * impl.size), 0);
+  for (int p = 0; p < impl.size; ++p) {
+    layout.tokens_per_rank[p] = static_cast<int64_t>(plan.rank_tokens[p].size());
+    for (int32_t t : plan.rank_tokens[p]) layout.is_token_in_rank[t * impl.size + p] = 1;
+  }
+  for (int32_t e : plan.expert) {
+    if (e >= 0) ++layout.tokens_per_expert[e];
+  }
+  return layout;
+}
+
+}  // namespace moecomm

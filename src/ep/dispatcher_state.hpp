@@ -1,0 +1,21 @@
+// The private state of a Dispatcher: its group, options and reusable staging buffers.
+#pragma once
+
+#include <memory>
+
+#include "moecomm/dispatch.hpp"
+#include "src/ep/exchange.hpp"
+#include "src/ep/handle_impl.hpp"
+
+namespace moecomm {
+
+struct Dispatcher::State {
+  std::shared_ptr<Group::Impl> group;  // keeps the group alive while the dispatcher is
+  DispatchOptions options;
+  Staging staging;
+};
+
+// Checks that `handle` came from a dispatch on `group`.
+Status checkHandle(const DispatchHandle& handle, const Group::Impl& group);
+
+}  // namespace moecomm

@@ -1,0 +1,35 @@
+// What a dispatch leaves behind for combine and the backward passes: both sides of the layout.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "moecomm/dispatch.hpp"
+
+namespace moecomm {
+
+struct DispatchHandle::Impl {
+  const void* group = nullptr;  // the Group::Impl that made it; a handle works only there
+  int ranks = 0;
+  int topk = 0;
+  int64_t hidden = 0;
+
+  // Source side: what this rank sent.
+  int64_t tokens = 0;
+  std::vector<std::vector<int32_t>> send_tokens;  // per rank, token ids in send order
+  std::vector<int32_t> slot_owner;                // [T * k] rank of the slot's expert, or -1
+
+  // Receiving side: what this rank got, in (source rank, send order).
+  std::vector<int64_t> recv_tokens;  // per source rank
+  std::vector<int64_t> recv_rows;    // [received tokens * k] expert-major row, or -1
+  std::vector<float> row_weights;    // [num_rows]
+  int64_t num_rows = 0;
+
+  int64_t receivedTokens() const {
+    int64_t n = 0;
+    for (int64_t c : recv_tokens) n += c;
+    return n;
+  }
+};
+
+}  // namespace moecomm

@@ -1,0 +1,248 @@
+// Adversarial routings and bad input: skew, silence, empty ranks, and every documented error, each
+// on every rank with no hang and no output that looks valid.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "common/rank_runner.hpp"
+#include "common/reference.hpp"
+
+namespace {
+
+using namespace moecomm;
+using namespace moecomm::testing;
+
+constexpr int kHidden = 40;
+
+GroupConfig config(int experts, int topk, int64_t timeout_ms = 20000) {
+  return GroupConfig{experts, kHidden, DType::kF32, topk, timeout_ms, "local"};
+}
+
+// Runs dispatch -> (y = 2x + expert) -> combine with the given routing per rank, and checks combine
+// against the dense reference. tokens(rank) and route(rank, t, j) define the inputs.
+void runAndCheck(int ranks, int experts, int topk, const std::function<int64_t(int)>& tokens,
+                 const std::function<int(int, int64_t, int)>& route,
+                 const std::function<void(int, const ExpertBatch&)>& inspect = nullptr) {
+  runRanks(ranks, [&](LocalWorld& world, int rank) {
+    Group group = Group::create(world, rank, config(experts, topk));
+    Dispatcher dispatcher(group);
+    const int64_t T = tokens(rank);
+    std::vector<float> x(static_cast<size_t>(T * kHidden));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(rank * 1000 + i % 977) * 0.01f;
+    std::vector<int32_t> idx(static_cast<size_t>(T * topk));
+    std::vector<float> w(idx.size());
+    for (int64_t t = 0; t < T; ++t) {
+      for (int j = 0; j < topk; ++j) {
+        idx[t * topk + j] = route(rank, t, j);
+        w[t * topk + j] = 0.25f + 0.5f * static_cast<float>(j);
+      }
+    }
+    ExpertBatch batch = dispatcher.dispatch(TensorView::matrix(x.data(), DType::kF32, T, kHidden),
+                                            TensorView::matrix(idx.data(), DType::kI32, T, topk),
+                                            TensorView::matrix(w.data(), DType::kF32, T, topk));
+    if (inspect) inspect(rank, batch);
+    Tensor y = Tensor::empty({batch.x.dim(0), kHidden}, DType::kF32);
+    for (int e = 0; e < group.localExperts(); ++e) {
+      for (int64_t r = batch.expert_offsets[e]; r < batch.expert_offsets[e + 1]; ++r) {
+        for (int h = 0; h < kHidden; ++h) {
+          y.as<float>()[r * kHidden + h] = 2.0f * batch.x.as<float>()[r * kHidden + h] + float(group.firstLocalExpert() + e);
+        }
+      }
+    }
+    Tensor out = dispatcher.combine(y, batch.handle);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int h = 0; h < kHidden; ++h) {
+        double expected = 0;
+        for (int j = 0; j < topk; ++j) {
+          int e = idx[t * topk + j];
+          if (e >= 0) expected += w[t * topk + j] * (2.0 * x[t * kHidden + h] + e);
+        }
+        ASSERT_NEAR(out.as<float>()[t * kHidden + h], expected, 1e-5 * (1 + std::fabs(expected)));
+      }
+    }
+  });
+}
+
+TEST(Adversarial, EveryTokenToOneExpert) {
+  runAndCheck(4, 8, 1, [](int) { return 50; }, [](int, int64_t, int) { return 5; },
+              [](int rank, const ExpertBatch& b) {
+                EXPECT_EQ(b.x.dim(0), rank == 2 ? 200 : 0);  // expert 5 lives on rank 2
+              });
+}
+
+TEST(Adversarial, ARankThatSendsNothing) {
+  runAndCheck(3, 6, 2, [](int) { return 17; },
+              [](int rank, int64_t t, int j) { return rank == 1 ? -1 : int((t + 2 * j) % 6); });
+}
+
+TEST(Adversarial, TokensWhoseSlotsAreAllUnused) {
+  runAndCheck(2, 4, 2, [](int) { return 9; },
+              [](int, int64_t t, int j) { return t % 3 == 0 ? -1 : int((t + j) % 4); });
+}
+
+TEST(Adversarial, ZeroTokensOnSomeRanks) {
+  runAndCheck(4, 8, 2, [](int rank) { return rank % 2 == 0 ? 0 : 13; },
+              [](int, int64_t t, int j) { return int((3 * t + j) % 8); });
+}
+
+TEST(Adversarial, ZeroTokensEverywhere) {
+  runAndCheck(3, 3, 1, [](int) { return 0; }, [](int, int64_t, int) { return 0; });
+}
+
+TEST(Adversarial, Int64IndicesAsTorchTopkGivesThem) {
+  runRanks(2, [](LocalWorld& world, int rank) {
+    Group group = Group::create(world, rank, config(4, 2));
+    Dispatcher d(group);
+    std::vector<float> x(3 * kHidden, 1.0f), w = {0.5f, 0.5f, 1, 0, 0.3f, 0.7f};
+    std::vector<int64_t> idx = {0, 3, 1, -1, 2, 1};
+    ExpertBatch b = d.dispatch(TensorView::matrix(x.data(), DType::kF32, 3, kHidden),
+                               TensorView::matrix(idx.data(), DType::kI64, 3, 2),
+                               TensorView::matrix(w.data(), DType::kF32, 3, 2));
+    // Both ranks route alike; rank 0 holds experts 0-1, rank 1 experts 2-3.
+    const std::vector<int64_t> expected = rank == 0 ? std::vector<int64_t>{2, 4} : std::vector<int64_t>{2, 2};
+    EXPECT_EQ(b.expert_counts, expected);
+  });
+}
+
+// ---- bad input. Every rank calls dispatch; rank `bad` passes the broken input.
+struct BadInputResult {
+  StatusCode code;
+  std::string message;
+};
+
+std::vector<BadInputResult> dispatchWithBadRank(int ranks, int bad,
+                                                const std::function<void(TensorView&, TensorView&, TensorView&, DispatchOptions&)>& spoil) {
+  std::vector<BadInputResult> results(ranks, {StatusCode::kSuccess, ""});
+  runRanks(ranks, [&](LocalWorld& world, int rank) {
+    Group group = Group::create(world, rank, config(8, 2, 5000));
+    const int64_t T = 6;
+    std::vector<float> x(T * kHidden, 1.0f), w(T * 2, 0.5f);
+    std::vector<int32_t> idx(T * 2);
+    for (int64_t t = 0; t < T; ++t) {
+      idx[t * 2] = int32_t(t % 8);
+      idx[t * 2 + 1] = int32_t((t + 3) % 8);
+    }
+    TensorView xv = TensorView::matrix(x.data(), DType::kF32, T, kHidden);
+    TensorView iv = TensorView::matrix(idx.data(), DType::kI32, T, 2);
+    TensorView wv = TensorView::matrix(w.data(), DType::kF32, T, 2);
+    DispatchOptions options;
+    if (rank == bad) spoil(xv, iv, wv, options);
+    Dispatcher d(group, options);
+    try {
+      d.dispatch(xv, iv, wv);
+    } catch (const Error& e) {
+      results[rank] = {e.code(), e.what()};
+    }
+    // The group stays usable: a good dispatch right after works on every rank.
+    DispatchOptions good;
+    Dispatcher d2(group, good);
+    ExpertBatch b = d2.dispatch(TensorView::matrix(x.data(), DType::kF32, T, kHidden),
+                                TensorView::matrix(idx.data(), DType::kI32, T, 2),
+                                TensorView::matrix(w.data(), DType::kF32, T, 2));
+    EXPECT_GT(b.x.dim(0), 0);
+    EXPECT_NE(group.lastError(), "");
+  });
+  return results;
+}
+
+void expectRejected(const std::vector<BadInputResult>& results, int bad, const std::string& text) {
+  for (size_t r = 0; r < results.size(); ++r) {
+    if (static_cast<int>(r) == bad) {
+      EXPECT_EQ(results[r].code, StatusCode::kInvalidArgument) << results[r].message;
+    } else {
+      EXPECT_EQ(results[r].code, StatusCode::kRemoteError) << results[r].message;
+      EXPECT_NE(results[r].message.find("rank " + std::to_string(bad) + " reported"), std::string::npos)
+          << results[r].message;
+    }
+    EXPECT_NE(results[r].message.find(text), std::string::npos) << results[r].message;
+  }
+}
+
+TEST(BadInput, ExpertIdOutOfRange) {
+  std::vector<int32_t> bad_idx = {0, 300, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2};
+  auto results = dispatchWithBadRank(4, 1, [&](TensorView&, TensorView& idx, TensorView&, DispatchOptions&) {
+    idx.data = bad_idx.data();
+  });
+  expectRejected(results, 1, "topk_idx[0, 1] = 300 is out of range");
+}
+
+TEST(BadInput, SameExpertTwiceInAToken) {
+  std::vector<int32_t> bad_idx = {0, 1, 4, 4, 3, 2, 5, 6, 7, 0, 1, 2};
+  auto results = dispatchWithBadRank(2, 0, [&](TensorView&, TensorView& idx, TensorView&, DispatchOptions&) {
+    idx.data = bad_idx.data();
+  });
+  expectRejected(results, 0, "token 1 names expert 4 twice");
+}
+
+TEST(BadInput, HiddenSizeThatDiffersFromTheGroup) {
+  auto results = dispatchWithBadRank(2, 1, [](TensorView& x, TensorView&, TensorView&, DispatchOptions&) {
+    x.shape[1] = kHidden - 1;
+  });
+  expectRejected(results, 1, "expected shape [*, 40]");
+}
+
+TEST(BadInput, NullData) {
+  auto results = dispatchWithBadRank(4, 3, [](TensorView& x, TensorView&, TensorView&, DispatchOptions&) {
+    x.data = nullptr;
+  });
+  expectRejected(results, 3, "null data");
+}
+
+TEST(BadInput, WrongDtype) {
+  auto results = dispatchWithBadRank(2, 0, [](TensorView&, TensorView&, TensorView& w, DispatchOptions&) {
+    w.dtype = DType::kBF16;
+  });
+  expectRejected(results, 0, "topk_weights has dtype bf16, expected f32");
+}
+
+TEST(BadInput, ReceiveAlignmentOfZero) {
+  auto results = dispatchWithBadRank(2, 1, [](TensorView&, TensorView&, TensorView&, DispatchOptions& o) {
+    o.expert_alignment = 0;
+  });
+  expectRejected(results, 1, "expert_alignment must be >= 1");
+}
+
+TEST(BadInput, CombineWithWrongShapeLeavesOutputUntouched) {
+  runRanks(2, [](LocalWorld& world, int rank) {
+    Group group = Group::create(world, rank, config(4, 1, 5000));
+    Dispatcher d(group);
+    std::vector<float> x(4 * kHidden, 1.0f), w(4, 1.0f);
+    std::vector<int32_t> idx = {0, 1, 2, 3};
+    ExpertBatch b = d.dispatch(TensorView::matrix(x.data(), DType::kF32, 4, kHidden),
+                               TensorView::matrix(idx.data(), DType::kI32, 4, 1),
+                               TensorView::matrix(w.data(), DType::kF32, 4, 1));
+    Tensor y = Tensor::zeros({b.x.dim(0) + (rank == 1 ? 1 : 0), kHidden}, DType::kF32);
+    std::vector<float> out(4 * kHidden, -7.0f);
+    try {
+      d.combine(y, b.handle, TensorView::matrix(out.data(), DType::kF32, 4, kHidden));
+      FAIL() << "rank " << rank << ": combine accepted a wrong y";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), rank == 1 ? StatusCode::kInvalidArgument : StatusCode::kRemoteError) << e.what();
+    }
+    for (float v : out) ASSERT_EQ(v, -7.0f);  // nothing half-written
+    // A handle from another group is refused too.
+    EXPECT_THROW(d.combine(y, DispatchHandle(), TensorView::matrix(out.data(), DType::kF32, 4, kHidden)), Error);
+  });
+}
+
+TEST(BadInput, ARankThatSkipsDispatchTimesOutTheOthers) {
+  runRanks(3, [](LocalWorld& world, int rank) {
+    Group group = Group::create(world, rank, config(3, 1, 300));
+    if (rank == 0) return;
+    Dispatcher d(group);
+    std::vector<float> x(kHidden, 1.0f), w(1, 1.0f);
+    std::vector<int32_t> idx = {1};
+    try {
+      d.dispatch(TensorView::matrix(x.data(), DType::kF32, 1, kHidden),
+                 TensorView::matrix(idx.data(), DType::kI32, 1, 1),
+                 TensorView::matrix(w.data(), DType::kF32, 1, 1));
+      FAIL() << "dispatch finished without rank 0";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), StatusCode::kTimeout);
+      EXPECT_NE(std::string(e.what()).find("no data from rank(s) 0"), std::string::npos) << e.what();
+    }
+  });
+}
+
+}  // namespace

@@ -1,0 +1,302 @@
+// Dispatch, combine and both backward passes on every rank count, hidden size, expert count, top-k
+// and payload dtype, against a dense reference that loops over tokens.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <tuple>
+
+#include "common/rank_runner.hpp"
+#include "common/reference.hpp"
+
+namespace {
+
+using namespace moecomm;
+using namespace moecomm::testing;
+
+struct Case {
+  int ranks, hidden, experts, topk;
+  DType dtype;
+};
+
+std::string caseName(const ::testing::TestParamInfo<Case>& info) {
+  const Case& c = info.param;
+  char name[64];
+  std::snprintf(name, sizeof(name), "r%d_h%d_e%d_k%d_%s", c.ranks, c.hidden, c.experts, c.topk,
+                dtypeName(c.dtype));
+  return name;
+}
+
+std::vector<Case> allCases() {
+  std::vector<Case> cases;
+  for (int ranks : {1, 2, 3, 4, 8}) {
+    for (int hidden : {16, 100, 1024}) {
+      std::vector<int> experts = {ranks, 4 * ranks};
+      if (64 % ranks == 0 && ranks != 16) experts.push_back(64);
+      for (int e : experts) {
+        for (int k : {1, 2, 8}) {
+          if (k > e) continue;
+          for (DType d : {DType::kF32, DType::kBF16}) cases.push_back({ranks, hidden, e, k, d});
+        }
+      }
+    }
+  }
+  return cases;
+}
+
+// The deterministic "gradient" of expert row (expert e, source rank s, token t, element h).
+float gradRow(int e, int s, int64_t t, int64_t h) {
+  return std::sin(0.37f * e + 1.3f * s + 0.011f * static_cast<float>(t) + 0.7f * static_cast<float>(h));
+}
+
+struct World {
+  Case c;
+  std::vector<RankInputs> inputs;        // per rank
+  std::vector<std::vector<float>> grad_out;  // per rank [T, H], rounded to the dtype
+  int alignment;
+};
+
+World makeWorld(const Case& c) {
+  World w{c, {}, {}, c.hidden == 100 ? 4 : 1};
+  std::mt19937 rng(c.ranks * 1000003 + c.hidden * 101 + c.experts * 7 + c.topk +
+                   static_cast<int>(c.dtype));
+  for (int r = 0; r < c.ranks; ++r) {
+    int64_t tokens = 3 + (r * 5) % 11;
+    RankInputs in = randomInputs(rng, tokens, c.hidden, c.experts, c.topk, c.dtype);
+    for (int64_t t = 3; t < tokens; t += 7) {  // some unused slots
+      in.idx[t * c.topk + c.topk - 1] = -1;
+      in.weights[t * c.topk + c.topk - 1] = 0.0f;
+    }
+    std::vector<float> g(static_cast<size_t>(tokens * c.hidden));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (float& v : g) v = roundTo(c.dtype, normal(rng));
+    w.inputs.push_back(std::move(in));
+    w.grad_out.push_back(std::move(g));
+  }
+  return w;
+}
+
+// The reference layout of one rank: for each local expert, (source rank, token, slot) in order.
+struct RefRow {
+  int src;
+  int64_t token;
+  int slot;
+};
+std::vector<std::vector<RefRow>> referenceLayout(const World& w, int rank) {
+  const int local = w.c.experts / w.c.ranks;
+  std::vector<std::vector<RefRow>> rows(local);
+  for (int s = 0; s < w.c.ranks; ++s) {
+    const RankInputs& in = w.inputs[s];
+    for (int64_t t = 0; t < in.tokens; ++t) {
+      for (int j = 0; j < w.c.topk; ++j) {
+        int e = in.idx[t * w.c.topk + j];
+        if (e >= 0 && e / local == rank) rows[e % local].push_back({s, t, j});
+      }
+    }
+  }
+  return rows;
+}
+
+// y as the test's experts compute it, in float, then stored in the payload dtype.
+float expertOutput(DType dtype, float x, int e) {
+  return roundTo(dtype, static_cast<float>(x * expertScale(e) + expertShift(e)));
+}
+
+class DispatchCombine : public ::testing::TestWithParam<Case> {};
+
+TEST_P(DispatchCombine, ForwardAndBackwardMatchDenseReference) {
+  const Case c = GetParam();
+  const World w = makeWorld(c);
+  const double tol = c.dtype == DType::kBF16 ? 1.2e-2 : 2e-6;
+  runRanks(c.ranks, [&](LocalWorld& world, int rank) {
+    GroupConfig config{c.experts, c.hidden, c.dtype, c.topk, 20000, "local"};
+    Group group = Group::create(world, rank, config);
+    Dispatcher dispatcher(group, DispatchOptions{w.alignment});
+    const RankInputs& in = w.inputs[rank];
+    const int64_t T = in.tokens, H = c.hidden;
+    const int k = c.topk, local = group.localExperts();
+    Tensor x = makePayload(in.x, T, H, c.dtype);
+    auto idx = TensorView::matrix(const_cast<int32_t*>(in.idx.data()), DType::kI32, T, k);
+    auto wts = TensorView::matrix(const_cast<float*>(in.weights.data()), DType::kF32, T, k);
+
+    // ---- dispatch: exact layout, bit-exact rows, weights, zero padding.
+    ExpertBatch batch = dispatcher.dispatch(x, idx, wts);
+    auto ref = referenceLayout(w, rank);
+    ASSERT_EQ(batch.expert_counts.size(), static_cast<size_t>(local));
+    for (int e = 0; e < local; ++e) {
+      ASSERT_EQ(batch.expert_counts[e], static_cast<int64_t>(ref[e].size())) << "expert " << e;
+      ASSERT_EQ(batch.expert_offsets[e] % w.alignment, 0);
+      ASSERT_EQ(batch.expert_offsets[e + 1] - batch.expert_offsets[e],
+                (batch.expert_counts[e] + w.alignment - 1) / w.alignment * w.alignment);
+      for (size_t i = 0; i < ref[e].size(); ++i) {
+        const int64_t row = batch.expert_offsets[e] + static_cast<int64_t>(i);
+        const RankInputs& src = w.inputs[ref[e][i].src];
+        for (int64_t h = 0; h < H; ++h) {
+          ASSERT_EQ(payloadAt(batch.x, row * H + h), src.x[ref[e][i].token * H + h]);
+        }
+        ASSERT_EQ(batch.row_weights.as<float>()[row], src.weights[ref[e][i].token * k + ref[e][i].slot]);
+      }
+      for (int64_t row = batch.expert_offsets[e] + batch.expert_counts[e]; row < batch.expert_offsets[e + 1]; ++row) {
+        for (int64_t h = 0; h < H; ++h) ASSERT_EQ(payloadAt(batch.x, row * H + h), 0.0f);
+        ASSERT_EQ(batch.row_weights.as<float>()[row], 0.0f);
+      }
+    }
+    for (int s = 0; s < c.ranks; ++s) {
+      int64_t expected = 0;
+      for (int64_t t = 0; t < w.inputs[s].tokens; ++t) {
+        bool visits = false;
+        for (int j = 0; j < k; ++j) {
+          int e = w.inputs[s].idx[t * k + j];
+          visits = visits || (e >= 0 && e / local == rank);
+        }
+        expected += visits;
+      }
+      EXPECT_EQ(batch.tokens_from_rank[s], expected) << "from rank " << s;
+    }
+
+    // ---- the experts, then combine.
+    const int64_t R = batch.x.dim(0);
+    std::vector<float> y_values(static_cast<size_t>(R * H), 0.0f);
+    for (int e = 0; e < local; ++e) {
+      for (int64_t row = batch.expert_offsets[e]; row < batch.expert_offsets[e] + batch.expert_counts[e]; ++row) {
+        for (int64_t h = 0; h < H; ++h) {
+          y_values[row * H + h] = expertOutput(c.dtype, payloadAt(batch.x, row * H + h), group.firstLocalExpert() + e);
+        }
+      }
+    }
+    Tensor y = makePayload(y_values, R, H, c.dtype);
+    Tensor out = dispatcher.combine(y, batch.handle);
+    ASSERT_EQ(out.dim(0), T);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t h = 0; h < H; ++h) {
+        double expected = 0, magnitude = 0;
+        for (int j = 0; j < k; ++j) {
+          int e = in.idx[t * k + j];
+          if (e < 0) continue;
+          double term = in.weights[t * k + j] * double(expertOutput(c.dtype, in.x[t * H + h], e));
+          expected += term;
+          magnitude += std::fabs(term);
+        }
+        ASSERT_NEAR(payloadAt(out, t * H + h), expected, tol * magnitude + 1e-6)
+            << "token " << t << " h " << h;
+      }
+    }
+
+    // ---- dispatch backward: unweighted sums of the rows' gradients; padding rows must not count.
+    std::vector<float> grad_rows(static_cast<size_t>(R * H), 1e6f);
+    for (int e = 0; e < local; ++e) {
+      for (size_t i = 0; i < ref[e].size(); ++i) {
+        const int64_t row = batch.expert_offsets[e] + static_cast<int64_t>(i);
+        for (int64_t h = 0; h < H; ++h) {
+          grad_rows[row * H + h] = roundTo(c.dtype, gradRow(group.firstLocalExpert() + e, ref[e][i].src, ref[e][i].token, h));
+        }
+      }
+    }
+    Tensor grad_rows_t = makePayload(grad_rows, R, H, c.dtype);
+    Tensor grad_x = Tensor::empty({T, H}, c.dtype);
+    dispatcher.dispatchBackward(grad_rows_t, batch.handle, grad_x);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t h = 0; h < H; ++h) {
+        double expected = 0, magnitude = 0;
+        for (int j = 0; j < k; ++j) {
+          int e = in.idx[t * k + j];
+          if (e < 0) continue;
+          double g = roundTo(c.dtype, gradRow(e, rank, t, h));
+          expected += g;
+          magnitude += std::fabs(g);
+        }
+        ASSERT_NEAR(payloadAt(grad_x, t * H + h), expected, tol * magnitude + 1e-6);
+      }
+    }
+
+    // ---- combine backward: grad_y = w * grad_out, grad_w = <grad_out, y>.
+    Tensor grad_out = makePayload(w.grad_out[rank], T, H, c.dtype);
+    Tensor grad_y = Tensor::empty({R, H}, c.dtype);
+    Tensor grad_w = Tensor::empty({T, k}, DType::kF32);
+    dispatcher.combineBackward(grad_out, y, batch.handle, grad_y, grad_w);
+    for (int e = 0; e < local; ++e) {
+      for (int64_t row = batch.expert_offsets[e]; row < batch.expert_offsets[e + 1]; ++row) {
+        const bool real = row < batch.expert_offsets[e] + batch.expert_counts[e];
+        for (int64_t h = 0; h < H; ++h) {
+          double expected = 0;
+          if (real) {
+            const RefRow& rr = ref[e][row - batch.expert_offsets[e]];
+            expected = double(w.inputs[rr.src].weights[rr.token * k + rr.slot]) *
+                       w.grad_out[rr.src][rr.token * H + h];
+          }
+          ASSERT_NEAR(payloadAt(grad_y, row * H + h), expected, tol * std::fabs(expected) + 1e-7);
+        }
+      }
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      for (int j = 0; j < k; ++j) {
+        int e = in.idx[t * k + j];
+        double expected = 0, magnitude = 0;
+        for (int64_t h = 0; e >= 0 && h < H; ++h) {
+          double term = double(w.grad_out[rank][t * H + h]) * expertOutput(c.dtype, in.x[t * H + h], e);
+          expected += term;
+          magnitude += std::fabs(term);
+        }
+        ASSERT_NEAR(grad_w.as<float>()[t * k + j], expected, 1e-5 * magnitude + 1e-6)
+            << "token " << t << " slot " << j;
+      }
+    }
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Sweep, DispatchCombine, ::testing::ValuesIn(allCases()), caseName);
+
+// The weight gradient against central finite differences in f64 of the reference loss
+// L(w) = sum_t <grad_out[t], sum_j w_tj * y_tj>.
+TEST(DispatchCombineGradients, WeightGradientMatchesFiniteDifferences) {
+  const Case c{2, 24, 8, 3, DType::kF32};
+  const World w = makeWorld(c);
+  runRanks(c.ranks, [&](LocalWorld& world, int rank) {
+    Group group = Group::create(world, rank, {c.experts, c.hidden, c.dtype, c.topk, 20000, "local"});
+    Dispatcher dispatcher(group);
+    const RankInputs& in = w.inputs[rank];
+    const int64_t T = in.tokens, H = c.hidden;
+    const int k = c.topk;
+    Tensor x = makePayload(in.x, T, H, c.dtype);
+    ExpertBatch batch = dispatcher.dispatch(
+        x, TensorView::matrix(const_cast<int32_t*>(in.idx.data()), DType::kI32, T, k),
+        TensorView::matrix(const_cast<float*>(in.weights.data()), DType::kF32, T, k));
+    Tensor y = Tensor::empty({batch.x.dim(0), H}, DType::kF32);
+    for (int e = 0; e < group.localExperts(); ++e) {
+      for (int64_t row = batch.expert_offsets[e]; row < batch.expert_offsets[e + 1]; ++row) {
+        for (int64_t h = 0; h < H; ++h) {
+          y.as<float>()[row * H + h] = expertOutput(c.dtype, batch.x.as<float>()[row * H + h], group.firstLocalExpert() + e);
+        }
+      }
+    }
+    Tensor grad_out = makePayload(w.grad_out[rank], T, H, c.dtype);
+    Tensor grad_y = Tensor::empty({batch.x.dim(0), H}, DType::kF32);
+    Tensor grad_w = Tensor::empty({T, k}, DType::kF32);
+    dispatcher.combineBackward(grad_out, y, batch.handle, grad_y, grad_w);
+
+    auto loss = [&](const std::vector<double>& weights) {
+      double L = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        for (int j = 0; j < k; ++j) {
+          int e = in.idx[t * k + j];
+          if (e < 0) continue;
+          for (int64_t h = 0; h < H; ++h) {
+            L += w.grad_out[rank][t * H + h] * weights[t * k + j] * expertOutput(c.dtype, in.x[t * H + h], e);
+          }
+        }
+      }
+      return L;
+    };
+    std::vector<double> weights(in.weights.begin(), in.weights.end());
+    const double step = 1e-4;
+    for (int64_t i = 0; i < T * k; ++i) {
+      auto plus = weights, minus = weights;
+      plus[i] += step;
+      minus[i] -= step;
+      double fd = in.idx[i] < 0 ? 0.0 : (loss(plus) - loss(minus)) / (2 * step);
+      EXPECT_NEAR(grad_w.as<float>()[i], fd, 1e-4 * (1 + std::fabs(fd))) << "slot " << i;
+    }
+  });
+}
+
+}  // namespace

@@ -1,0 +1,132 @@
+// The C ABI: a full forward and backward step through status codes, and errors that never throw.
+#include <gtest/gtest.h>
+#include <moecomm/moecomm.h>
+
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern "C" int moecomm_c_header_default_alignment(void);
+
+namespace {
+
+moecommTensor_t matrix(void* data, moecommDataType_t dtype, int64_t rows, int64_t cols) {
+  moecommTensor_t t{};
+  t.data = data;
+  t.dtype = dtype;
+  t.device_type = moecommDeviceCpu;
+  t.ndim = 2;
+  t.sizes[0] = rows;
+  t.sizes[1] = cols;
+  return t;
+}
+
+TEST(CApi, HeaderIsCAndInitializerIsValid) {
+  EXPECT_EQ(moecomm_c_header_default_alignment(), 1);
+  int version = 0;
+  EXPECT_EQ(moecommGetVersion(&version), moecommSuccess);
+  EXPECT_EQ(version, MOECOMM_VERSION_CODE);
+  EXPECT_STREQ(moecommGetErrorString(moecommTimeout), "timeout");
+  EXPECT_STREQ(moecommGetErrorString(static_cast<moecommResult_t>(99)), "unknown result code");
+}
+
+TEST(CApi, DispatchCombineRoundTripWithTwoRanks) {
+  moecommWorld_t world = nullptr;
+  ASSERT_EQ(moecommWorldCreate(2, &world), moecommSuccess);
+  std::vector<std::string> failures(2);
+  auto rank_main = [&](int rank) {
+    moecommConfig_t config = MOECOMM_CONFIG_INIT;
+    config.num_experts = 4;
+    config.hidden = 8;
+    config.dtype = moecommFloat32;
+    config.topk = 2;
+    config.expert_alignment = 4;
+    moecommGroup_t group = nullptr;
+    if (moecommGroupCreate(world, rank, &config, &group) != moecommSuccess) {
+      failures[rank] = moecommGetLastError(nullptr);
+      return;
+    }
+    std::vector<float> x(3 * 8), w = {0.5f, 0.25f, 1.0f, 0.0f, 0.75f, 0.25f};
+    for (size_t i = 0; i < x.size(); ++i) x[i] = float(i) + 100.0f * rank;
+    std::vector<int32_t> idx = {0, 3, 2, -1, 1, 2};
+    moecommTensor_t xt = matrix(x.data(), moecommFloat32, 3, 8);
+    moecommTensor_t it = matrix(idx.data(), moecommInt32, 3, 2);
+    moecommTensor_t wt = matrix(w.data(), moecommFloat32, 3, 2);
+    moecommHandle_t handle = nullptr;
+    if (moecommDispatch(group, &xt, &it, &wt, &handle, nullptr) != moecommSuccess) {
+      failures[rank] = moecommGetLastError(group);
+      return;
+    }
+    moecommTensor_t batch_x, row_w;
+    int64_t counts[2], offsets[3];
+    moecommHandleGetBatch(handle, &batch_x, &row_w, counts, offsets);
+    if (offsets[1] % 4 != 0) failures[rank] = "offsets not aligned";
+    // Identity experts: combine must give back sum_j w_tj * x[t].
+    std::vector<float> out(3 * 8, 0.0f);
+    moecommTensor_t ot = matrix(out.data(), moecommFloat32, 3, 8);
+    if (moecommCombine(group, &batch_x, handle, &ot, nullptr) != moecommSuccess) {
+      failures[rank] = moecommGetLastError(group);
+    }
+    for (int t = 0; t < 3; ++t) {
+      float wsum = (idx[t * 2] >= 0 ? w[t * 2] : 0) + (idx[t * 2 + 1] >= 0 ? w[t * 2 + 1] : 0);
+      for (int h = 0; h < 8; ++h) {
+        if (std::abs(out[t * 8 + h] - wsum * x[t * 8 + h]) > 1e-4f) failures[rank] = "combine mismatch";
+      }
+    }
+    // Backward of dispatch with unit gradients counts each token's valid slots.
+    std::vector<float> ones(batch_x.sizes[0] * 8, 1.0f), gx(3 * 8);
+    moecommTensor_t gr = matrix(ones.data(), moecommFloat32, batch_x.sizes[0], 8);
+    moecommTensor_t gxt = matrix(gx.data(), moecommFloat32, 3, 8);
+    if (moecommDispatchBackward(group, &gr, handle, &gxt, nullptr) != moecommSuccess ||
+        gx[0] != 2.0f || gx[8] != 1.0f) {
+      failures[rank] = "dispatch backward";
+    }
+    moecommHandleDestroy(handle);
+    moecommGroupDestroy(group);
+  };
+  std::thread t0(rank_main, 0), t1(rank_main, 1);
+  t0.join();
+  t1.join();
+  moecommWorldDestroy(world);
+  EXPECT_EQ(failures[0], "");
+  EXPECT_EQ(failures[1], "");
+}
+
+TEST(CApi, ErrorsReturnCodesAndMessagesNotExceptions) {
+  moecommWorld_t world = nullptr;
+  ASSERT_EQ(moecommWorldCreate(1, &world), moecommSuccess);
+  moecommConfig_t config = MOECOMM_CONFIG_INIT;
+  moecommGroup_t group = reinterpret_cast<moecommGroup_t>(0x1);
+  // num_experts = 0.
+  EXPECT_EQ(moecommGroupCreate(world, 0, &config, &group), moecommInvalidArgument);
+  EXPECT_EQ(group, reinterpret_cast<moecommGroup_t>(0x1));  // untouched on failure
+  EXPECT_NE(std::string(moecommGetLastError(nullptr)).find("num_experts"), std::string::npos);
+  config.magic = 0;
+  EXPECT_EQ(moecommGroupCreate(world, 0, &config, &group), moecommInvalidArgument);
+  EXPECT_NE(std::string(moecommGetLastError(nullptr)).find("MOECOMM_CONFIG_INIT"), std::string::npos);
+  EXPECT_EQ(moecommGroupCreate(world, 0, nullptr, &group), moecommInvalidArgument);
+  EXPECT_EQ(moecommWorldCreate(0, &world), moecommInvalidArgument);
+
+  config = MOECOMM_CONFIG_INIT;
+  config.num_experts = 2;
+  config.hidden = 4;
+  config.topk = 1;
+  config.dtype = moecommFloat32;
+  ASSERT_EQ(moecommGroupCreate(world, 0, &config, &group), moecommSuccess);
+  moecommHandle_t handle = nullptr;
+  std::vector<float> x(4);
+  std::vector<int32_t> idx = {0};
+  std::vector<float> w = {1.0f};
+  moecommTensor_t xt = matrix(x.data(), moecommBfloat16, 1, 4);  // group dtype is f32
+  moecommTensor_t it = matrix(idx.data(), moecommInt32, 1, 1);
+  moecommTensor_t wt = matrix(w.data(), moecommFloat32, 1, 1);
+  EXPECT_EQ(moecommDispatch(group, &xt, &it, &wt, &handle, nullptr), moecommInvalidArgument);
+  EXPECT_EQ(handle, nullptr);
+  EXPECT_NE(std::string(moecommGetLastError(group)).find("x has dtype bf16"), std::string::npos);
+  EXPECT_EQ(moecommDispatch(group, nullptr, &it, &wt, &handle, nullptr), moecommInvalidArgument);
+  moecommGroupDestroy(group);
+  moecommWorldDestroy(world);
+}
+
+}  // namespace

@@ -1,0 +1,196 @@
+// The local transport and the in-process bootstrap, below any MoE logic: matching, sizes,
+// truncation, deadlines, cancellation and independent instances.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+#include "common/rank_runner.hpp"
+#include "src/bootstrap/in_process.hpp"
+#include "transport/local/local_transport.hpp"
+
+namespace {
+
+using namespace moecomm;
+using moecomm::testing::runRanks;
+
+std::unique_ptr<Transport> makeTransport(LocalWorld& world, int rank,
+                                         std::unique_ptr<Bootstrap>* keep) {
+  *keep = std::make_unique<InProcessBootstrap>(world.state(), rank);
+  std::unique_ptr<Transport> transport;
+  Status status = createLocalTransport(**keep, Deadline::afterMs(10000), &transport);
+  EXPECT_TRUE(status.isOk()) << status.message();
+  return transport;
+}
+
+std::vector<uint8_t> pattern(int from, int to, size_t bytes, int round) {
+  std::vector<uint8_t> v(bytes);
+  for (size_t i = 0; i < bytes; ++i) v[i] = static_cast<uint8_t>(from * 31 + to * 7 + round + i * 13);
+  return v;
+}
+
+// An all-to-all-v where rank r sends size(r, p, round) bytes to p.
+void allToAllV(Transport& t, int round, const std::function<size_t(int, int)>& size) {
+  const int n = t.size(), me = t.rank();
+  std::vector<std::vector<uint8_t>> out(n), in(n);
+  std::vector<Request> requests;
+  for (int p = 0; p < n; ++p) {
+    in[p].assign(size(p, me) + 3, 0xee);  // a little spare capacity that must stay untouched
+    Request r;
+    ASSERT_TRUE(t.postRecv(p, in[p].data(), in[p].size(), 100 + round, &r).isOk());
+    requests.push_back(r);
+  }
+  for (int i = 1; i <= n; ++i) {
+    int p = (me + i) % n;
+    out[p] = pattern(me, p, size(me, p), round);
+    Request r;
+    ASSERT_TRUE(t.postSend(p, out[p].data(), out[p].size(), 100 + round, &r).isOk());
+    requests.push_back(r);
+  }
+  Status status = t.waitAll(requests, Deadline::afterMs(20000), "test all-to-all");
+  ASSERT_TRUE(status.isOk()) << status.message();
+  for (int p = 0; p < n; ++p) {
+    auto expected = pattern(p, me, size(p, me), round);
+    EXPECT_EQ(requests[p]->bytes, expected.size());
+    EXPECT_FALSE(requests[p]->truncated);
+    EXPECT_TRUE(std::equal(expected.begin(), expected.end(), in[p].begin()));
+    EXPECT_EQ(in[p][expected.size()], 0xee);
+  }
+}
+
+class LocalTransportRanks : public ::testing::TestWithParam<int> {};
+
+TEST_P(LocalTransportRanks, ZeroOddSkewedAndChangingSizes) {
+  const int n = GetParam();
+  runRanks(n, [&](LocalWorld& world, int rank) {
+    std::unique_ptr<Bootstrap> bootstrap;
+    auto t = makeTransport(world, rank, &bootstrap);
+    allToAllV(*t, 0, [](int, int) { return size_t{0}; });
+    allToAllV(*t, 1, [](int a, int b) { return size_t(1 + 2 * a + 5 * b); });
+    allToAllV(*t, 2, [](int, int b) { return b == 0 ? size_t(1 << 20) + 7 : size_t{0}; });
+    for (int round = 3; round < 40; ++round) {
+      allToAllV(*t, round, [round](int a, int b) { return size_t((a * 977 + b * 131 + round * 71) % 5000); });
+    }
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Ranks, LocalTransportRanks, ::testing::Values(1, 2, 3, 4, 8));
+
+TEST(LocalTransport, TagsMatchOutOfOrderAndTruncationIsReported) {
+  runRanks(2, [&](LocalWorld& world, int rank) {
+    std::unique_ptr<Bootstrap> bootstrap;
+    auto t = makeTransport(world, rank, &bootstrap);
+    if (rank == 0) {
+      int a = 1, b = 2;
+      char big[16] = "0123456789abcde";
+      Request r1, r2, r3;
+      ASSERT_TRUE(t->postSend(1, &a, sizeof(a), 7, &r1).isOk());
+      ASSERT_TRUE(t->postSend(1, &b, sizeof(b), 8, &r2).isOk());
+      ASSERT_TRUE(t->postSend(1, big, sizeof(big), 9, &r3).isOk());
+      ASSERT_TRUE(t->waitAll({r1, r2, r3}, Deadline::afterMs(10000), "sends").isOk());
+    } else {
+      int a = 0, b = 0;
+      char small[4] = {};
+      Request r2, r1, r3;
+      ASSERT_TRUE(t->postRecv(0, &b, sizeof(b), 8, &r2).isOk());  // tag 8 first
+      ASSERT_TRUE(t->postRecv(0, &a, sizeof(a), 7, &r1).isOk());
+      ASSERT_TRUE(t->postRecv(0, small, sizeof(small), 9, &r3).isOk());
+      ASSERT_TRUE(t->waitAll({r1, r2, r3}, Deadline::afterMs(10000), "recvs").isOk());
+      EXPECT_EQ(a, 1);
+      EXPECT_EQ(b, 2);
+      EXPECT_TRUE(r3->truncated);
+      EXPECT_EQ(r3->bytes, sizeof(small));
+      EXPECT_EQ(std::memcmp(small, "0123", 4), 0);
+    }
+  });
+}
+
+TEST(LocalTransport, WaitHonoursItsDeadlineAndNamesTheSilentPeer) {
+  runRanks(3, [&](LocalWorld& world, int rank) {
+    std::unique_ptr<Bootstrap> bootstrap;
+    auto t = makeTransport(world, rank, &bootstrap);
+    if (rank == 0) {
+      int from1 = 0, from2 = 0;
+      Request r1, r2;
+      ASSERT_TRUE(t->postRecv(1, &from1, sizeof(int), 1, &r1).isOk());
+      ASSERT_TRUE(t->postRecv(2, &from2, sizeof(int), 1, &r2).isOk());
+      auto start = std::chrono::steady_clock::now();
+      Status status = t->waitAll({r1, r2}, Deadline::afterMs(300), "the test exchange");
+      auto waited = std::chrono::steady_clock::now() - start;
+      EXPECT_EQ(status.code(), StatusCode::kTimeout);
+      EXPECT_NE(status.message().find("no data from rank(s) 2"), std::string::npos)
+          << status.message();
+      EXPECT_GE(waited, std::chrono::milliseconds(290));  // the deadline, not an early return
+      EXPECT_EQ(from1, 11);
+      // The cancelled receive is gone: a late send to it stays queued and never writes.
+      EXPECT_TRUE(bootstrap->barrier(Deadline::afterMs(10000)).isOk());
+      EXPECT_TRUE(bootstrap->barrier(Deadline::afterMs(10000)).isOk());
+      EXPECT_EQ(from2, 0);
+    } else if (rank == 1) {
+      int value = 11;
+      Request r;
+      ASSERT_TRUE(t->postSend(0, &value, sizeof(int), 1, &r).isOk());
+      ASSERT_TRUE(t->wait(r, Deadline::afterMs(10000)).isOk());
+      EXPECT_TRUE(bootstrap->barrier(Deadline::afterMs(10000)).isOk());
+      EXPECT_TRUE(bootstrap->barrier(Deadline::afterMs(10000)).isOk());
+    } else {
+      EXPECT_TRUE(bootstrap->barrier(Deadline::afterMs(10000)).isOk());
+      int value = 22;
+      Request r;
+      ASSERT_TRUE(t->postSend(0, &value, sizeof(int), 1, &r).isOk());
+      EXPECT_EQ(t->wait(r, Deadline::afterMs(100)).code(), StatusCode::kTimeout);
+      t->cancel(r);
+      EXPECT_TRUE(bootstrap->barrier(Deadline::afterMs(10000)).isOk());
+    }
+  });
+}
+
+TEST(LocalTransport, TwoInstancesAliveAtOnceDoNotCrossTalk) {
+  runRanks(2, [&](LocalWorld& world, int rank) {
+    std::unique_ptr<Bootstrap> b1, b2;
+    auto t1 = makeTransport(world, rank, &b1);
+    auto t2 = makeTransport(world, rank, &b2);
+    int peer = 1 - rank;
+    int send1 = 100 + rank, send2 = 200 + rank, got1 = 0, got2 = 0;
+    Request r[4];
+    ASSERT_TRUE(t2->postRecv(peer, &got2, sizeof(int), 5, &r[0]).isOk());
+    ASSERT_TRUE(t1->postRecv(peer, &got1, sizeof(int), 5, &r[1]).isOk());
+    ASSERT_TRUE(t1->postSend(peer, &send1, sizeof(int), 5, &r[2]).isOk());
+    ASSERT_TRUE(t2->postSend(peer, &send2, sizeof(int), 5, &r[3]).isOk());
+    ASSERT_TRUE(t1->waitAll({r[1], r[2]}, Deadline::afterMs(10000), "t1").isOk());
+    ASSERT_TRUE(t2->waitAll({r[0], r[3]}, Deadline::afterMs(10000), "t2").isOk());
+    EXPECT_EQ(got1, 100 + peer);
+    EXPECT_EQ(got2, 200 + peer);
+  });
+}
+
+TEST(InProcessBootstrap, AllGatherOrdersByRankAndTimesOutNamingAbsentRanks) {
+  runRanks(4, [&](LocalWorld& world, int rank) {
+    InProcessBootstrap b(world.state(), rank);
+    int64_t mine = 1000 + rank;
+    std::vector<int64_t> all(4);
+    ASSERT_TRUE(b.allGather(&mine, all.data(), sizeof(mine), Deadline::afterMs(10000)).isOk());
+    for (int r = 0; r < 4; ++r) EXPECT_EQ(all[r], 1000 + r);
+    if (rank == 3) return;  // rank 3 leaves; the others must not wait forever
+    Status status = b.allGather(&mine, all.data(), sizeof(mine), Deadline::afterMs(200));
+    EXPECT_TRUE(status.code() == StatusCode::kTimeout || status.code() == StatusCode::kRemoteError)
+        << status.message();
+    EXPECT_NE(status.message().find("3"), std::string::npos) << status.message();
+  });
+}
+
+TEST(LocalTransport, RejectsPeersOutOfRange) {
+  runRanks(1, [&](LocalWorld& world, int rank) {
+    std::unique_ptr<Bootstrap> b;
+    auto t = makeTransport(world, rank, &b);
+    int v = 0;
+    Request r;
+    EXPECT_EQ(t->postSend(1, &v, sizeof(v), 0, &r).code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(t->postRecv(-1, &v, sizeof(v), 0, &r).code(), StatusCode::kInvalidArgument);
+  });
+}
+
+}  // namespace
