@@ -18,8 +18,12 @@ constexpr int kExperts = 16;
 constexpr int kTopk = 4;
 
 // The "expert": y = x * (1 + e / 8) + e / 100, different for every global expert e.
-float expertScale(int e) { return 1.0f + static_cast<float>(e) / 8.0f; }
-float expertBias(int e) { return static_cast<float>(e) / 100.0f; }
+float expertScale(int e) {
+  return 1.0f + static_cast<float>(e) / 8.0f;
+}
+float expertBias(int e) {
+  return static_cast<float>(e) / 100.0f;
+}
 
 struct RankReport {
   double max_error = 0.0;
@@ -47,13 +51,15 @@ void runRank(moecomm::LocalWorld& world, int rank, RankReport& report) {
   Router router(RouterOptions{kTopk, /*renormalize=*/true});
   Routing routing = router.route(TensorView::matrix(logits.data(), DType::kF32, kTokens, kExperts));
   Dispatcher dispatcher(group, DispatchOptions{/*expert_alignment=*/8});
-  ExpertBatch batch = dispatcher.dispatch(TensorView::matrix(x.data(), DType::kF32, kTokens, kHidden),
-                                          routing.topk_idx, routing.topk_weights);
+  ExpertBatch batch =
+      dispatcher.dispatch(TensorView::matrix(x.data(), DType::kF32, kTokens, kHidden),
+                          routing.topk_idx, routing.topk_weights);
   // The experts: each local expert transforms its contiguous block of rows.
   Tensor y = Tensor::zeros({batch.x.dim(0), kHidden}, DType::kF32);
   for (int e = 0; e < group.localExperts(); ++e) {
     const int global = group.firstLocalExpert() + e;
-    for (int64_t r = batch.expert_offsets[e]; r < batch.expert_offsets[e] + batch.expert_counts[e]; ++r) {
+    for (int64_t r = batch.expert_offsets[e]; r < batch.expert_offsets[e] + batch.expert_counts[e];
+         ++r) {
       for (int h = 0; h < kHidden; ++h) {
         y.as<float>()[r * kHidden + h] =
             batch.x.as<float>()[r * kHidden + h] * expertScale(global) + expertBias(global);
@@ -73,8 +79,8 @@ void runRank(moecomm::LocalWorld& world, int rank, RankReport& report) {
         expected += routing.topk_weights.as<float>()[t * kTopk + j] *
                     (static_cast<double>(x[t * kHidden + h]) * expertScale(e) + expertBias(e));
       }
-      report.max_error = std::max(report.max_error,
-                                  std::fabs(expected - out.as<float>()[t * kHidden + h]));
+      report.max_error =
+          std::max(report.max_error, std::fabs(expected - out.as<float>()[t * kHidden + h]));
     }
   }
 }
@@ -96,8 +102,10 @@ int main() {
   }
   for (auto& t : threads) t.join();
 
-  std::printf("moecomm %s: one MoE step, %d in-process ranks, %d tokens/rank, hidden %d, %d experts, "
-              "top-%d, f32\n", MOECOMM_VERSION_STRING, kRanks, kTokens, kHidden, kExperts, kTopk);
+  std::printf(
+      "moecomm %s: one MoE step, %d in-process ranks, %d tokens/rank, hidden %d, %d experts, "
+      "top-%d, f32\n",
+      MOECOMM_VERSION_STRING, kRanks, kTokens, kHidden, kExperts, kTopk);
   std::printf("%-6s %14s %12s %14s\n", "rank", "expert rows", "time (ms)", "max |error|");
   bool ok = true;
   for (int r = 0; r < kRanks; ++r) {
@@ -108,8 +116,9 @@ int main() {
     }
     bool rank_ok = reports[r].max_error < 1e-4;
     ok = ok && rank_ok;
-    std::printf("%-6d %14lld %12.2f %14.3g %s\n", r, static_cast<long long>(reports[r].received_rows),
-                reports[r].seconds * 1e3, reports[r].max_error, rank_ok ? "OK" : "MISMATCH");
+    std::printf("%-6d %14lld %12.2f %14.3g %s\n", r,
+                static_cast<long long>(reports[r].received_rows), reports[r].seconds * 1e3,
+                reports[r].max_error, rank_ok ? "OK" : "MISMATCH");
   }
   std::printf("result: %s (route -> dispatch -> experts -> combine matches the dense reference)\n",
               ok ? "PASSED" : "FAILED");

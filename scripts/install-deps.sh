@@ -3,7 +3,8 @@
 # something is missing, so repeated runs cost nothing.
 set -euo pipefail
 
-packages=(cmake g++ make ninja-build pkg-config googletest libgtest-dev libgmock-dev libfmt-dev)
+packages=(cmake g++ make ninja-build pkg-config googletest libgtest-dev libgmock-dev libfmt-dev
+          clang-format)
 
 missing=()
 for p in "${packages[@]}"; do

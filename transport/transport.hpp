@@ -19,7 +19,7 @@ struct RequestBase {
   virtual ~RequestBase() = default;
   int peer = -1;
   bool is_send = false;
-  size_t bytes = 0;      // send: bytes sent; recv: bytes received once complete
+  size_t bytes = 0;        // send: bytes sent; recv: bytes received once complete
   bool truncated = false;  // recv: the message was longer than the buffer (only the prefix landed)
 };
 using Request = std::shared_ptr<RequestBase>;

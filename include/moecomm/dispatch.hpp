@@ -35,8 +35,8 @@ class MOECOMM_API DispatchHandle {
   bool valid() const noexcept { return impl_ != nullptr; }
   const Impl* impl() const noexcept { return impl_.get(); }
 
-  int64_t numRows() const noexcept;      // rows of the expert-major layout, padding included
-  int64_t numTokens() const noexcept;    // T of the dispatching rank
+  int64_t numRows() const noexcept;    // rows of the expert-major layout, padding included
+  int64_t numTokens() const noexcept;  // T of the dispatching rank
 
  private:
   std::shared_ptr<const Impl> impl_;
@@ -46,17 +46,18 @@ class MOECOMM_API DispatchHandle {
 // hold the tokens routed to it, ordered by source rank and then by source token index; rows from
 // offsets[e] + counts[e] up to offsets[e + 1] are alignment padding (zeros, weight 0).
 struct ExpertBatch {
-  Tensor x;                             // [num_rows, H], dispatch dtype
-  Tensor row_weights;                   // [num_rows] f32: the routing weight of each row
-  std::vector<int64_t> expert_counts;   // [local experts] real rows
-  std::vector<int64_t> expert_offsets;  // [local experts + 1], multiples of the alignment
+  Tensor x;                               // [num_rows, H], dispatch dtype
+  Tensor row_weights;                     // [num_rows] f32: the routing weight of each row
+  std::vector<int64_t> expert_counts;     // [local experts] real rows
+  std::vector<int64_t> expert_offsets;    // [local experts + 1], multiples of the alignment
   std::vector<int64_t> tokens_from_rank;  // [ranks] tokens received from each rank
   DispatchHandle handle;
 };
 
-// All calls are collective over the group and synchronous on CPU. On error they throw moecomm::Error
-// on every rank (the rank with the bad input gets its own error, the others kRemoteError naming it)
-// and caller-provided outputs are left untouched: an output is written only when the call succeeds.
+// All calls are collective over the group and synchronous on CPU. On error they throw
+// moecomm::Error on every rank (the rank with the bad input gets its own error, the others
+// kRemoteError naming it) and caller-provided outputs are left untouched: an output is written only
+// when the call succeeds.
 class MOECOMM_API Dispatcher {
  public:
   explicit Dispatcher(Group& group, const DispatchOptions& options = {});

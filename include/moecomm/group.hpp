@@ -11,11 +11,11 @@
 namespace moecomm {
 
 struct GroupConfig {
-  int num_experts = 0;           // global experts; must divide evenly over the ranks
-  int hidden = 0;                // elements per token row
-  DType dtype = DType::kBF16;    // dispatch payload dtype: f32 or bf16
-  int topk = 0;                  // slots per token, 1..num_experts
-  int64_t timeout_ms = 0;        // deadline of every wait; 0: MOECOMM_TIMEOUT_MS or 300000
+  int num_experts = 0;             // global experts; must divide evenly over the ranks
+  int hidden = 0;                  // elements per token row
+  DType dtype = DType::kBF16;      // dispatch payload dtype: f32 or bf16
+  int topk = 0;                    // slots per token, 1..num_experts
+  int64_t timeout_ms = 0;          // deadline of every wait; 0: MOECOMM_TIMEOUT_MS or 300000
   std::string transport = "auto";  // "auto" or "local"; also MOECOMM_TRANSPORT when "auto"
 };
 
@@ -35,15 +35,16 @@ class MOECOMM_API LocalWorld {
 
 class MOECOMM_API Group {
  public:
-  // Collective over the world's ranks. Every rank must pass the same num_experts, hidden, dtype, topk
-  // and transport; a difference fails on every rank with a message naming the rank and the field.
+  // Collective over the world's ranks. Every rank must pass the same num_experts, hidden, dtype,
+  // topk and transport; a difference fails on every rank with a message naming the rank and the
+  // field.
   static Group create(LocalWorld& world, int rank, const GroupConfig& config);
 
   int rank() const noexcept;
   int size() const noexcept;
   const GroupConfig& config() const noexcept;
-  int localExperts() const noexcept;       // num_experts / size
-  int firstLocalExpert() const noexcept;   // rank * localExperts()
+  int localExperts() const noexcept;      // num_experts / size
+  int firstLocalExpert() const noexcept;  // rank * localExperts()
   int expertOwner(int expert) const noexcept;
   const char* transportName() const noexcept;
   // The last error this rank's operations on the group raised ("" when none).

@@ -71,8 +71,11 @@ typedef struct {
   int expert_alignment;  /* 0 here means 1 (no padding) */
 } moecommConfig_t;
 
-#define MOECOMM_CONFIG_INIT \
-  { sizeof(moecommConfig_t), MOECOMM_CONFIG_MAGIC, MOECOMM_ABI_VERSION, 0, 0, moecommBfloat16, 0, 0, NULL, 0 }
+#define MOECOMM_CONFIG_INIT                                                                       \
+  {                                                                                               \
+    sizeof(moecommConfig_t), MOECOMM_CONFIG_MAGIC, MOECOMM_ABI_VERSION, 0, 0, moecommBfloat16, 0, \
+        0, NULL, 0                                                                                \
+  }
 
 MOECOMM_C_API const char* moecommGetErrorString(moecommResult_t result);
 /* The last error message of `group`'s rank, or of this thread's last call when group is NULL. The
@@ -91,8 +94,8 @@ MOECOMM_C_API moecommResult_t moecommGroupDestroy(moecommGroup_t group);
 MOECOMM_C_API moecommResult_t moecommGroupRank(moecommGroup_t group, int* rank);
 MOECOMM_C_API moecommResult_t moecommGroupSize(moecommGroup_t group, int* size);
 
-/* x [T, hidden]; topk_idx [T, topk] int32/int64; topk_weights [T, topk] float32. *handle is set only
- * on success and owns the expert batch until moecommHandleDestroy. stream: NULL on CPU. */
+/* x [T, hidden]; topk_idx [T, topk] int32/int64; topk_weights [T, topk] float32. *handle is set
+ * only on success and owns the expert batch until moecommHandleDestroy. stream: NULL on CPU. */
 MOECOMM_C_API moecommResult_t moecommDispatch(moecommGroup_t group, const moecommTensor_t* x,
                                               const moecommTensor_t* topk_idx,
                                               const moecommTensor_t* topk_weights,

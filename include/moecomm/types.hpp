@@ -43,8 +43,7 @@ struct MOECOMM_API TensorView {
   int64_t shape[kMaxDims] = {0, 0, 0, 0};
 
   static TensorView vector(void* data, DType dtype, int64_t n, Device device = {});
-  static TensorView matrix(void* data, DType dtype, int64_t rows, int64_t cols,
-                           Device device = {});
+  static TensorView matrix(void* data, DType dtype, int64_t rows, int64_t cols, Device device = {});
 
   int64_t numel() const noexcept;
   size_t bytes() const noexcept { return static_cast<size_t>(numel()) * dtypeSize(dtype); }
@@ -83,8 +82,8 @@ class MOECOMM_API Tensor {
   TensorView view_;
 };
 
-// Where an operation runs. CPU operations ignore the stream; the CUDA backend will order its work on
-// it. Every operation takes one as its last argument so that shape never changes.
+// Where an operation runs. CPU operations ignore the stream; the CUDA backend will order its work
+// on it. Every operation takes one as its last argument so that shape never changes.
 struct ExecContext {
   void* stream = nullptr;  // cudaStream_t when the CUDA backend exists
 };

@@ -13,17 +13,26 @@ namespace {
 
 float loadElement(const void* src, DType dtype, int64_t i) {
   switch (dtype) {
-    case DType::kBF16: return numeric::bf16ToFloat(static_cast<const uint16_t*>(src)[i]);
-    case DType::kF16: return numeric::f16ToFloat(static_cast<const uint16_t*>(src)[i]);
-    default: return static_cast<const float*>(src)[i];
+    case DType::kBF16:
+      return numeric::bf16ToFloat(static_cast<const uint16_t*>(src)[i]);
+    case DType::kF16:
+      return numeric::f16ToFloat(static_cast<const uint16_t*>(src)[i]);
+    default:
+      return static_cast<const float*>(src)[i];
   }
 }
 
 void storeElement(void* dst, DType dtype, int64_t i, float value) {
   switch (dtype) {
-    case DType::kBF16: static_cast<uint16_t*>(dst)[i] = numeric::floatToBf16(value); break;
-    case DType::kF16: static_cast<uint16_t*>(dst)[i] = numeric::floatToF16(value); break;
-    default: static_cast<float*>(dst)[i] = value; break;
+    case DType::kBF16:
+      static_cast<uint16_t*>(dst)[i] = numeric::floatToBf16(value);
+      break;
+    case DType::kF16:
+      static_cast<uint16_t*>(dst)[i] = numeric::floatToF16(value);
+      break;
+    default:
+      static_cast<float*>(dst)[i] = value;
+      break;
   }
 }
 

@@ -28,7 +28,8 @@ void scaleRow(void* dst, const void* src, bool is_bf16, float weight, int64_t n)
   if (is_bf16) {
     const auto* in = static_cast<const uint16_t*>(src);
     auto* out = static_cast<uint16_t*>(dst);
-    for (int64_t i = 0; i < n; ++i) out[i] = numeric::floatToBf16(weight * numeric::bf16ToFloat(in[i]));
+    for (int64_t i = 0; i < n; ++i)
+      out[i] = numeric::floatToBf16(weight * numeric::bf16ToFloat(in[i]));
   } else {
     const auto* in = static_cast<const float*>(src);
     auto* out = static_cast<float*>(dst);

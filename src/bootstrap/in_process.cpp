@@ -14,7 +14,9 @@ LocalWorld::LocalWorld(int size) {
   state_ = std::make_shared<State>(size);
 }
 
-int LocalWorld::size() const noexcept { return state_->size; }
+int LocalWorld::size() const noexcept {
+  return state_->size;
+}
 
 Status InProcessBootstrap::allGather(const void* in, void* out, size_t bytes, Deadline deadline) {
   LocalWorld::State& w = *world_;
@@ -30,7 +32,8 @@ Status InProcessBootstrap::allGather(const void* in, void* out, size_t bytes, De
                      rank_, bytes, w.bytes);
   }
   w.bytes = bytes;
-  w.slots[rank_].assign(static_cast<const std::byte*>(in), static_cast<const std::byte*>(in) + bytes);
+  w.slots[rank_].assign(static_cast<const std::byte*>(in),
+                        static_cast<const std::byte*>(in) + bytes);
   w.arrived[rank_] = true;
   const uint64_t my_generation = w.generation;
   if (++w.arrived_count == w.size) {
@@ -43,9 +46,8 @@ Status InProcessBootstrap::allGather(const void* in, void* out, size_t bytes, De
     ++w.generation;
     w.cv.notify_all();
   } else {
-    bool done = w.cv.wait_until(lock, deadline.when(), [&] {
-      return w.generation != my_generation || !w.broken.empty();
-    });
+    bool done = w.cv.wait_until(lock, deadline.when(),
+                                [&] { return w.generation != my_generation || !w.broken.empty(); });
     if (!done) {
       std::vector<int> missing;
       for (int r = 0; r < w.size; ++r) {
@@ -54,7 +56,8 @@ Status InProcessBootstrap::allGather(const void* in, void* out, size_t bytes, De
       w.broken = fmt::format("rank {} timed out in a bootstrap collective waiting for rank(s) {}",
                              rank_, formatRankList(missing));
       w.cv.notify_all();
-      return makeError(StatusCode::kTimeout, "{}; check that every rank reaches this call", w.broken);
+      return makeError(StatusCode::kTimeout, "{}; check that every rank reaches this call",
+                       w.broken);
     }
     if (w.generation == my_generation) {
       return makeError(StatusCode::kRemoteError, "rank {}: the local world is unusable: {}", rank_,

@@ -16,8 +16,8 @@ namespace moecomm {
 // The shared state behind a LocalWorld. After a timeout the world is broken: every later call on
 // it fails at once with the first failure's message, so no rank waits for a rank that left.
 struct LocalWorld::State {
-  explicit State(int n) : size(n), arrived(static_cast<size_t>(n), false),
-                          slots(static_cast<size_t>(n)) {}
+  explicit State(int n)
+      : size(n), arrived(static_cast<size_t>(n), false), slots(static_cast<size_t>(n)) {}
   const int size;
   std::mutex mutex;
   std::condition_variable cv;

@@ -14,8 +14,8 @@ class Bootstrap {
   virtual ~Bootstrap() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // Every rank contributes `bytes` from `in`; `out` receives size() * bytes, rank-ordered. Every rank
-  // must pass the same `bytes`. Fails with kTimeout naming the ranks that did not arrive.
+  // Every rank contributes `bytes` from `in`; `out` receives size() * bytes, rank-ordered. Every
+  // rank must pass the same `bytes`. Fails with kTimeout naming the ranks that did not arrive.
   virtual Status allGather(const void* in, void* out, size_t bytes, Deadline deadline) = 0;
   virtual Status barrier(Deadline deadline) = 0;
 };

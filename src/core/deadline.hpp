@@ -9,7 +9,9 @@ namespace moecomm {
 class Deadline {
  public:
   using Clock = std::chrono::steady_clock;
-  static Deadline afterMs(int64_t ms) { return Deadline(Clock::now() + std::chrono::milliseconds(ms)); }
+  static Deadline afterMs(int64_t ms) {
+    return Deadline(Clock::now() + std::chrono::milliseconds(ms));
+  }
   Clock::time_point when() const { return when_; }
   bool expired() const { return Clock::now() >= when_; }
 

@@ -8,7 +8,8 @@
 namespace moecomm {
 
 std::optional<std::string> envString(const char* name);
-// Returns fallback when unset; a value that is not an integer is reported at warn level and ignored.
+// Returns fallback when unset; a value that is not an integer is reported at warn level and
+// ignored.
 int64_t envInt(const char* name, int64_t fallback);
 
 // MOECOMM_TIMEOUT_MS, or 300000 (5 minutes) when unset.

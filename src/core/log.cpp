@@ -2,10 +2,10 @@
 
 #include <unistd.h>
 
+#include <strings.h>
 #include <cstdio>
 #include <functional>
 #include <mutex>
-#include <strings.h>
 #include <thread>
 
 #include "src/core/env.hpp"
@@ -20,8 +20,10 @@ LogLevel parseLevel() {
   for (int i = 0; i < 5; ++i) {
     if (strcasecmp(value->c_str(), names[i]) == 0) return static_cast<LogLevel>(i);
   }
-  std::fprintf(stderr, "MOECOMM WARN MOECOMM_LOG_LEVEL='%s' is not one of error, warn, info, "
-               "debug, trace; using warn\n", value->c_str());
+  std::fprintf(stderr,
+               "MOECOMM WARN MOECOMM_LOG_LEVEL='%s' is not one of error, warn, info, "
+               "debug, trace; using warn\n",
+               value->c_str());
   return LogLevel::kWarn;
 }
 }  // namespace

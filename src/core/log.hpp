@@ -15,8 +15,8 @@ void logWrite(LogLevel level, const std::string& message);
 
 }  // namespace moecomm
 
-#define MOECOMM_LOG(level, ...)                                      \
-  do {                                                               \
+#define MOECOMM_LOG(level, ...)                                             \
+  do {                                                                      \
     if (static_cast<int>(level) <= static_cast<int>(::moecomm::logLevel())) \
-      ::moecomm::logWrite(level, fmt::format(__VA_ARGS__));          \
+      ::moecomm::logWrite(level, fmt::format(__VA_ARGS__));                 \
   } while (0)

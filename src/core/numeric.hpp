@@ -7,8 +7,12 @@
 
 namespace moecomm::numeric {
 
-inline float bitsToFloat(uint32_t bits) { return std::bit_cast<float>(bits); }
-inline uint32_t floatToBits(float value) { return std::bit_cast<uint32_t>(value); }
+inline float bitsToFloat(uint32_t bits) {
+  return std::bit_cast<float>(bits);
+}
+inline uint32_t floatToBits(float value) {
+  return std::bit_cast<uint32_t>(value);
+}
 
 // Rounds away `shift` low bits of `value` to nearest, ties to even.
 inline uint32_t roundShiftRne(uint32_t value, int shift) {
@@ -26,7 +30,9 @@ inline uint16_t floatToBf16(float value) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
-inline float bf16ToFloat(uint16_t bits) { return bitsToFloat(static_cast<uint32_t>(bits) << 16); }
+inline float bf16ToFloat(uint16_t bits) {
+  return bitsToFloat(static_cast<uint32_t>(bits) << 16);
+}
 
 inline uint16_t floatToF16(float value) {
   uint32_t bits = floatToBits(value);
@@ -63,7 +69,7 @@ inline uint8_t floatToFp8E4M3(float value) {
   uint32_t bits = floatToBits(value);
   uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80u);
   uint32_t magnitude = bits & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return static_cast<uint8_t>(sign | 0x7fu);  // NaN
+  if (magnitude > 0x7f800000u) return static_cast<uint8_t>(sign | 0x7fu);   // NaN
   if (magnitude >= 0x43e00000u) return static_cast<uint8_t>(sign | 0x7eu);  // >= 448: saturate
   if (magnitude <= 0x3a800000u) return sign;  // <= 2^-10: ties to even give zero
   uint32_t exponent = magnitude >> 23;

@@ -6,14 +6,22 @@ namespace moecomm {
 
 const char* statusString(StatusCode code) noexcept {
   switch (code) {
-    case StatusCode::kSuccess: return "success";
-    case StatusCode::kInvalidArgument: return "invalid argument";
-    case StatusCode::kInvalidUsage: return "invalid usage";
-    case StatusCode::kSystemError: return "system error";
-    case StatusCode::kInternalError: return "internal error";
-    case StatusCode::kRemoteError: return "remote error";
-    case StatusCode::kTimeout: return "timeout";
-    case StatusCode::kInProgress: return "in progress";
+    case StatusCode::kSuccess:
+      return "success";
+    case StatusCode::kInvalidArgument:
+      return "invalid argument";
+    case StatusCode::kInvalidUsage:
+      return "invalid usage";
+    case StatusCode::kSystemError:
+      return "system error";
+    case StatusCode::kInternalError:
+      return "internal error";
+    case StatusCode::kRemoteError:
+      return "remote error";
+    case StatusCode::kTimeout:
+      return "timeout";
+    case StatusCode::kInProgress:
+      return "in progress";
   }
   return "unknown status";
 }

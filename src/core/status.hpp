@@ -36,8 +36,8 @@ void throwIfError(const Status& status);
 
 }  // namespace moecomm
 
-#define MOECOMM_RETURN_IF_ERROR(expr)             \
-  do {                                            \
-    ::moecomm::Status moecomm_status_ = (expr);   \
+#define MOECOMM_RETURN_IF_ERROR(expr)                    \
+  do {                                                   \
+    ::moecomm::Status moecomm_status_ = (expr);          \
     if (!moecomm_status_.isOk()) return moecomm_status_; \
   } while (0)

@@ -22,8 +22,7 @@ Status checkMatrix(const char* name, const TensorView& view, int64_t rows, int64
                      name);
   }
   if (view.ndim != 2) {
-    return makeError(StatusCode::kInvalidArgument, "{} must be 2-D, got {}", name,
-                     view.describe());
+    return makeError(StatusCode::kInvalidArgument, "{} must be 2-D, got {}", name, view.describe());
   }
   if (view.shape[0] < 0 || view.shape[1] < 0) {
     return makeError(StatusCode::kInvalidArgument, "{} has a negative dimension: {}", name,

@@ -9,8 +9,8 @@
 
 namespace moecomm {
 
-// A 2-D cpu view [rows, cols] of one of `dtypes`; rows < 0 or cols < 0 means "any". Data may be null
-// only when the view is empty.
+// A 2-D cpu view [rows, cols] of one of `dtypes`; rows < 0 or cols < 0 means "any". Data may be
+// null only when the view is empty.
 Status checkMatrix(const char* name, const TensorView& view, int64_t rows, int64_t cols,
                    std::initializer_list<DType> dtypes);
 

@@ -10,15 +10,19 @@ namespace moecomm {
 
 namespace {
 
-size_t rowBytes(const TensorView& v) { return static_cast<size_t>(v.shape[1]) * dtypeSize(v.dtype); }
+size_t rowBytes(const TensorView& v) {
+  return static_cast<size_t>(v.shape[1]) * dtypeSize(v.dtype);
+}
 
 Status checkExpectedSizes(const Group::Impl& group, const Staging& staging,
                           const std::vector<int64_t>& counts, size_t per_token, WireOp op) {
   for (int p = 0; p < group.size; ++p) {
     const size_t expected = sizeof(WireHeader) + static_cast<size_t>(counts[p]) * per_token;
     if (staging.received[p] != expected) {
-      return makeError(StatusCode::kInternalError, "rank {}: {} message from rank {} has {} bytes, "
-                       "expected {}", group.rank, wireOpName(op), p, staging.received[p], expected);
+      return makeError(StatusCode::kInternalError,
+                       "rank {}: {} message from rank {} has {} bytes, "
+                       "expected {}",
+                       group.rank, wireOpName(op), p, staging.received[p], expected);
     }
   }
   return Status::ok();
@@ -63,9 +67,8 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
   std::vector<float> acc(static_cast<size_t>(hidden));
   int64_t g = 0;
   for (int p = 0; p < group.size; ++p) {
-    std::byte* payload =
-        staging.sendPayload(p, static_cast<size_t>(h.recv_tokens[p]) * row_bytes, op, sequence,
-                            h.recv_tokens[p]);
+    std::byte* payload = staging.sendPayload(p, static_cast<size_t>(h.recv_tokens[p]) * row_bytes,
+                                             op, sequence, h.recv_tokens[p]);
     for (int64_t i = 0; i < h.recv_tokens[p]; ++i, ++g) {
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int j = 0; j < k; ++j) {
@@ -79,7 +82,8 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
     }
   }
   const std::vector<int64_t> counts = sendCounts(h);
-  for (int p = 0; p < group.size; ++p) staging.expect(p, static_cast<size_t>(counts[p]) * row_bytes);
+  for (int p = 0; p < group.size; ++p)
+    staging.expect(p, static_cast<size_t>(counts[p]) * row_bytes);
   MOECOMM_RETURN_IF_ERROR(exchange(group, staging, op, sequence, 0, Status::ok()));
   MOECOMM_RETURN_IF_ERROR(checkExpectedSizes(group, staging, counts, row_bytes, op));
 
@@ -119,7 +123,8 @@ Status runCombineBackward(Dispatcher::State& state, const TensorView& grad_out, 
   const uint64_t sequence = group.takeSequence();
   staging.prepare(group.size);
   Status local = checkCombineBackwardInputs(group, handle, grad_out, y, grad_y, grad_weights);
-  if (!local.isOk()) return exchange(group, staging, WireOp::kCombineBackwardGrad, sequence, 0, local);
+  if (!local.isOk())
+    return exchange(group, staging, WireOp::kCombineBackwardGrad, sequence, 0, local);
 
   const DispatchHandle::Impl& h = *handle.impl();
   const int k = h.topk;
@@ -166,8 +171,9 @@ Status runCombineBackward(Dispatcher::State& state, const TensorView& grad_out, 
   // Phase 2: the dot products go home.
   const size_t dot_bytes = static_cast<size_t>(k) * sizeof(float);
   for (int p = 0; p < group.size; ++p) {
-    std::byte* payload = staging.sendPayload(p, dots[p].size() * sizeof(float),
-                                             WireOp::kCombineBackwardDots, sequence, h.recv_tokens[p]);
+    std::byte* payload =
+        staging.sendPayload(p, dots[p].size() * sizeof(float), WireOp::kCombineBackwardDots,
+                            sequence, h.recv_tokens[p]);
     if (!dots[p].empty()) std::memcpy(payload, dots[p].data(), dots[p].size() * sizeof(float));
     staging.expect(p, static_cast<size_t>(counts[p]) * dot_bytes);
   }

@@ -24,8 +24,8 @@ Status checkDispatchInputs(const Group::Impl& group, const DispatchOptions& opti
   const GroupConfig& config = group.config;
   MOECOMM_RETURN_IF_ERROR(checkMatrix("x", x, -1, config.hidden, {config.dtype}));
   const int64_t tokens = x.shape[0];
-  MOECOMM_RETURN_IF_ERROR(checkMatrix("topk_idx", topk_idx, tokens, config.topk,
-                                      {DType::kI32, DType::kI64}));
+  MOECOMM_RETURN_IF_ERROR(
+      checkMatrix("topk_idx", topk_idx, tokens, config.topk, {DType::kI32, DType::kI64}));
   MOECOMM_RETURN_IF_ERROR(
       checkMatrix("topk_weights", topk_weights, tokens, config.topk, {DType::kF32}));
   return planRouting(topk_idx, placementOf(group), plan);
@@ -73,8 +73,9 @@ Status unpack(const Group::Impl& group, const Staging& staging, int64_t alignmen
     const auto* ids = reinterpret_cast<const int32_t*>(staging.recvPayload(p) + n * row_bytes);
     for (int64_t i = 0; i < n * k; ++i) {
       if (ids[i] >= local) {
-        return makeError(StatusCode::kInternalError, "rank {}: rank {} sent local expert id {} >= {}",
-                         group.rank, p, ids[i], local);
+        return makeError(StatusCode::kInternalError,
+                         "rank {}: rank {} sent local expert id {} >= {}", group.rank, p, ids[i],
+                         local);
       }
       if (ids[i] >= 0) ++batch.expert_counts[ids[i]];
     }
@@ -111,7 +112,8 @@ Status unpack(const Group::Impl& group, const Staging& staging, int64_t alignmen
       }
     }
   }
-  if (rows > 0) std::memcpy(batch.row_weights.data(), handle.row_weights.data(), rows * sizeof(float));
+  if (rows > 0)
+    std::memcpy(batch.row_weights.data(), handle.row_weights.data(), rows * sizeof(float));
   return Status::ok();
 }
 
@@ -157,7 +159,8 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   MOECOMM_RETURN_IF_ERROR(
       exchange(group, staging, WireOp::kDispatchPayload, sequence, 1, Status::ok()));
   for (int p = 0; p < n; ++p) {
-    const size_t expected = sizeof(WireHeader) + static_cast<size_t>(handle->recv_tokens[p]) * per_token;
+    const size_t expected =
+        sizeof(WireHeader) + static_cast<size_t>(handle->recv_tokens[p]) * per_token;
     if (staging.received[p] != expected || staging.recvHeader(p).count != handle->recv_tokens[p]) {
       return makeError(StatusCode::kInternalError,
                        "rank {}: dispatch payload from rank {} has {} bytes, expected {}",
@@ -178,8 +181,9 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
 
 Status checkHandle(const DispatchHandle& handle, const Group::Impl& group) {
   if (!handle.valid()) {
-    return makeError(StatusCode::kInvalidUsage,
-                     "the DispatchHandle is empty; pass the handle of an ExpertBatch from dispatch");
+    return makeError(
+        StatusCode::kInvalidUsage,
+        "the DispatchHandle is empty; pass the handle of an ExpertBatch from dispatch");
   }
   if (handle.impl()->group != &group) {
     return makeError(StatusCode::kInvalidUsage,
@@ -189,8 +193,12 @@ Status checkHandle(const DispatchHandle& handle, const Group::Impl& group) {
   return Status::ok();
 }
 
-int64_t DispatchHandle::numRows() const noexcept { return impl_ ? impl_->num_rows : 0; }
-int64_t DispatchHandle::numTokens() const noexcept { return impl_ ? impl_->tokens : 0; }
+int64_t DispatchHandle::numRows() const noexcept {
+  return impl_ ? impl_->num_rows : 0;
+}
+int64_t DispatchHandle::numTokens() const noexcept {
+  return impl_ ? impl_->tokens : 0;
+}
 
 Dispatcher::Dispatcher(Group& group, const DispatchOptions& options)
     : state_(std::make_unique<State>()) {

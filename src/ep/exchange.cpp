@@ -7,12 +7,18 @@ namespace moecomm {
 
 const char* wireOpName(WireOp op) {
   switch (op) {
-    case WireOp::kDispatchCounts: return "dispatch (count exchange)";
-    case WireOp::kDispatchPayload: return "dispatch";
-    case WireOp::kCombine: return "combine";
-    case WireOp::kDispatchBackward: return "dispatchBackward";
-    case WireOp::kCombineBackwardGrad: return "combineBackward";
-    case WireOp::kCombineBackwardDots: return "combineBackward (weight gradients)";
+    case WireOp::kDispatchCounts:
+      return "dispatch (count exchange)";
+    case WireOp::kDispatchPayload:
+      return "dispatch";
+    case WireOp::kCombine:
+      return "combine";
+    case WireOp::kDispatchBackward:
+      return "dispatchBackward";
+    case WireOp::kCombineBackwardGrad:
+      return "combineBackward";
+    case WireOp::kCombineBackwardDots:
+      return "combineBackward (weight gradients)";
   }
   return "unknown operation";
 }
@@ -62,12 +68,12 @@ Status checkPeerMessage(const Staging& staging, int me, int peer, WireOp op, uin
                      peer, wireOpName(op));
   }
   if (header.status != 0) {
-    std::string text(reinterpret_cast<const char*>(staging.recvPayload(peer)),
-                     strnlen(reinterpret_cast<const char*>(staging.recvPayload(peer)),
-                             kErrorTextBytes - 1));
+    std::string text(
+        reinterpret_cast<const char*>(staging.recvPayload(peer)),
+        strnlen(reinterpret_cast<const char*>(staging.recvPayload(peer)), kErrorTextBytes - 1));
     return makeError(StatusCode::kRemoteError, "rank {}: {} failed because rank {} reported {}: {}",
-                     me, wireOpName(op), peer,
-                     statusString(static_cast<StatusCode>(header.status)), text);
+                     me, wireOpName(op), peer, statusString(static_cast<StatusCode>(header.status)),
+                     text);
   }
   if (header.op != static_cast<uint32_t>(op) || header.sequence != sequence) {
     return makeError(StatusCode::kInvalidUsage,

@@ -4,8 +4,7 @@
 
 namespace moecomm {
 
-Status planRouting(const TensorView& topk_idx, const ExpertPlacement& placement,
-                   RoutingPlan* out) {
+Status planRouting(const TensorView& topk_idx, const ExpertPlacement& placement, RoutingPlan* out) {
   MOECOMM_RETURN_IF_ERROR(
       checkMatrix("topk_idx", topk_idx, -1, placement.topk, {DType::kI32, DType::kI64}));
   const int64_t tokens = topk_idx.shape[0];

@@ -25,7 +25,7 @@ struct WireHeader {
   uint64_t sequence;
   int32_t status;  // StatusCode of the sender; on failure kErrorTextBytes of text follow
   int32_t reserved;
-  int64_t count;   // tokens that follow (or, for counts, that will follow)
+  int64_t count;  // tokens that follow (or, for counts, that will follow)
 };
 static_assert(sizeof(WireHeader) == 32);
 

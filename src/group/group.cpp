@@ -96,10 +96,11 @@ Status createGroup(std::unique_ptr<Bootstrap> bootstrap, const GroupConfig& conf
   impl->local_experts = config.num_experts / impl->size;
   MOECOMM_RETURN_IF_ERROR(createLocalTransport(*bootstrap, deadline, &impl->transport));
   impl->bootstrap = std::move(bootstrap);
-  MOECOMM_LOG(LogLevel::kInfo, "rank {}/{}: group ready: {} experts ({} local), hidden {}, {}, "
-              "top-{}, transport {}, timeout {} ms", impl->rank, impl->size, config.num_experts,
-              impl->local_experts, config.hidden, dtypeName(config.dtype), config.topk,
-              impl->transport->name(), impl->timeout_ms);
+  MOECOMM_LOG(LogLevel::kInfo,
+              "rank {}/{}: group ready: {} experts ({} local), hidden {}, {}, "
+              "top-{}, transport {}, timeout {} ms",
+              impl->rank, impl->size, config.num_experts, impl->local_experts, config.hidden,
+              dtypeName(config.dtype), config.topk, impl->transport->name(), impl->timeout_ms);
   *out = std::move(impl);
   return Status::ok();
 }
@@ -142,25 +143,37 @@ void Group::Impl::raise(const Status& status) {
 
 Group Group::create(LocalWorld& world, int rank, const GroupConfig& config) {
   if (rank < 0 || rank >= world.size()) {
-    throw Error(StatusCode::kInvalidArgument,
-                fmt::format("rank {} is out of range [0, {}) for this LocalWorld", rank,
-                            world.size()));
+    throw Error(
+        StatusCode::kInvalidArgument,
+        fmt::format("rank {} is out of range [0, {}) for this LocalWorld", rank, world.size()));
   }
   Group group;
-  throwIfError(createGroup(std::make_unique<InProcessBootstrap>(world.state(), rank), config,
-                           &group.impl_));
+  throwIfError(
+      createGroup(std::make_unique<InProcessBootstrap>(world.state(), rank), config, &group.impl_));
   return group;
 }
 
-int Group::rank() const noexcept { return impl_->rank; }
-int Group::size() const noexcept { return impl_->size; }
-const GroupConfig& Group::config() const noexcept { return impl_->config; }
-int Group::localExperts() const noexcept { return impl_->local_experts; }
-int Group::firstLocalExpert() const noexcept { return impl_->rank * impl_->local_experts; }
+int Group::rank() const noexcept {
+  return impl_->rank;
+}
+int Group::size() const noexcept {
+  return impl_->size;
+}
+const GroupConfig& Group::config() const noexcept {
+  return impl_->config;
+}
+int Group::localExperts() const noexcept {
+  return impl_->local_experts;
+}
+int Group::firstLocalExpert() const noexcept {
+  return impl_->rank * impl_->local_experts;
+}
 int Group::expertOwner(int expert) const noexcept {
   return (expert < 0 || expert >= impl_->config.num_experts) ? -1 : expert / impl_->local_experts;
 }
-const char* Group::transportName() const noexcept { return impl_->transport->name(); }
+const char* Group::transportName() const noexcept {
+  return impl_->transport->name();
+}
 std::string Group::lastError() const {
   std::lock_guard<std::mutex> lock(impl_->error_mutex);
   return impl_->last_error;

@@ -7,12 +7,24 @@
 
 namespace moecomm {
 
-uint16_t floatToBf16(float value) noexcept { return numeric::floatToBf16(value); }
-float bf16ToFloat(uint16_t bits) noexcept { return numeric::bf16ToFloat(bits); }
-uint16_t floatToF16(float value) noexcept { return numeric::floatToF16(value); }
-float f16ToFloat(uint16_t bits) noexcept { return numeric::f16ToFloat(bits); }
-uint8_t floatToFp8E4M3(float value) noexcept { return numeric::floatToFp8E4M3(value); }
-float fp8E4M3ToFloat(uint8_t bits) noexcept { return numeric::fp8E4M3ToFloat(bits); }
+uint16_t floatToBf16(float value) noexcept {
+  return numeric::floatToBf16(value);
+}
+float bf16ToFloat(uint16_t bits) noexcept {
+  return numeric::bf16ToFloat(bits);
+}
+uint16_t floatToF16(float value) noexcept {
+  return numeric::floatToF16(value);
+}
+float f16ToFloat(uint16_t bits) noexcept {
+  return numeric::f16ToFloat(bits);
+}
+uint8_t floatToFp8E4M3(float value) noexcept {
+  return numeric::floatToFp8E4M3(value);
+}
+float fp8E4M3ToFloat(uint8_t bits) noexcept {
+  return numeric::fp8E4M3ToFloat(bits);
+}
 
 namespace {
 

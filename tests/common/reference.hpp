@@ -11,7 +11,8 @@
 
 namespace moecomm::testing {
 
-// One rank's inputs, as plain vectors. x holds the values exactly as the payload dtype carries them.
+// One rank's inputs, as plain vectors. x holds the values exactly as the payload dtype carries
+// them.
 struct RankInputs {
   int64_t tokens = 0;
   std::vector<float> x;        // [T, H] (already rounded to bf16 when the dtype is bf16)
@@ -24,7 +25,8 @@ inline float roundTo(DType dtype, float v) {
 }
 
 // A payload tensor holding `values` in `dtype` (f32 or bf16).
-inline Tensor makePayload(const std::vector<float>& values, int64_t rows, int64_t cols, DType dtype) {
+inline Tensor makePayload(const std::vector<float>& values, int64_t rows, int64_t cols,
+                          DType dtype) {
   Tensor t = Tensor::empty({rows, cols}, dtype);
   for (size_t i = 0; i < values.size(); ++i) {
     if (dtype == DType::kBF16) {
@@ -64,7 +66,11 @@ inline RankInputs randomInputs(std::mt19937& rng, int64_t tokens, int hidden, in
 }
 
 // The per-expert transform the tests apply: y = x * scale(e) + shift(e) (expert e global).
-inline double expertScale(int e) { return 0.5 + 0.25 * (e % 7); }
-inline double expertShift(int e) { return 0.01 * (e % 5) - 0.02; }
+inline double expertScale(int e) {
+  return 0.5 + 0.25 * (e % 7);
+}
+inline double expertShift(int e) {
+  return 0.01 * (e % 5) - 0.02;
+}
 
 }  // namespace moecomm::testing

@@ -46,7 +46,8 @@ void runAndCheck(int ranks, int experts, int topk, const std::function<int64_t(i
     for (int e = 0; e < group.localExperts(); ++e) {
       for (int64_t r = batch.expert_offsets[e]; r < batch.expert_offsets[e + 1]; ++r) {
         for (int h = 0; h < kHidden; ++h) {
-          y.as<float>()[r * kHidden + h] = 2.0f * batch.x.as<float>()[r * kHidden + h] + float(group.firstLocalExpert() + e);
+          y.as<float>()[r * kHidden + h] =
+              2.0f * batch.x.as<float>()[r * kHidden + h] + float(group.firstLocalExpert() + e);
         }
       }
     }
@@ -65,29 +66,34 @@ void runAndCheck(int ranks, int experts, int topk, const std::function<int64_t(i
 }
 
 TEST(Adversarial, EveryTokenToOneExpert) {
-  runAndCheck(4, 8, 1, [](int) { return 50; }, [](int, int64_t, int) { return 5; },
-              [](int rank, const ExpertBatch& b) {
-                EXPECT_EQ(b.x.dim(0), rank == 2 ? 200 : 0);  // expert 5 lives on rank 2
-              });
+  runAndCheck(
+      4, 8, 1, [](int) { return 50; }, [](int, int64_t, int) { return 5; },
+      [](int rank, const ExpertBatch& b) {
+        EXPECT_EQ(b.x.dim(0), rank == 2 ? 200 : 0);  // expert 5 lives on rank 2
+      });
 }
 
 TEST(Adversarial, ARankThatSendsNothing) {
-  runAndCheck(3, 6, 2, [](int) { return 17; },
-              [](int rank, int64_t t, int j) { return rank == 1 ? -1 : int((t + 2 * j) % 6); });
+  runAndCheck(
+      3, 6, 2, [](int) { return 17; },
+      [](int rank, int64_t t, int j) { return rank == 1 ? -1 : int((t + 2 * j) % 6); });
 }
 
 TEST(Adversarial, TokensWhoseSlotsAreAllUnused) {
-  runAndCheck(2, 4, 2, [](int) { return 9; },
-              [](int, int64_t t, int j) { return t % 3 == 0 ? -1 : int((t + j) % 4); });
+  runAndCheck(
+      2, 4, 2, [](int) { return 9; },
+      [](int, int64_t t, int j) { return t % 3 == 0 ? -1 : int((t + j) % 4); });
 }
 
 TEST(Adversarial, ZeroTokensOnSomeRanks) {
-  runAndCheck(4, 8, 2, [](int rank) { return rank % 2 == 0 ? 0 : 13; },
-              [](int, int64_t t, int j) { return int((3 * t + j) % 8); });
+  runAndCheck(
+      4, 8, 2, [](int rank) { return rank % 2 == 0 ? 0 : 13; },
+      [](int, int64_t t, int j) { return int((3 * t + j) % 8); });
 }
 
 TEST(Adversarial, ZeroTokensEverywhere) {
-  runAndCheck(3, 3, 1, [](int) { return 0; }, [](int, int64_t, int) { return 0; });
+  runAndCheck(
+      3, 3, 1, [](int) { return 0; }, [](int, int64_t, int) { return 0; });
 }
 
 TEST(Adversarial, Int64IndicesAsTorchTopkGivesThem) {
@@ -100,7 +106,8 @@ TEST(Adversarial, Int64IndicesAsTorchTopkGivesThem) {
                                TensorView::matrix(idx.data(), DType::kI64, 3, 2),
                                TensorView::matrix(w.data(), DType::kF32, 3, 2));
     // Both ranks route alike; rank 0 holds experts 0-1, rank 1 experts 2-3.
-    const std::vector<int64_t> expected = rank == 0 ? std::vector<int64_t>{2, 4} : std::vector<int64_t>{2, 2};
+    const std::vector<int64_t> expected =
+        rank == 0 ? std::vector<int64_t>{2, 4} : std::vector<int64_t>{2, 2};
     EXPECT_EQ(b.expert_counts, expected);
   });
 }
@@ -111,8 +118,9 @@ struct BadInputResult {
   std::string message;
 };
 
-std::vector<BadInputResult> dispatchWithBadRank(int ranks, int bad,
-                                                const std::function<void(TensorView&, TensorView&, TensorView&, DispatchOptions&)>& spoil) {
+std::vector<BadInputResult> dispatchWithBadRank(
+    int ranks, int bad,
+    const std::function<void(TensorView&, TensorView&, TensorView&, DispatchOptions&)>& spoil) {
   std::vector<BadInputResult> results(ranks, {StatusCode::kSuccess, ""});
   runRanks(ranks, [&](LocalWorld& world, int rank) {
     Group group = Group::create(world, rank, config(8, 2, 5000));
@@ -152,7 +160,8 @@ void expectRejected(const std::vector<BadInputResult>& results, int bad, const s
       EXPECT_EQ(results[r].code, StatusCode::kInvalidArgument) << results[r].message;
     } else {
       EXPECT_EQ(results[r].code, StatusCode::kRemoteError) << results[r].message;
-      EXPECT_NE(results[r].message.find("rank " + std::to_string(bad) + " reported"), std::string::npos)
+      EXPECT_NE(results[r].message.find("rank " + std::to_string(bad) + " reported"),
+                std::string::npos)
           << results[r].message;
     }
     EXPECT_NE(results[r].message.find(text), std::string::npos) << results[r].message;
@@ -161,45 +170,46 @@ void expectRejected(const std::vector<BadInputResult>& results, int bad, const s
 
 TEST(BadInput, ExpertIdOutOfRange) {
   std::vector<int32_t> bad_idx = {0, 300, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2};
-  auto results = dispatchWithBadRank(4, 1, [&](TensorView&, TensorView& idx, TensorView&, DispatchOptions&) {
-    idx.data = bad_idx.data();
-  });
+  auto results =
+      dispatchWithBadRank(4, 1, [&](TensorView&, TensorView& idx, TensorView&, DispatchOptions&) {
+        idx.data = bad_idx.data();
+      });
   expectRejected(results, 1, "topk_idx[0, 1] = 300 is out of range");
 }
 
 TEST(BadInput, SameExpertTwiceInAToken) {
   std::vector<int32_t> bad_idx = {0, 1, 4, 4, 3, 2, 5, 6, 7, 0, 1, 2};
-  auto results = dispatchWithBadRank(2, 0, [&](TensorView&, TensorView& idx, TensorView&, DispatchOptions&) {
-    idx.data = bad_idx.data();
-  });
+  auto results =
+      dispatchWithBadRank(2, 0, [&](TensorView&, TensorView& idx, TensorView&, DispatchOptions&) {
+        idx.data = bad_idx.data();
+      });
   expectRejected(results, 0, "token 1 names expert 4 twice");
 }
 
 TEST(BadInput, HiddenSizeThatDiffersFromTheGroup) {
-  auto results = dispatchWithBadRank(2, 1, [](TensorView& x, TensorView&, TensorView&, DispatchOptions&) {
-    x.shape[1] = kHidden - 1;
-  });
+  auto results = dispatchWithBadRank(
+      2, 1,
+      [](TensorView& x, TensorView&, TensorView&, DispatchOptions&) { x.shape[1] = kHidden - 1; });
   expectRejected(results, 1, "expected shape [*, 40]");
 }
 
 TEST(BadInput, NullData) {
-  auto results = dispatchWithBadRank(4, 3, [](TensorView& x, TensorView&, TensorView&, DispatchOptions&) {
-    x.data = nullptr;
-  });
+  auto results = dispatchWithBadRank(
+      4, 3, [](TensorView& x, TensorView&, TensorView&, DispatchOptions&) { x.data = nullptr; });
   expectRejected(results, 3, "null data");
 }
 
 TEST(BadInput, WrongDtype) {
-  auto results = dispatchWithBadRank(2, 0, [](TensorView&, TensorView&, TensorView& w, DispatchOptions&) {
-    w.dtype = DType::kBF16;
-  });
+  auto results = dispatchWithBadRank(
+      2, 0,
+      [](TensorView&, TensorView&, TensorView& w, DispatchOptions&) { w.dtype = DType::kBF16; });
   expectRejected(results, 0, "topk_weights has dtype bf16, expected f32");
 }
 
 TEST(BadInput, ReceiveAlignmentOfZero) {
-  auto results = dispatchWithBadRank(2, 1, [](TensorView&, TensorView&, TensorView&, DispatchOptions& o) {
-    o.expert_alignment = 0;
-  });
+  auto results = dispatchWithBadRank(
+      2, 1,
+      [](TensorView&, TensorView&, TensorView&, DispatchOptions& o) { o.expert_alignment = 0; });
   expectRejected(results, 1, "expert_alignment must be >= 1");
 }
 
@@ -218,11 +228,14 @@ TEST(BadInput, CombineWithWrongShapeLeavesOutputUntouched) {
       d.combine(y, b.handle, TensorView::matrix(out.data(), DType::kF32, 4, kHidden));
       FAIL() << "rank " << rank << ": combine accepted a wrong y";
     } catch (const Error& e) {
-      EXPECT_EQ(e.code(), rank == 1 ? StatusCode::kInvalidArgument : StatusCode::kRemoteError) << e.what();
+      EXPECT_EQ(e.code(), rank == 1 ? StatusCode::kInvalidArgument : StatusCode::kRemoteError)
+          << e.what();
     }
     for (float v : out) ASSERT_EQ(v, -7.0f);  // nothing half-written
     // A handle from another group is refused too.
-    EXPECT_THROW(d.combine(y, DispatchHandle(), TensorView::matrix(out.data(), DType::kF32, 4, kHidden)), Error);
+    EXPECT_THROW(
+        d.combine(y, DispatchHandle(), TensorView::matrix(out.data(), DType::kF32, 4, kHidden)),
+        Error);
   });
 }
 
@@ -240,7 +253,8 @@ TEST(BadInput, ARankThatSkipsDispatchTimesOutTheOthers) {
       FAIL() << "dispatch finished without rank 0";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), StatusCode::kTimeout);
-      EXPECT_NE(std::string(e.what()).find("no data from rank(s) 0"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("no data from rank(s) 0"), std::string::npos)
+          << e.what();
     }
   });
 }

@@ -46,12 +46,13 @@ std::vector<Case> allCases() {
 
 // The deterministic "gradient" of expert row (expert e, source rank s, token t, element h).
 float gradRow(int e, int s, int64_t t, int64_t h) {
-  return std::sin(0.37f * e + 1.3f * s + 0.011f * static_cast<float>(t) + 0.7f * static_cast<float>(h));
+  return std::sin(0.37f * e + 1.3f * s + 0.011f * static_cast<float>(t) +
+                  0.7f * static_cast<float>(h));
 }
 
 struct World {
   Case c;
-  std::vector<RankInputs> inputs;        // per rank
+  std::vector<RankInputs> inputs;            // per rank
   std::vector<std::vector<float>> grad_out;  // per rank [T, H], rounded to the dtype
   int alignment;
 };
@@ -134,9 +135,11 @@ TEST_P(DispatchCombine, ForwardAndBackwardMatchDenseReference) {
         for (int64_t h = 0; h < H; ++h) {
           ASSERT_EQ(payloadAt(batch.x, row * H + h), src.x[ref[e][i].token * H + h]);
         }
-        ASSERT_EQ(batch.row_weights.as<float>()[row], src.weights[ref[e][i].token * k + ref[e][i].slot]);
+        ASSERT_EQ(batch.row_weights.as<float>()[row],
+                  src.weights[ref[e][i].token * k + ref[e][i].slot]);
       }
-      for (int64_t row = batch.expert_offsets[e] + batch.expert_counts[e]; row < batch.expert_offsets[e + 1]; ++row) {
+      for (int64_t row = batch.expert_offsets[e] + batch.expert_counts[e];
+           row < batch.expert_offsets[e + 1]; ++row) {
         for (int64_t h = 0; h < H; ++h) ASSERT_EQ(payloadAt(batch.x, row * H + h), 0.0f);
         ASSERT_EQ(batch.row_weights.as<float>()[row], 0.0f);
       }
@@ -158,9 +161,11 @@ TEST_P(DispatchCombine, ForwardAndBackwardMatchDenseReference) {
     const int64_t R = batch.x.dim(0);
     std::vector<float> y_values(static_cast<size_t>(R * H), 0.0f);
     for (int e = 0; e < local; ++e) {
-      for (int64_t row = batch.expert_offsets[e]; row < batch.expert_offsets[e] + batch.expert_counts[e]; ++row) {
+      for (int64_t row = batch.expert_offsets[e];
+           row < batch.expert_offsets[e] + batch.expert_counts[e]; ++row) {
         for (int64_t h = 0; h < H; ++h) {
-          y_values[row * H + h] = expertOutput(c.dtype, payloadAt(batch.x, row * H + h), group.firstLocalExpert() + e);
+          y_values[row * H + h] =
+              expertOutput(c.dtype, payloadAt(batch.x, row * H + h), group.firstLocalExpert() + e);
         }
       }
     }
@@ -188,7 +193,8 @@ TEST_P(DispatchCombine, ForwardAndBackwardMatchDenseReference) {
       for (size_t i = 0; i < ref[e].size(); ++i) {
         const int64_t row = batch.expert_offsets[e] + static_cast<int64_t>(i);
         for (int64_t h = 0; h < H; ++h) {
-          grad_rows[row * H + h] = roundTo(c.dtype, gradRow(group.firstLocalExpert() + e, ref[e][i].src, ref[e][i].token, h));
+          grad_rows[row * H + h] = roundTo(
+              c.dtype, gradRow(group.firstLocalExpert() + e, ref[e][i].src, ref[e][i].token, h));
         }
       }
     }
@@ -233,7 +239,8 @@ TEST_P(DispatchCombine, ForwardAndBackwardMatchDenseReference) {
         int e = in.idx[t * k + j];
         double expected = 0, magnitude = 0;
         for (int64_t h = 0; e >= 0 && h < H; ++h) {
-          double term = double(w.grad_out[rank][t * H + h]) * expertOutput(c.dtype, in.x[t * H + h], e);
+          double term =
+              double(w.grad_out[rank][t * H + h]) * expertOutput(c.dtype, in.x[t * H + h], e);
           expected += term;
           magnitude += std::fabs(term);
         }
@@ -252,7 +259,8 @@ TEST(DispatchCombineGradients, WeightGradientMatchesFiniteDifferences) {
   const Case c{2, 24, 8, 3, DType::kF32};
   const World w = makeWorld(c);
   runRanks(c.ranks, [&](LocalWorld& world, int rank) {
-    Group group = Group::create(world, rank, {c.experts, c.hidden, c.dtype, c.topk, 20000, "local"});
+    Group group =
+        Group::create(world, rank, {c.experts, c.hidden, c.dtype, c.topk, 20000, "local"});
     Dispatcher dispatcher(group);
     const RankInputs& in = w.inputs[rank];
     const int64_t T = in.tokens, H = c.hidden;
@@ -265,7 +273,8 @@ TEST(DispatchCombineGradients, WeightGradientMatchesFiniteDifferences) {
     for (int e = 0; e < group.localExperts(); ++e) {
       for (int64_t row = batch.expert_offsets[e]; row < batch.expert_offsets[e + 1]; ++row) {
         for (int64_t h = 0; h < H; ++h) {
-          y.as<float>()[row * H + h] = expertOutput(c.dtype, batch.x.as<float>()[row * H + h], group.firstLocalExpert() + e);
+          y.as<float>()[row * H + h] =
+              expertOutput(c.dtype, batch.x.as<float>()[row * H + h], group.firstLocalExpert() + e);
         }
       }
     }
@@ -281,7 +290,8 @@ TEST(DispatchCombineGradients, WeightGradientMatchesFiniteDifferences) {
           int e = in.idx[t * k + j];
           if (e < 0) continue;
           for (int64_t h = 0; h < H; ++h) {
-            L += w.grad_out[rank][t * H + h] * weights[t * k + j] * expertOutput(c.dtype, in.x[t * H + h], e);
+            L += w.grad_out[rank][t * H + h] * weights[t * k + j] *
+                 expertOutput(c.dtype, in.x[t * H + h], e);
           }
         }
       }

@@ -15,10 +15,10 @@ int main() {
     std::vector<float> x(5 * 16), w(10, 0.5f);
     for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 13) + rank;
     std::vector<int32_t> idx = {0, 1, 1, 2, 2, 3, 3, 0, 0, 2};
-    auto batch = dispatcher.dispatch(
-        moecomm::TensorView::matrix(x.data(), moecomm::DType::kF32, 5, 16),
-        moecomm::TensorView::matrix(idx.data(), moecomm::DType::kI32, 5, 2),
-        moecomm::TensorView::matrix(w.data(), moecomm::DType::kF32, 5, 2));
+    auto batch =
+        dispatcher.dispatch(moecomm::TensorView::matrix(x.data(), moecomm::DType::kF32, 5, 16),
+                            moecomm::TensorView::matrix(idx.data(), moecomm::DType::kI32, 5, 2),
+                            moecomm::TensorView::matrix(w.data(), moecomm::DType::kF32, 5, 2));
     moecomm::Tensor out = dispatcher.combine(batch.x, batch.handle);
     for (size_t i = 0; i < x.size(); ++i) {
       if (std::fabs(out.as<float>()[i] - x[i]) > 1e-6f) ++failures[rank];

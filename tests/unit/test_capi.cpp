@@ -71,7 +71,8 @@ TEST(CApi, DispatchCombineRoundTripWithTwoRanks) {
     for (int t = 0; t < 3; ++t) {
       float wsum = (idx[t * 2] >= 0 ? w[t * 2] : 0) + (idx[t * 2 + 1] >= 0 ? w[t * 2 + 1] : 0);
       for (int h = 0; h < 8; ++h) {
-        if (std::abs(out[t * 8 + h] - wsum * x[t * 8 + h]) > 1e-4f) failures[rank] = "combine mismatch";
+        if (std::abs(out[t * 8 + h] - wsum * x[t * 8 + h]) > 1e-4f)
+          failures[rank] = "combine mismatch";
       }
     }
     // Backward of dispatch with unit gradients counts each token's valid slots.
@@ -104,7 +105,8 @@ TEST(CApi, ErrorsReturnCodesAndMessagesNotExceptions) {
   EXPECT_NE(std::string(moecommGetLastError(nullptr)).find("num_experts"), std::string::npos);
   config.magic = 0;
   EXPECT_EQ(moecommGroupCreate(world, 0, &config, &group), moecommInvalidArgument);
-  EXPECT_NE(std::string(moecommGetLastError(nullptr)).find("MOECOMM_CONFIG_INIT"), std::string::npos);
+  EXPECT_NE(std::string(moecommGetLastError(nullptr)).find("MOECOMM_CONFIG_INIT"),
+            std::string::npos);
   EXPECT_EQ(moecommGroupCreate(world, 0, nullptr, &group), moecommInvalidArgument);
   EXPECT_EQ(moecommWorldCreate(0, &world), moecommInvalidArgument);
 

@@ -57,7 +57,8 @@ TEST(Group, CreatesAndReportsPlacement) {
 
 TEST(Group, MismatchedHiddenFailsEveryRankNamingTheRankAndField) {
   std::vector<StatusCode> codes;
-  auto messages = createWithOddRank(3, 2, [](GroupConfig& c) { c.hidden = 128; }, &codes);
+  auto messages = createWithOddRank(
+      3, 2, [](GroupConfig& c) { c.hidden = 128; }, &codes);
   for (int r = 0; r < 3; ++r) {
     EXPECT_EQ(codes[r], StatusCode::kInvalidArgument) << messages[r];
     EXPECT_NE(messages[r].find("rank 2 has hidden=128 but rank 0 has hidden=64"), std::string::npos)
@@ -67,15 +68,18 @@ TEST(Group, MismatchedHiddenFailsEveryRankNamingTheRankAndField) {
 
 TEST(Group, MismatchedTopkAndDtypeAreNamed) {
   std::vector<StatusCode> codes;
-  auto m1 = createWithOddRank(2, 1, [](GroupConfig& c) { c.topk = 3; }, &codes);
+  auto m1 = createWithOddRank(
+      2, 1, [](GroupConfig& c) { c.topk = 3; }, &codes);
   EXPECT_NE(m1[0].find("topk"), std::string::npos) << m1[0];
-  auto m2 = createWithOddRank(2, 0, [](GroupConfig& c) { c.dtype = DType::kF32; }, &codes);
+  auto m2 = createWithOddRank(
+      2, 0, [](GroupConfig& c) { c.dtype = DType::kF32; }, &codes);
   EXPECT_NE(m2[1].find("dtype=bf16 but rank 0 has dtype=f32"), std::string::npos) << m2[1];
 }
 
 TEST(Group, InvalidConfigOnOneRankFailsTheOthersWithRemoteError) {
   std::vector<StatusCode> codes;
-  auto messages = createWithOddRank(3, 1, [](GroupConfig& c) { c.topk = 0; }, &codes);
+  auto messages = createWithOddRank(
+      3, 1, [](GroupConfig& c) { c.topk = 0; }, &codes);
   EXPECT_EQ(codes[1], StatusCode::kInvalidArgument);
   EXPECT_EQ(codes[0], StatusCode::kRemoteError);
   EXPECT_NE(messages[0].find("rank 1 rejected its config"), std::string::npos) << messages[0];
@@ -91,7 +95,8 @@ TEST(Group, ExpertsNotDivisibleByRanksIsAClearError) {
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), StatusCode::kInvalidArgument);
       EXPECT_NE(std::string(e.what()).find("num_experts=8 is not divisible by the 3 ranks"),
-                std::string::npos) << e.what();
+                std::string::npos)
+          << e.what();
     }
   });
 }

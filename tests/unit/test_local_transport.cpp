@@ -28,7 +28,8 @@ std::unique_ptr<Transport> makeTransport(LocalWorld& world, int rank,
 
 std::vector<uint8_t> pattern(int from, int to, size_t bytes, int round) {
   std::vector<uint8_t> v(bytes);
-  for (size_t i = 0; i < bytes; ++i) v[i] = static_cast<uint8_t>(from * 31 + to * 7 + round + i * 13);
+  for (size_t i = 0; i < bytes; ++i)
+    v[i] = static_cast<uint8_t>(from * 31 + to * 7 + round + i * 13);
   return v;
 }
 
@@ -72,7 +73,8 @@ TEST_P(LocalTransportRanks, ZeroOddSkewedAndChangingSizes) {
     allToAllV(*t, 1, [](int a, int b) { return size_t(1 + 2 * a + 5 * b); });
     allToAllV(*t, 2, [](int, int b) { return b == 0 ? size_t(1 << 20) + 7 : size_t{0}; });
     for (int round = 3; round < 40; ++round) {
-      allToAllV(*t, round, [round](int a, int b) { return size_t((a * 977 + b * 131 + round * 71) % 5000); });
+      allToAllV(*t, round,
+                [round](int a, int b) { return size_t((a * 977 + b * 131 + round * 71) % 5000); });
     }
   });
 }

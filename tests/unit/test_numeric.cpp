@@ -234,23 +234,28 @@ TEST(Convert, Bf16AndF16ArraysAndBadShapes) {
   std::vector<float> src = {1.0f, -2.5f, 3.14159f, 65504.0f, 1e-8f, 0.0f};
   std::vector<uint16_t> half(6), brain(6);
   std::vector<float> back(6);
-  convert(TensorView::vector(src.data(), DType::kF32, 6), TensorView::vector(half.data(), DType::kF16, 6));
-  convert(TensorView::vector(src.data(), DType::kF32, 6), TensorView::vector(brain.data(), DType::kBF16, 6));
+  convert(TensorView::vector(src.data(), DType::kF32, 6),
+          TensorView::vector(half.data(), DType::kF16, 6));
+  convert(TensorView::vector(src.data(), DType::kF32, 6),
+          TensorView::vector(brain.data(), DType::kBF16, 6));
   for (int i = 0; i < 6; ++i) {
     EXPECT_EQ(half[i], floatToF16(src[i]));
     EXPECT_EQ(brain[i], floatToBf16(src[i]));
   }
-  convert(TensorView::vector(brain.data(), DType::kBF16, 6), TensorView::vector(back.data(), DType::kF32, 6));
+  convert(TensorView::vector(brain.data(), DType::kBF16, 6),
+          TensorView::vector(back.data(), DType::kF32, 6));
   for (int i = 0; i < 6; ++i) EXPECT_EQ(back[i], bf16ToFloat(brain[i]));
   try {
-    convert(TensorView::vector(src.data(), DType::kF32, 6), TensorView::vector(half.data(), DType::kF16, 5));
+    convert(TensorView::vector(src.data(), DType::kF32, 6),
+            TensorView::vector(half.data(), DType::kF16, 5));
     FAIL() << "shape mismatch accepted";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), StatusCode::kInvalidArgument);
     EXPECT_NE(std::string(e.what()).find("shapes must match"), std::string::npos);
   }
   EXPECT_THROW(convert(TensorView::vector(src.data(), DType::kI32, 6),
-                       TensorView::vector(half.data(), DType::kF16, 6)), Error);
+                       TensorView::vector(half.data(), DType::kF16, 6)),
+               Error);
 }
 
 }  // namespace

@@ -52,7 +52,8 @@ TEST_P(RouterTest, MatchesReferenceOnRandomLogits) {
   // Some exact ties: the lower expert id must come first.
   for (int64_t t = 0; t < tokens; t += 5) logits[t * experts + experts - 1] = logits[t * experts];
 
-  Routing r = Router({k, renormalize}).route(TensorView::matrix(logits.data(), DType::kF32, tokens, experts));
+  Routing r = Router({k, renormalize})
+                  .route(TensorView::matrix(logits.data(), DType::kF32, tokens, experts));
   std::vector<int> idx;
   std::vector<double> w;
   referenceRoute(logits, tokens, experts, k, renormalize, idx, w);

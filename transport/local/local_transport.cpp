@@ -183,10 +183,11 @@ Status createLocalTransport(Bootstrap& bootstrap, Deadline deadline,
     if (all[r].pid != all[0].pid) {
       // Rank 0's fabric has one reference per rank; nobody can use it now, so let rank 0 free it.
       if (created != nullptr) delete created;
-      return makeError(StatusCode::kInvalidUsage,
-                       "transport 'local' needs every rank in one process, but rank {} runs in "
-                       "process {} and rank 0 in {}; use MOECOMM_TRANSPORT=ucx or mpi across processes",
-                       r, all[r].pid, all[0].pid);
+      return makeError(
+          StatusCode::kInvalidUsage,
+          "transport 'local' needs every rank in one process, but rank {} runs in "
+          "process {} and rank 0 in {}; use MOECOMM_TRANSPORT=ucx or mpi across processes",
+          r, all[r].pid, all[0].pid);
     }
   }
   auto* fabric = reinterpret_cast<LocalFabric*>(all[0].fabric);
