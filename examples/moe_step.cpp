@@ -48,7 +48,7 @@ void runRank(moecomm::LocalWorld& world, int rank, RankReport& report) {
   for (float& v : logits) v = 2.0f * normal(rng);
 
   auto start = std::chrono::steady_clock::now();
-  Router router(RouterOptions{kTopk, /*renormalize=*/true});
+  Router router(RouterOptions{.topk = kTopk, .renormalize = true});
   Routing routing = router.route(TensorView::matrix(logits.data(), DType::kF32, kTokens, kExperts));
   Dispatcher dispatcher(group, DispatchOptions{/*expert_alignment=*/8});
   ExpertBatch batch =

@@ -17,6 +17,8 @@ const char* wireOpName(WireOp op) {
       return "dispatchBackward";
     case WireOp::kCombineBackwardGrad:
       return "combineBackward";
+    case WireOp::kAllReduce:
+      return "allReduce";
     case WireOp::kCombineBackwardDots:
       return "combineBackward (weight gradients)";
   }

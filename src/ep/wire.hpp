@@ -15,6 +15,7 @@ enum class WireOp : uint32_t {
   kDispatchBackward = 4,
   kCombineBackwardGrad = 5,
   kCombineBackwardDots = 6,
+  kAllReduce = 7,
 };
 
 const char* wireOpName(WireOp op);

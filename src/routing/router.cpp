@@ -1,20 +1,72 @@
+// The router: validation, the gate kernel, capacity and overflow, and load statistics.
 #include "moecomm/router.hpp"
 
+#include <algorithm>
 #include <cmath>
 
-#include "kernels/cpu/topk_softmax.hpp"
+#include "kernels/cpu/gating.hpp"
 #include "src/core/tensor_checks.hpp"
+#include "src/routing/capacity.hpp"
+#include "src/routing/router_checks.hpp"
 
 namespace moecomm {
 
-namespace {
+Status validateRouterOptions(const RouterOptions& o) {
+  if (o.topk < 1) {
+    return makeError(StatusCode::kInvalidArgument, "RouterOptions.topk must be >= 1, got {}",
+                     o.topk);
+  }
+  if (o.score != ScoreFunction::kSoftmax && o.score != ScoreFunction::kSigmoid &&
+      o.score != ScoreFunction::kTopkThenSoftmax) {
+    return makeError(StatusCode::kInvalidArgument, "RouterOptions.score {} is not a ScoreFunction",
+                     static_cast<int>(o.score));
+  }
+  if (!(o.capacity_factor >= 0.0) || !std::isfinite(o.capacity_factor)) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "capacity_factor must be >= 0 (0 = dropless), got {}", o.capacity_factor);
+  }
+  if (o.min_capacity < 0) {
+    return makeError(StatusCode::kInvalidArgument, "min_capacity must be >= 0, got {}",
+                     o.min_capacity);
+  }
+  if (o.reroute_candidates < 0) {
+    return makeError(StatusCode::kInvalidArgument, "reroute_candidates must be >= 0, got {}",
+                     o.reroute_candidates);
+  }
+  if (!std::isfinite(o.scaling_factor)) {
+    return makeError(StatusCode::kInvalidArgument, "scaling_factor must be finite, got {}",
+                     o.scaling_factor);
+  }
+  if (o.num_groups > 1 && (o.topk_groups < 1 || o.topk_groups > o.num_groups)) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "topk_groups={} is out of range [1, num_groups={}]", o.topk_groups,
+                     o.num_groups);
+  }
+  return Status::ok();
+}
 
-Status checkLogits(const TensorView& logits, int topk) {
+Status checkRouterInputs(const RouterOptions& o, const TensorView& logits, const TensorView* bias) {
   MOECOMM_RETURN_IF_ERROR(checkMatrix("logits", logits, -1, -1, {DType::kF32}));
   const int64_t experts = logits.shape[1];
-  if (topk > experts) {
+  if (experts < 1) {
+    return makeError(StatusCode::kInvalidArgument, "logits {} has no experts", logits.describe());
+  }
+  if (o.topk > experts) {
     return makeError(StatusCode::kInvalidArgument, "topk={} exceeds the {} experts of logits {}",
-                     topk, experts, logits.describe());
+                     o.topk, experts, logits.describe());
+  }
+  if (o.num_groups > 1) {
+    if (experts % o.num_groups != 0) {
+      return makeError(StatusCode::kInvalidArgument, "num_groups={} does not divide the {} experts",
+                       o.num_groups, experts);
+    }
+    const int64_t allowed = static_cast<int64_t>(o.topk_groups) * (experts / o.num_groups);
+    if (o.topk > allowed) {
+      return makeError(StatusCode::kInvalidArgument,
+                       "topk={} exceeds the {} experts of the {} allowed groups (topk_groups x "
+                       "experts per group); raise topk_groups",
+                       o.topk, allowed, o.topk_groups);
+    }
   }
   const auto* data = logits.as<const float>();
   for (int64_t i = 0; i < logits.numel(); ++i) {
@@ -25,28 +77,81 @@ Status checkLogits(const TensorView& logits, int topk) {
                        i / experts, i % experts, data[i]);
     }
   }
+  if (bias != nullptr) {
+    if (bias->dtype != DType::kF32 || bias->ndim != 1 || bias->shape[0] != experts ||
+        bias->data == nullptr) {
+      return makeError(StatusCode::kInvalidArgument,
+                       "expert_bias is {}, expected f32[{}] (one bias per expert)",
+                       bias->describe(), experts);
+    }
+    for (int64_t e = 0; e < experts; ++e) {
+      if (!std::isfinite(bias->as<const float>()[e])) {
+        return makeError(StatusCode::kInvalidArgument, "expert_bias[{}] is not finite", e);
+      }
+    }
+  }
   return Status::ok();
 }
 
-}  // namespace
-
 Router::Router(const RouterOptions& options) : options_(options) {
-  if (options.topk < 1) {
-    throwIfError(makeError(StatusCode::kInvalidArgument, "RouterOptions.topk must be >= 1, got {}",
-                           options.topk));
-  }
+  throwIfError(validateRouterOptions(options));
 }
 
-Routing Router::route(const TensorView& logits, ExecContext /*context*/) const {
-  throwIfError(checkLogits(logits, options_.topk));
+Routing Router::route(const TensorView& logits, const TensorView* expert_bias,
+                      ExecContext /*context*/) const {
+  throwIfError(checkRouterInputs(options_, logits, expert_bias));
   const int64_t tokens = logits.shape[0];
   const int experts = static_cast<int>(logits.shape[1]);
+  const int k = options_.topk;
+  const bool capacity_on = options_.capacity_factor > 0.0;
+  const int c = capacity_on && options_.overflow == OverflowPolicy::kReroute
+                    ? options_.reroute_candidates
+                    : 0;
   Routing routing;
-  routing.topk_idx = Tensor::empty({tokens, options_.topk}, DType::kI32);
-  routing.topk_weights = Tensor::empty({tokens, options_.topk}, DType::kF32);
-  cpu::topkSoftmax(logits.as<const float>(), tokens, experts, options_.topk, options_.renormalize,
-                   routing.topk_idx.as<int32_t>(), routing.topk_weights.as<float>());
+  routing.topk_idx = Tensor::empty({tokens, k}, DType::kI32);
+  routing.topk_weights = Tensor::empty({tokens, k}, DType::kF32);
+  std::vector<int32_t> candidate_idx(static_cast<size_t>(tokens * c));
+  std::vector<float> candidate_weights(candidate_idx.size());
+  cpu::GateParams params{experts,
+                         k,
+                         static_cast<int>(options_.score),
+                         options_.renormalize,
+                         options_.scaling_factor,
+                         options_.num_groups,
+                         options_.topk_groups,
+                         c};
+  cpu::gate(logits.as<const float>(), tokens,
+            expert_bias ? expert_bias->as<const float>() : nullptr, params,
+            routing.topk_idx.as<int32_t>(), routing.topk_weights.as<float>(), candidate_idx.data(),
+            candidate_weights.data());
+  routing.selected_idx = Tensor::empty({tokens, k}, DType::kI32);
+  if (tokens > 0) {
+    std::copy_n(routing.topk_idx.as<int32_t>(), tokens * k, routing.selected_idx.as<int32_t>());
+  }
+  const int64_t capacity = expertCapacity(options_, tokens, experts);
+  throwIfError(applyCapacity(options_, tokens, experts, capacity, routing.topk_idx.as<int32_t>(),
+                             routing.topk_weights.as<float>(), candidate_idx.data(),
+                             candidate_weights.data(), &routing.stats));
   return routing;
+}
+
+void updateExpertBias(const TensorView& bias, const std::vector<int64_t>& load, float rate) {
+  if (bias.dtype != DType::kF32 || bias.ndim != 1 ||
+      bias.shape[0] != static_cast<int64_t>(load.size()) ||
+      (bias.data == nullptr && !load.empty())) {
+    throwIfError(makeError(StatusCode::kInvalidArgument,
+                           "expert_bias is {}, expected f32[{}] to match the load vector",
+                           bias.describe(), load.size()));
+  }
+  if (load.empty()) return;
+  double mean = 0.0;
+  for (int64_t l : load) mean += static_cast<double>(l);
+  mean /= static_cast<double>(load.size());
+  auto* b = bias.as<float>();
+  for (size_t e = 0; e < load.size(); ++e) {
+    const double diff = mean - static_cast<double>(load[e]);
+    b[e] += rate * static_cast<float>((diff > 0) - (diff < 0));
+  }
 }
 
 }  // namespace moecomm
