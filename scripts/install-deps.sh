@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(cmake g++ make ninja-build pkg-config googletest libgtest-dev libgmock-dev libfmt-dev
-          clang-format)
+          clang-format libbenchmark-dev)
 
 missing=()
 for p in "${packages[@]}"; do

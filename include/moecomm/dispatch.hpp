@@ -23,6 +23,13 @@ MOECOMM_API DispatchLayout computeLayout(const Group& group, const TensorView& t
 
 struct DispatchOptions {
   int expert_alignment = 1;  // pad each local expert's rows to a multiple of this (>= 1)
+  // Global capacity: the most rows one expert accepts from all ranks together (0 = unlimited).
+  // Rows past it are refused in (source rank, source token) order: lower source ranks first.
+  // A refused slot contributes nothing to combine and gets zero gradients.
+  int64_t expert_capacity = 0;
+  // Static shapes: every expert's segment is exactly expert_capacity rows (rounded up to the
+  // alignment), whatever arrives. Needs expert_capacity > 0.
+  bool pad_to_capacity = false;
 };
 
 // Everything combine and the backward passes need to reuse a dispatch's layout without exchanging
@@ -51,6 +58,8 @@ struct ExpertBatch {
   std::vector<int64_t> expert_counts;     // [local experts] real rows
   std::vector<int64_t> expert_offsets;    // [local experts + 1], multiples of the alignment
   std::vector<int64_t> tokens_from_rank;  // [ranks] tokens received from each rank
+  std::vector<int64_t> expert_demand;     // [local experts] rows offered, before expert_capacity
+  int64_t refused = 0;                    // rows refused by expert_capacity
   DispatchHandle handle;
 };
 

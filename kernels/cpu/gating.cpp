@@ -16,16 +16,17 @@ constexpr float kExcluded = -std::numeric_limits<float>::infinity();
 // are never chosen, so fewer than n may come back.
 int rankTop(const float* values, int count, int n, int* out) {
   int filled = 0;
+  float threshold = kExcluded;  // the n-th best so far, once n are held
   for (int i = 0; i < count; ++i) {
     const float v = values[i];
-    if (v == kExcluded) continue;
-    if (filled == n && !(v > values[out[n - 1]])) continue;
+    if (v == kExcluded || (filled == n && !(v > threshold))) continue;
     int pos = filled < n ? filled++ : n - 1;
     while (pos > 0 && v > values[out[pos - 1]]) {
       out[pos] = out[pos - 1];
       --pos;
     }
     out[pos] = i;
+    if (filled == n) threshold = values[out[n - 1]];
   }
   return filled;
 }

@@ -21,6 +21,15 @@ Status checkDispatchInputs(const Group::Impl& group, const DispatchOptions& opti
                      "expert_alignment must be >= 1 (1 means no padding), got {}",
                      options.expert_alignment);
   }
+  if (options.expert_capacity < 0) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "expert_capacity must be >= 0 (0 = unlimited), got {}",
+                     options.expert_capacity);
+  }
+  if (options.pad_to_capacity && options.expert_capacity == 0) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "pad_to_capacity needs expert_capacity > 0 (the static size of each expert)");
+  }
   const GroupConfig& config = group.config;
   MOECOMM_RETURN_IF_ERROR(checkMatrix("x", x, -1, config.hidden, {config.dtype}));
   const int64_t tokens = x.shape[0];
@@ -61,8 +70,10 @@ void packForRank(const Group::Impl& group, const RoutingPlan& plan, const Tensor
 }
 
 // Lays the received tokens out expert-major and fills the receive side of the handle.
-Status unpack(const Group::Impl& group, const Staging& staging, int64_t alignment,
+Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOptions& options,
               DispatchHandle::Impl& handle, ExpertBatch& batch) {
+  const int64_t alignment = options.expert_alignment;
+  const int64_t capacity = options.expert_capacity;
   const int k = group.config.topk;
   const int local = group.local_experts;
   const size_t row_bytes = static_cast<size_t>(group.config.hidden) * dtypeSize(group.config.dtype);
@@ -80,9 +91,17 @@ Status unpack(const Group::Impl& group, const Staging& staging, int64_t alignmen
       if (ids[i] >= 0) ++batch.expert_counts[ids[i]];
     }
   }
+  batch.expert_demand = batch.expert_counts;
+  for (int64_t& count : batch.expert_counts) {
+    if (capacity > 0 && count > capacity) {
+      batch.refused += count - capacity;
+      count = capacity;
+    }
+  }
   batch.expert_offsets.assign(static_cast<size_t>(local) + 1, 0);
   for (int e = 0; e < local; ++e) {
-    const int64_t padded = (batch.expert_counts[e] + alignment - 1) / alignment * alignment;
+    const int64_t rows = options.pad_to_capacity ? capacity : batch.expert_counts[e];
+    const int64_t padded = (rows + alignment - 1) / alignment * alignment;
     batch.expert_offsets[e + 1] = batch.expert_offsets[e] + padded;
   }
   const int64_t rows = batch.expert_offsets[local];
@@ -105,6 +124,7 @@ Status unpack(const Group::Impl& group, const Staging& staging, int64_t alignmen
       for (int j = 0; j < k; ++j) {
         const int32_t e = ids[i * k + j];
         if (e < 0) continue;
+        if (cursor[e] - batch.expert_offsets[e] >= batch.expert_counts[e]) continue;  // refused
         const int64_t row = cursor[e]++;
         std::memcpy(out_rows + row * row_bytes, src_rows + i * row_bytes, row_bytes);
         handle.row_weights[row] = w[i * k + j];
@@ -169,7 +189,7 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   }
 
   ExpertBatch batch;
-  MOECOMM_RETURN_IF_ERROR(unpack(group, staging, state.options.expert_alignment, *handle, batch));
+  MOECOMM_RETURN_IF_ERROR(unpack(group, staging, state.options, *handle, batch));
   handle->send_tokens = std::move(plan.rank_tokens);
   batch.tokens_from_rank = handle->recv_tokens;
   batch.handle = DispatchHandle(std::move(handle));

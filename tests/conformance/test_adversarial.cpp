@@ -260,3 +260,87 @@ TEST(BadInput, ARankThatSkipsDispatchTimesOutTheOthers) {
 }
 
 }  // namespace
+
+namespace {
+
+using namespace moecomm;
+using namespace moecomm::testing;
+
+// Global capacity: every rank sends all 6 of its tokens to expert 0 (on rank 0), which accepts 10.
+TEST(GlobalCapacity, ReceiverTruncatesInSourceOrderAndRefusedSlotsContributeNothing) {
+  for (bool pad : {false, true}) {
+    runRanks(3, [&](LocalWorld& world, int rank) {
+      Group group = Group::create(world, rank, {6, 8, DType::kF32, 2, 20000, "local"});
+      DispatchOptions options;
+      options.expert_capacity = 10;
+      options.pad_to_capacity = pad;
+      options.expert_alignment = 4;
+      Dispatcher d(group, options);
+      const int64_t T = 6;
+      std::vector<float> x(T * 8), w(T * 2);
+      std::vector<int32_t> idx(T * 2);
+      for (int64_t t = 0; t < T; ++t) {
+        for (int h = 0; h < 8; ++h) x[t * 8 + h] = float(rank * 100 + t);
+        idx[t * 2] = 0;                       // the hot expert
+        idx[t * 2 + 1] = int32_t(2 + t % 4);  // a cold one elsewhere
+        w[t * 2] = 0.5f;
+        w[t * 2 + 1] = 0.25f;
+      }
+      ExpertBatch b = d.dispatch(TensorView::matrix(x.data(), DType::kF32, T, 8),
+                                 TensorView::matrix(idx.data(), DType::kI32, T, 2),
+                                 TensorView::matrix(w.data(), DType::kF32, T, 2));
+      if (rank == 0) {
+        EXPECT_EQ(b.expert_demand[0], 18);
+        EXPECT_EQ(b.expert_counts[0], 10);
+        EXPECT_EQ(b.refused, 8);
+        // Rank 0's six tokens, then rank 1's first four.
+        for (int64_t r = 0; r < 10; ++r) {
+          EXPECT_EQ(b.x.as<float>()[r * 8], r < 6 ? float(r) : float(100 + r - 6));
+        }
+        EXPECT_EQ(b.expert_offsets[1], 12);  // 10 rounded up to the alignment 4
+        EXPECT_EQ(b.expert_offsets[2] - b.expert_offsets[1],
+                  pad ? 12 : 0);  // expert 1 gets nothing
+      } else {
+        EXPECT_EQ(b.refused, 0);
+      }
+      // Identity experts: out = 0.5 x if the hot slot was accepted, plus 0.25 x from the cold one.
+      Tensor out = d.combine(b.x, b.handle);
+      Tensor grad_y = Tensor::empty({b.x.dim(0), 8}, DType::kF32);
+      Tensor grad_w = Tensor::empty({T, 2}, DType::kF32);
+      std::vector<float> ones(T * 8, 1.0f);
+      d.combineBackward(TensorView::matrix(ones.data(), DType::kF32, T, 8), b.x, b.handle, grad_y,
+                        grad_w);
+      for (int64_t t = 0; t < T; ++t) {
+        const bool accepted = rank == 0 || (rank == 1 && t < 4);
+        const float v = float(rank * 100 + t);
+        EXPECT_FLOAT_EQ(out.as<float>()[t * 8], (accepted ? 0.5f : 0.0f) * v + 0.25f * v)
+            << "rank " << rank << " token " << t;
+        EXPECT_FLOAT_EQ(grad_w.as<float>()[t * 2], accepted ? 8 * v : 0.0f);
+        EXPECT_FLOAT_EQ(grad_w.as<float>()[t * 2 + 1], 8 * v);
+      }
+    });
+  }
+}
+
+TEST(GlobalCapacity, BadOptionsAreRejectedOnEveryRank) {
+  runRanks(2, [](LocalWorld& world, int rank) {
+    Group group = Group::create(world, rank, {2, 8, DType::kF32, 1, 5000, "local"});
+    DispatchOptions options;
+    options.pad_to_capacity = rank == 1;
+    Dispatcher d(group, options);
+    std::vector<float> x(8, 1.0f), w(1, 1.0f);
+    std::vector<int32_t> idx = {0};
+    try {
+      d.dispatch(TensorView::matrix(x.data(), DType::kF32, 1, 8),
+                 TensorView::matrix(idx.data(), DType::kI32, 1, 1),
+                 TensorView::matrix(w.data(), DType::kF32, 1, 1));
+      FAIL() << "accepted pad_to_capacity without a capacity";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("pad_to_capacity needs expert_capacity > 0"),
+                std::string::npos)
+          << e.what();
+    }
+  });
+}
+
+}  // namespace

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <set>
@@ -526,6 +527,48 @@ TEST(Router, ZeroTokensGiveEmptyRouting) {
   EXPECT_EQ(r.topk_idx.dim(0), 0);
   EXPECT_EQ(r.topk_weights.dim(1), 2);
   EXPECT_EQ(r.stats.tokens_per_expert, std::vector<int64_t>(8, 0));
+}
+
+}  // namespace
+
+namespace {
+
+using namespace moecomm;
+
+// Without capacity, routing is per token: routing all tokens at once equals routing any split of
+// them (as ranks would), and two runs give identical bits.
+TEST(RouterDeterminism, SameRoutingForEverySplitAndRun) {
+  const int64_t T = 96;
+  const int E = 32;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> logits(T * E);
+  for (float& v : logits) v = normal(rng);
+  RouterOptions o;
+  o.topk = 4;
+  o.score = ScoreFunction::kSigmoid;
+  o.renormalize = true;
+  o.num_groups = 4;
+  o.topk_groups = 2;
+  Router router(o);
+  Routing whole = router.route(TensorView::matrix(logits.data(), DType::kF32, T, E));
+  Routing again = router.route(TensorView::matrix(logits.data(), DType::kF32, T, E));
+  ASSERT_EQ(
+      std::memcmp(whole.topk_weights.data(), again.topk_weights.data(), whole.topk_weights.bytes()),
+      0);
+  for (int parts : {2, 3, 8}) {
+    const int64_t per = (T + parts - 1) / parts;
+    for (int64_t begin = 0; begin < T; begin += per) {
+      const int64_t n = std::min(per, T - begin);
+      Routing part = router.route(TensorView::matrix(logits.data() + begin * E, DType::kF32, n, E));
+      ASSERT_EQ(
+          std::memcmp(part.topk_idx.data(), whole.topk_idx.as<int32_t>() + begin * 4, n * 4 * 4),
+          0);
+      ASSERT_EQ(std::memcmp(part.topk_weights.data(), whole.topk_weights.as<float>() + begin * 4,
+                            n * 4 * 4),
+                0);
+    }
+  }
 }
 
 }  // namespace

@@ -1,0 +1,72 @@
+// Router throughput against the roofline of reading the logits once (a plain sum over them).
+// Run: build/perf/bench_router --benchmark_min_time=1
+#include <benchmark/benchmark.h>
+#include <moecomm/moecomm.hpp>
+
+#include <random>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kTokens = 4096;
+constexpr int kExperts = 256;
+
+std::vector<float> makeLogits() {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> logits(kTokens * kExperts);
+  for (float& v : logits) v = normal(rng);
+  return logits;
+}
+
+void setCounters(benchmark::State& state) {
+  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(kTokens * state.iterations()),
+                                                  benchmark::Counter::kIsRate);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * kTokens * kExperts * 4);
+}
+
+void BM_ReadLogitsOnce(benchmark::State& state) {
+  auto logits = makeLogits();
+  for (auto _ : state) {
+    float sum = 0.0f;
+    for (float v : logits) sum += v;
+    benchmark::DoNotOptimize(sum);
+  }
+  setCounters(state);
+}
+
+void BM_RouteSoftmaxTop8(benchmark::State& state) {
+  auto logits = makeLogits();
+  moecomm::RouterOptions options;
+  options.topk = 8;
+  options.renormalize = true;
+  moecomm::Router router(options);
+  auto view = moecomm::TensorView::matrix(logits.data(), moecomm::DType::kF32, kTokens, kExperts);
+  for (auto _ : state) benchmark::DoNotOptimize(router.route(view));
+  setCounters(state);
+}
+
+void BM_RouteGroupedSigmoidTop8(benchmark::State& state) {
+  auto logits = makeLogits();
+  std::vector<float> bias(kExperts, 0.0f);
+  auto bias_view = moecomm::TensorView::vector(bias.data(), moecomm::DType::kF32, kExperts);
+  moecomm::RouterOptions options;  // DeepSeek-V3: 8 groups, 4 kept, top-8, scale 2.5
+  options.topk = 8;
+  options.score = moecomm::ScoreFunction::kSigmoid;
+  options.renormalize = true;
+  options.scaling_factor = 2.5f;
+  options.num_groups = 8;
+  options.topk_groups = 4;
+  moecomm::Router router(options);
+  auto view = moecomm::TensorView::matrix(logits.data(), moecomm::DType::kF32, kTokens, kExperts);
+  for (auto _ : state) benchmark::DoNotOptimize(router.route(view, &bias_view));
+  setCounters(state);
+}
+
+BENCHMARK(BM_ReadLogitsOnce)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_RouteSoftmaxTop8)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_RouteGroupedSigmoidTop8)->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
