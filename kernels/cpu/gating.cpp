@@ -1,5 +1,7 @@
 #include "kernels/cpu/gating.hpp"
 
+#include "kernels/cpu/vector_math.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -43,13 +45,15 @@ void gate(const float* logits, int64_t tokens, const float* bias, const GatePara
     const float* row = logits + t * E;
     // raw: the quantity weights are made of; select: what is ranked (raw + bias).
     if (p.score == 1) {
-      for (int e = 0; e < E; ++e) raw[e] = 1.0f / (1.0f + std::exp(-row[e]));
+      sigmoid(row, raw.data(), E);
     } else {
       const float max = *std::max_element(row, row + E);
-      float sum = 0.0f;
-      for (int e = 0; e < E; ++e) sum += raw[e] = std::exp(row[e] - max);
+      expShifted(row, max, raw.data(), E);
       if (p.score == 0) {
-        for (int e = 0; e < E; ++e) raw[e] /= sum;
+        float sum = 0.0f;
+        for (int e = 0; e < E; ++e) sum += raw[e];
+        const float inverse = 1.0f / sum;
+        for (int e = 0; e < E; ++e) raw[e] *= inverse;
       }
     }
     for (int e = 0; e < E; ++e) {
