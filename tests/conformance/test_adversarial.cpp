@@ -344,3 +344,34 @@ TEST(GlobalCapacity, BadOptionsAreRejectedOnEveryRank) {
 }
 
 }  // namespace
+
+namespace {
+
+using namespace moecomm;
+using namespace moecomm::testing;
+
+TEST(Layout, CountsPerRankPerExpertAndTokenMembership) {
+  runRanks(1, [](LocalWorld& world, int rank) {
+    // One rank cannot spread 6 experts over 3 ranks, so use a 1-rank group with 6 experts and
+    // check the per-expert counts, then a 3-rank group below for the per-rank view.
+    Group group = Group::create(world, rank, {6, 4, DType::kF32, 2, 5000, "local"});
+    std::vector<int64_t> idx = {0, 5, 5, -1, 2, 3, -1, -1};
+    DispatchLayout layout = computeLayout(group, TensorView::matrix(idx.data(), DType::kI64, 4, 2));
+    EXPECT_EQ(layout.tokens_per_expert, (std::vector<int64_t>{1, 0, 1, 1, 0, 2}));
+    EXPECT_EQ(layout.tokens_per_rank, (std::vector<int64_t>{3}));
+    EXPECT_EQ(layout.is_token_in_rank, (std::vector<uint8_t>{1, 1, 1, 0}));
+  });
+  runRanks(3, [](LocalWorld& world, int rank) {
+    Group group = Group::create(world, rank, {6, 4, DType::kF32, 2, 5000, "local"});
+    std::vector<int32_t> idx = {0, 1, 5, -1, 2, 4, -1, -1, 3, 1};
+    DispatchLayout layout = computeLayout(group, TensorView::matrix(idx.data(), DType::kI32, 5, 2));
+    // Token 0 visits rank 0 once (experts 0 and 1 both live there).
+    EXPECT_EQ(layout.tokens_per_rank, (std::vector<int64_t>{2, 2, 2}));
+    EXPECT_EQ(layout.is_token_in_rank,
+              (std::vector<uint8_t>{1, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1, 1, 0}));
+    std::vector<int32_t> bad = {0, 0};
+    EXPECT_THROW(computeLayout(group, TensorView::matrix(bad.data(), DType::kI32, 1, 2)), Error);
+  });
+}
+
+}  // namespace
