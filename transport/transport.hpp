@@ -19,8 +19,10 @@ struct RequestBase {
   virtual ~RequestBase() = default;
   int peer = -1;
   bool is_send = false;
-  size_t bytes = 0;        // send: bytes sent; recv: bytes received once complete
-  bool truncated = false;  // recv: the message was longer than the buffer (only the prefix landed)
+  size_t bytes = 0;  // send: bytes sent; recv: bytes received once complete
+  // recv: the message was longer than the buffer. What landed is transport-defined (local and mpi
+  // deliver the prefix; ucx may not), so a truncated message must not be read.
+  bool truncated = false;
 };
 using Request = std::shared_ptr<RequestBase>;
 
@@ -33,7 +35,7 @@ class Transport {
 
   // `data` must stay valid and untouched until the request completes or is cancelled.
   virtual Status postSend(int peer, const void* data, size_t bytes, uint64_t tag, Request* out) = 0;
-  // A receive completes with the sender's byte count; a longer message lands truncated.
+  // A receive completes with the sender's byte count; a longer message is reported truncated.
   virtual Status postRecv(int peer, void* data, size_t capacity, uint64_t tag, Request* out) = 0;
   // Drives outstanding operations; never blocks.
   virtual Status progress() = 0;

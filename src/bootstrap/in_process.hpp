@@ -36,6 +36,7 @@ class InProcessBootstrap final : public Bootstrap {
       : world_(std::move(world)), rank_(rank) {}
   int rank() const override { return rank_; }
   int size() const override { return world_->size; }
+  const char* kind() const override { return "threads"; }
   Status allGather(const void* in, void* out, size_t bytes, Deadline deadline) override;
   Status barrier(Deadline deadline) override;
 

@@ -14,6 +14,10 @@ class Bootstrap {
   virtual ~Bootstrap() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // "threads", "env", "mpi" or "callback": for logs and for transports that need a native handle.
+  virtual const char* kind() const = 0;
+  // A pointer to the MPI_Comm of an MPI bootstrap; nullptr otherwise.
+  virtual const void* mpiComm() const { return nullptr; }
   // Every rank contributes `bytes` from `in`; `out` receives size() * bytes, rank-ordered. Every
   // rank must pass the same `bytes`. Fails with kTimeout naming the ranks that did not arrive.
   virtual Status allGather(const void* in, void* out, size_t bytes, Deadline deadline) = 0;

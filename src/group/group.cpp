@@ -5,7 +5,9 @@
 #include "src/core/env.hpp"
 #include "src/core/log.hpp"
 #include "src/group/group_impl.hpp"
-#include "transport/local/local_transport.hpp"
+#include "transport/factory.hpp"
+
+#include <unistd.h>
 
 namespace moecomm {
 
@@ -19,6 +21,8 @@ struct WireConfig {
   int32_t dtype;
   int32_t topk;
   char transport[32];
+  int64_t pid;
+  uint32_t transports_built;
   int32_t status;
   char error[220];
 };
@@ -55,33 +59,72 @@ Status compareConfigs(const std::vector<WireConfig>& all, int me) {
   return Status::ok();
 }
 
-std::string resolveTransportName(const std::string& requested) {
+std::string requestedTransport(const std::string& requested) {
   std::string name = requested.empty() ? "auto" : requested;
   if (name == "auto") {
     if (auto env = envString("MOECOMM_TRANSPORT")) name = *env;
   }
-  return name == "auto" ? "local" : name;
+  return name;
 }
 
-Status createGroup(std::unique_ptr<Bootstrap> bootstrap, const GroupConfig& config,
+// Every rank resolves "auto" from the same gathered facts, so all pick the same transport.
+Status resolveTransport(const std::string& requested, const std::vector<WireConfig>& all,
+                        std::string* out) {
+  uint32_t common = ~uint32_t{0};
+  bool one_process = true;
+  for (const WireConfig& c : all) {
+    common &= c.transports_built;
+    one_process = one_process && c.pid == all[0].pid;
+  }
+  if (requested != "auto") {
+    const uint32_t bit = transportBit(requested);
+    if (bit == 0 || (common & bit) == 0) {
+      return makeError(StatusCode::kInvalidArgument,
+                       "transport '{}' is not available on every rank; available everywhere: {}",
+                       requested, transportList(common));
+    }
+    *out = requested;
+    return Status::ok();
+  }
+  if (one_process) {
+    *out = "local";
+  } else if (common & kTransportUcx) {
+    *out = "ucx";
+  } else if (common & kTransportMpi) {
+    *out = "mpi";
+  } else {
+    return makeError(StatusCode::kInvalidArgument,
+                     "the ranks run in several processes but no inter-process transport is built "
+                     "on every rank (available everywhere: {}); rebuild with UCX or MPI",
+                     transportList(common));
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Status createGroup(std::shared_ptr<Bootstrap> bootstrap, const GroupConfig& config,
                    std::shared_ptr<Group::Impl>* out) {
   auto impl = std::make_shared<Group::Impl>();
   impl->config = config;
   impl->rank = bootstrap->rank();
   impl->size = bootstrap->size();
   impl->timeout_ms = config.timeout_ms > 0 ? config.timeout_ms : defaultTimeoutMs();
-  const std::string transport = resolveTransportName(config.transport);
+  const std::string requested = requestedTransport(config.transport);
 
   WireConfig mine{};
   mine.num_experts = config.num_experts;
   mine.hidden = config.hidden;
   mine.dtype = static_cast<int32_t>(config.dtype);
   mine.topk = config.topk;
-  std::snprintf(mine.transport, sizeof(mine.transport), "%s", transport.c_str());
+  mine.pid = static_cast<int64_t>(getpid());
+  mine.transports_built = builtTransports();
+  std::snprintf(mine.transport, sizeof(mine.transport), "%s", requested.c_str());
   Status own = validateGroupConfig(config, impl->size);
-  if (own.isOk() && transport != "local") {
+  if (own.isOk() && requested != "auto" && transportBit(requested) == 0) {
     own = makeError(StatusCode::kInvalidArgument,
-                    "transport '{}' is not available in this build; available: local", transport);
+                    "transport '{}' is unknown; choose auto, local, ucx or mpi (built here: {})",
+                    requested, transportList(builtTransports()));
   }
   if (!own.isOk()) {
     mine.status = static_cast<int32_t>(own.code());
@@ -92,20 +135,21 @@ Status createGroup(std::unique_ptr<Bootstrap> bootstrap, const GroupConfig& conf
   MOECOMM_RETURN_IF_ERROR(bootstrap->allGather(&mine, all.data(), sizeof(mine), deadline));
   if (!own.isOk()) return own;
   MOECOMM_RETURN_IF_ERROR(compareConfigs(all, impl->rank));
+  std::string transport;
+  MOECOMM_RETURN_IF_ERROR(resolveTransport(requested, all, &transport));
 
   impl->local_experts = config.num_experts / impl->size;
-  MOECOMM_RETURN_IF_ERROR(createLocalTransport(*bootstrap, deadline, &impl->transport));
+  MOECOMM_RETURN_IF_ERROR(createTransport(transport, *bootstrap, deadline, &impl->transport));
   impl->bootstrap = std::move(bootstrap);
   MOECOMM_LOG(LogLevel::kInfo,
               "rank {}/{}: group ready: {} experts ({} local), hidden {}, {}, "
-              "top-{}, transport {}, timeout {} ms",
+              "top-{}, transport {} (asked: {}), bootstrap {}, timeout {} ms",
               impl->rank, impl->size, config.num_experts, impl->local_experts, config.hidden,
-              dtypeName(config.dtype), config.topk, impl->transport->name(), impl->timeout_ms);
+              dtypeName(config.dtype), config.topk, impl->transport->name(), requested,
+              impl->bootstrap->kind(), impl->timeout_ms);
   *out = std::move(impl);
   return Status::ok();
 }
-
-}  // namespace
 
 Status validateGroupConfig(const GroupConfig& config, int ranks) {
   if (config.num_experts < 1) {
@@ -149,7 +193,14 @@ Group Group::create(LocalWorld& world, int rank, const GroupConfig& config) {
   }
   Group group;
   throwIfError(
-      createGroup(std::make_unique<InProcessBootstrap>(world.state(), rank), config, &group.impl_));
+      createGroup(std::make_shared<InProcessBootstrap>(world.state(), rank), config, &group.impl_));
+  return group;
+}
+
+Group Group::create(World& world, const GroupConfig& config) {
+  if (!world.state()) throw Error(StatusCode::kInvalidUsage, "Group::create on an empty World");
+  Group group;
+  throwIfError(createGroup(world.state()->bootstrap, config, &group.impl_));
   return group;
 }
 

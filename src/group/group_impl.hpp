@@ -20,7 +20,7 @@ struct Group::Impl {
   int size = 1;
   int local_experts = 0;
   int64_t timeout_ms = 0;
-  std::unique_ptr<Bootstrap> bootstrap;
+  std::shared_ptr<Bootstrap> bootstrap;
   std::unique_ptr<Transport> transport;
   uint64_t next_sequence = 1;
 
@@ -33,6 +33,16 @@ struct Group::Impl {
   // Records a failed status as the group's last error, then throws it.
   void raise(const Status& status);
 };
+
+struct World::State {
+  std::shared_ptr<Bootstrap> bootstrap;
+  int local_rank = 0;
+  int64_t timeout_ms = 0;
+};
+
+// Collective over the bootstrap's ranks: agrees on the config, picks and creates the transport.
+Status createGroup(std::shared_ptr<Bootstrap> bootstrap, const GroupConfig& config,
+                   std::shared_ptr<Group::Impl>* out);
 
 // Checks the fields every rank must agree on, without communication.
 Status validateGroupConfig(const GroupConfig& config, int ranks);

@@ -109,9 +109,9 @@ TEST_P(DispatchCombine, ForwardAndBackwardMatchDenseReference) {
   const Case c = GetParam();
   const World w = makeWorld(c);
   const double tol = c.dtype == DType::kBF16 ? 1.2e-2 : 2e-6;
-  runRanks(c.ranks, [&](LocalWorld& world, int rank) {
+  runRanks(c.ranks, [&](RankWorld& world, int rank) {
     GroupConfig config{c.experts, c.hidden, c.dtype, c.topk, 20000, "local"};
-    Group group = Group::create(world, rank, config);
+    Group group = world.group(rank, config);
     Dispatcher dispatcher(group, DispatchOptions{w.alignment});
     const RankInputs& in = w.inputs[rank];
     const int64_t T = in.tokens, H = c.hidden;
@@ -258,9 +258,8 @@ INSTANTIATE_TEST_SUITE_P(Sweep, DispatchCombine, ::testing::ValuesIn(allCases())
 TEST(DispatchCombineGradients, WeightGradientMatchesFiniteDifferences) {
   const Case c{2, 24, 8, 3, DType::kF32};
   const World w = makeWorld(c);
-  runRanks(c.ranks, [&](LocalWorld& world, int rank) {
-    Group group =
-        Group::create(world, rank, {c.experts, c.hidden, c.dtype, c.topk, 20000, "local"});
+  runRanks(c.ranks, [&](RankWorld& world, int rank) {
+    Group group = world.group(rank, {c.experts, c.hidden, c.dtype, c.topk, 20000, "local"});
     Dispatcher dispatcher(group);
     const RankInputs& in = w.inputs[rank];
     const int64_t T = in.tokens, H = c.hidden;

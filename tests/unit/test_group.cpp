@@ -10,7 +10,7 @@
 namespace {
 
 using namespace moecomm;
-using moecomm::testing::runRanks;
+using moecomm::testing::runThreads;
 
 GroupConfig baseConfig() {
   GroupConfig c;
@@ -29,7 +29,7 @@ std::vector<std::string> createWithOddRank(int ranks, int odd_rank,
                                            std::vector<StatusCode>* codes) {
   std::vector<std::string> messages(ranks);
   codes->assign(ranks, StatusCode::kSuccess);
-  runRanks(ranks, [&](LocalWorld& world, int rank) {
+  runThreads(ranks, [&](LocalWorld& world, int rank) {
     GroupConfig c = baseConfig();
     if (rank == odd_rank) mutate(c);
     try {
@@ -43,7 +43,7 @@ std::vector<std::string> createWithOddRank(int ranks, int odd_rank,
 }
 
 TEST(Group, CreatesAndReportsPlacement) {
-  runRanks(4, [](LocalWorld& world, int rank) {
+  runThreads(4, [](LocalWorld& world, int rank) {
     Group g = Group::create(world, rank, baseConfig());
     EXPECT_EQ(g.rank(), rank);
     EXPECT_EQ(g.size(), 4);
@@ -86,7 +86,7 @@ TEST(Group, InvalidConfigOnOneRankFailsTheOthersWithRemoteError) {
 }
 
 TEST(Group, ExpertsNotDivisibleByRanksIsAClearError) {
-  runRanks(3, [](LocalWorld& world, int rank) {
+  runThreads(3, [](LocalWorld& world, int rank) {
     GroupConfig c = baseConfig();
     c.num_experts = 8;  // over 3 ranks
     try {
@@ -102,7 +102,7 @@ TEST(Group, ExpertsNotDivisibleByRanksIsAClearError) {
 }
 
 TEST(Group, UnknownTransportAndBadRankAreRejected) {
-  runRanks(1, [](LocalWorld& world, int rank) {
+  runThreads(1, [](LocalWorld& world, int rank) {
     GroupConfig c = baseConfig();
     c.transport = "carrier-pigeon";
     EXPECT_THROW(Group::create(world, rank, c), Error);
@@ -112,7 +112,7 @@ TEST(Group, UnknownTransportAndBadRankAreRejected) {
 }
 
 TEST(Group, ARankThatNeverArrivesTimesOutTheOthers) {
-  runRanks(3, [](LocalWorld& world, int rank) {
+  runThreads(3, [](LocalWorld& world, int rank) {
     if (rank == 2) return;
     GroupConfig c = baseConfig();
     c.num_experts = 6;

@@ -466,8 +466,8 @@ TEST(RouterBalance, BiasUpdateAndGlobalLoad) {
   EXPECT_THROW(
       updateExpertBias(TensorView::vector(bias.data(), DType::kF32, 3), {1, 2, 3, 4}, 0.1f), Error);
 
-  moecomm::testing::runRanks(3, [](LocalWorld& world, int rank) {
-    Group group = Group::create(world, rank, {6, 8, DType::kF32, 2, 10000, "local"});
+  moecomm::testing::runRanks(3, [](moecomm::testing::RankWorld& world, int rank) {
+    Group group = world.group(rank, {6, 8, DType::kF32, 2, 10000, "local"});
     LoadStats local;
     local.tokens_per_expert = {rank, 1, 0, 2 * rank, 5, 7};
     EXPECT_EQ(globalLoad(group, local), (std::vector<int64_t>{3, 3, 0, 6, 15, 21}));
