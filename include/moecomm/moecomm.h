@@ -51,7 +51,7 @@ typedef struct {
   int64_t sizes[4];
 } moecommTensor_t;
 
-typedef struct moecommWorld* moecommWorld_t;   /* ranks that are threads of one process */
+typedef struct moecommWorld* moecommWorld_t;   /* threads of one process, or a launched world */
 typedef struct moecommGroup* moecommGroup_t;   /* one rank's membership of a group */
 typedef struct moecommHandle* moecommHandle_t; /* one dispatch: expert batch and layout */
 
@@ -86,7 +86,29 @@ MOECOMM_C_API moecommResult_t moecommGetVersion(int* version);
 MOECOMM_C_API moecommResult_t moecommWorldCreate(int nranks, moecommWorld_t* world);
 MOECOMM_C_API moecommResult_t moecommWorldDestroy(moecommWorld_t world);
 
-/* Collective: call once per rank, each from its own thread. *group is set only on success. */
+/* This process's rank of a world started by a launcher (torchrun's RANK, WORLD_SIZE, MASTER_ADDR,
+ * MASTER_PORT; MOECOMM_-prefixed overrides). timeout_ms 0: MOECOMM_TIMEOUT_MS. */
+MOECOMM_C_API moecommResult_t moecommWorldFromEnv(int64_t timeout_ms, moecommWorld_t* world);
+
+/* A framework's process group as callbacks returning 0 on success. barrier may be NULL. */
+typedef struct {
+  size_t size; /* sizeof(moecommBootstrapCallbacks_t) */
+  int rank;
+  int nranks;
+  int (*all_gather)(const void* send, void* recv, size_t bytes, void* context);
+  int (*barrier)(void* context);
+  void* context;
+} moecommBootstrapCallbacks_t;
+#define MOECOMM_BOOTSTRAP_CALLBACKS_INIT \
+  { sizeof(moecommBootstrapCallbacks_t), -1, 0, NULL, NULL, NULL }
+MOECOMM_C_API moecommResult_t moecommWorldFromCallbacks(const moecommBootstrapCallbacks_t* callbacks,
+                                                        moecommWorld_t* world);
+/* rank: this process's rank (-1 for a world of threads); size: the ranks of the world. */
+MOECOMM_C_API moecommResult_t moecommWorldRank(moecommWorld_t world, int* rank);
+MOECOMM_C_API moecommResult_t moecommWorldSize(moecommWorld_t world, int* size);
+
+/* Collective: for a world of threads, call once per rank, each from its own thread; for a launched
+ * world, once per process with rank -1 (or its own rank). *group is set only on success. */
 MOECOMM_C_API moecommResult_t moecommGroupCreate(moecommWorld_t world, int rank,
                                                  const moecommConfig_t* config,
                                                  moecommGroup_t* group);

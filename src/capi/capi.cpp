@@ -2,14 +2,17 @@
 // it; outputs are written only on success.
 #include <cstddef>
 #include <new>
+#include <optional>
 #include <string>
 
 #include "moecomm/moecomm.h"
 #include "moecomm/moecomm.hpp"
 #include "src/core/status.hpp"
 
+// Ranks as threads (local) or as this process's rank of a launched world (process).
 struct moecommWorld {
-  moecomm::LocalWorld world;
+  std::optional<moecomm::LocalWorld> local;
+  std::optional<moecomm::World> process;
 };
 
 struct moecommGroup {
@@ -131,7 +134,45 @@ moecommResult_t moecommGetVersion(int* version) {
 moecommResult_t moecommWorldCreate(int nranks, moecommWorld_t* world) {
   return guarded(nullptr, [&] {
     require(world != nullptr, "world is NULL");
-    *world = new moecommWorld{moecomm::LocalWorld(nranks)};
+    *world = new moecommWorld{moecomm::LocalWorld(nranks), std::nullopt};
+  });
+}
+
+moecommResult_t moecommWorldFromEnv(int64_t timeout_ms, moecommWorld_t* world) {
+  return guarded(nullptr, [&] {
+    require(world != nullptr, "world is NULL");
+    *world = new moecommWorld{std::nullopt, moecomm::World::fromEnv(timeout_ms)};
+  });
+}
+
+moecommResult_t moecommWorldFromCallbacks(const moecommBootstrapCallbacks_t* callbacks,
+                                          moecommWorld_t* world) {
+  return guarded(nullptr, [&] {
+    require(world != nullptr && callbacks != nullptr, "callbacks and world must not be NULL");
+    require(callbacks->size == sizeof(moecommBootstrapCallbacks_t),
+            "moecommBootstrapCallbacks_t.size does not match this library; initialize it with "
+            "MOECOMM_BOOTSTRAP_CALLBACKS_INIT");
+    moecomm::BootstrapCallbacks cb;
+    cb.rank = callbacks->rank;
+    cb.size = callbacks->nranks;
+    cb.all_gather = callbacks->all_gather;
+    cb.barrier = callbacks->barrier;
+    cb.context = callbacks->context;
+    *world = new moecommWorld{std::nullopt, moecomm::World::fromCallbacks(cb)};
+  });
+}
+
+moecommResult_t moecommWorldRank(moecommWorld_t world, int* rank) {
+  return guarded(nullptr, [&] {
+    require(world != nullptr && rank != nullptr, "world and rank must not be NULL");
+    *rank = world->process ? world->process->rank() : -1;
+  });
+}
+
+moecommResult_t moecommWorldSize(moecommWorld_t world, int* size) {
+  return guarded(nullptr, [&] {
+    require(world != nullptr && size != nullptr, "world and size must not be NULL");
+    *size = world->process ? world->process->size() : world->local->size();
   });
 }
 
@@ -147,7 +188,12 @@ moecommResult_t moecommGroupCreate(moecommWorld_t world, int rank, const moecomm
     require(group != nullptr, "group is NULL");
     int alignment = 1;
     moecomm::GroupConfig cfg = readConfig(config, &alignment);
-    moecomm::Group g = moecomm::Group::create(world->world, rank, cfg);
+    if (world->process) {
+      require(rank == -1 || rank == world->process->rank(),
+              "a launched world has one rank per process: pass -1 or this process's rank");
+    }
+    moecomm::Group g = world->process ? moecomm::Group::create(*world->process, cfg)
+                                      : moecomm::Group::create(*world->local, rank, cfg);
     moecomm::DispatchOptions options;
     options.expert_alignment = alignment;
     auto* created = new moecommGroup{g, moecomm::Dispatcher(g, options), {}};

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <moecomm/moecomm.h>
 
+#include <barrier>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -129,6 +130,72 @@ TEST(CApi, ErrorsReturnCodesAndMessagesNotExceptions) {
   EXPECT_EQ(moecommDispatch(group, nullptr, &it, &wt, &handle, nullptr), moecommInvalidArgument);
   moecommGroupDestroy(group);
   moecommWorldDestroy(world);
+}
+
+// A framework's process group, faked with threads and a std::barrier: what the callbacks see.
+struct FakeProcessGroup {
+  explicit FakeProcessGroup(int n) : size(n), sync(n), slots(static_cast<size_t>(n) * 65536) {}
+  int size;
+  std::barrier<> sync;
+  std::vector<unsigned char> slots;
+};
+struct FakeRank {
+  FakeProcessGroup* group;
+  int rank;
+};
+
+int fakeAllGather(const void* send, void* recv, size_t bytes, void* context) {
+  auto* me = static_cast<FakeRank*>(context);
+  if (bytes > 65536) return 3;
+  me->group->sync.arrive_and_wait();  // the previous round's readers are done
+  std::memcpy(me->group->slots.data() + bytes * me->rank, send, bytes);
+  me->group->sync.arrive_and_wait();
+  std::memcpy(recv, me->group->slots.data(), bytes * me->group->size);
+  return 0;
+}
+
+TEST(CApi, WorldFromAFrameworksCallbacks) {
+  FakeProcessGroup pg(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&pg, r] {
+      FakeRank me{&pg, r};
+      moecommBootstrapCallbacks_t callbacks = MOECOMM_BOOTSTRAP_CALLBACKS_INIT;
+      callbacks.rank = r;
+      callbacks.nranks = 2;
+      callbacks.all_gather = fakeAllGather;
+      callbacks.context = &me;
+      moecommWorld_t world = nullptr;
+      ASSERT_EQ(moecommWorldFromCallbacks(&callbacks, &world), moecommSuccess);
+      int rank = -2, size = 0;
+      EXPECT_EQ(moecommWorldRank(world, &rank), moecommSuccess);
+      EXPECT_EQ(moecommWorldSize(world, &size), moecommSuccess);
+      EXPECT_EQ(rank, r);
+      EXPECT_EQ(size, 2);
+      moecommConfig_t config = MOECOMM_CONFIG_INIT;
+      config.num_experts = 4;
+      config.hidden = 8;
+      config.dtype = moecommFloat32;
+      config.topk = 2;
+      config.timeout_ms = 10000;
+      moecommGroup_t group = nullptr;
+      EXPECT_EQ(moecommGroupCreate(world, 1 - r, &config, &group), moecommInvalidArgument)
+          << moecommGetLastError(nullptr);  // another process's rank
+      ASSERT_EQ(moecommGroupCreate(world, -1, &config, &group), moecommSuccess)
+          << moecommGetLastError(nullptr);
+      EXPECT_EQ(moecommGroupRank(group, &rank), moecommSuccess);
+      EXPECT_EQ(rank, r);
+      moecommGroupDestroy(group);
+      moecommWorldDestroy(world);
+    });
+  }
+  for (auto& t : threads) t.join();
+
+  moecommBootstrapCallbacks_t stale = MOECOMM_BOOTSTRAP_CALLBACKS_INIT;
+  stale.size = 8;
+  moecommWorld_t world = nullptr;
+  EXPECT_EQ(moecommWorldFromCallbacks(&stale, &world), moecommInvalidArgument);
+  EXPECT_EQ(world, nullptr);
 }
 
 }  // namespace
