@@ -1,0 +1,126 @@
+// Variable all-to-all bandwidth of each transport against plain MPI_Alltoallv and a memcpy of the
+// same bytes, in one run. Launch under mpirun (every rank is one process):
+//   mpirun -np 2 build/perf/bench_alltoallv [max_bytes_per_peer]
+// Rate = bytes a rank receives per all-to-all (ranks x bytes per peer) / time, in GB/s.
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <moecomm/mpi.hpp>
+#include <string>
+#include <vector>
+
+#include "src/group/group_impl.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Buffers {
+  std::vector<char> send, recv;
+  std::vector<int> counts, displs;
+};
+
+Buffers makeBuffers(int n, size_t per_peer) {
+  Buffers b;
+  b.send.assign(per_peer * n, 1);
+  b.recv.assign(per_peer * n, 0);
+  b.counts.assign(n, static_cast<int>(per_peer));
+  for (int p = 0; p < n; ++p) b.displs.push_back(static_cast<int>(per_peer * p));
+  return b;
+}
+
+void transportAllToAll(moecomm::Transport& t, Buffers& b, size_t per_peer, uint64_t tag) {
+  const int n = t.size(), me = t.rank();
+  std::vector<moecomm::Request> requests;
+  requests.reserve(2 * n);
+  for (int i = 0; i < n; ++i) {
+    const int p = (me + i) % n;
+    moecomm::Request r;
+    if (!t.postRecv(p, b.recv.data() + per_peer * p, per_peer, tag, &r).isOk()) std::abort();
+    requests.push_back(r);
+  }
+  for (int i = 1; i <= n; ++i) {
+    const int p = (me + i) % n;
+    moecomm::Request r;
+    if (!t.postSend(p, b.send.data() + per_peer * p, per_peer, tag, &r).isOk()) std::abort();
+    requests.push_back(r);
+  }
+  moecomm::Status s = t.waitAll(requests, moecomm::Deadline::afterMs(60000), "benchmark");
+  if (!s.isOk()) {
+    std::fprintf(stderr, "%s\n", s.message().c_str());
+    std::abort();
+  }
+}
+
+// Seconds per call: warm up, then time `iters` calls between barriers; the slowest rank counts.
+double timeIt(int iters, const std::function<void()>& call) {
+  for (int i = 0; i < 3; ++i) call();
+  MPI_Barrier(MPI_COMM_WORLD);
+  auto start = Clock::now();
+  for (int i = 0; i < iters; ++i) call();
+  double mine = std::chrono::duration<double>(Clock::now() - start).count() / iters;
+  double slowest = 0;
+  MPI_Allreduce(&mine, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return slowest;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  const size_t max_bytes = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : (16u << 20);
+  {
+    moecomm::World world = moecomm::worldFromMpi(MPI_COMM_WORLD);
+    const int n = world.size();
+    std::vector<std::pair<std::string, moecomm::Group>> groups;
+    for (const char* name : {"ucx", "mpi"}) {
+      try {
+        groups.emplace_back(
+            name, moecomm::Group::create(world, {n, 8, moecomm::DType::kF32, 1, 60000, name}));
+      } catch (const moecomm::Error& e) {
+        if (world.rank() == 0) std::printf("# %s unavailable: %s\n", name, e.what());
+      }
+    }
+    if (world.rank() == 0) {
+      std::printf("# moecomm all-to-all-v, %d ranks; GB/s = ranks x bytes per peer / time\n", n);
+      std::printf("%12s", "bytes/peer");
+      for (auto& [name, g] : groups) std::printf(" %10s", name.c_str());
+      std::printf(" %14s %10s %12s\n", "MPI_Alltoallv", "memcpy", "ucx/Alltoallv");
+    }
+    uint64_t tag = 1;
+    for (size_t bytes = 4096; bytes <= max_bytes; bytes *= 4) {
+      Buffers b = makeBuffers(n, bytes);
+      const int iters = static_cast<int>(std::clamp<size_t>((512u << 20) / (bytes * n), 5, 2000));
+      const double total = static_cast<double>(bytes) * n;
+      std::vector<double> rates;
+      for (auto& [name, g] : groups) {
+        moecomm::Transport& t = *g.impl().transport;
+        rates.push_back(total / timeIt(iters, [&] { transportAllToAll(t, b, bytes, tag++); }) /
+                        1e9);
+      }
+      const double mpi = total /
+                         timeIt(iters,
+                                [&] {
+                                  MPI_Alltoallv(b.send.data(), b.counts.data(), b.displs.data(),
+                                                MPI_BYTE, b.recv.data(), b.counts.data(),
+                                                b.displs.data(), MPI_BYTE, MPI_COMM_WORLD);
+                                }) /
+                         1e9;
+      const double copy =
+          total / timeIt(iters, [&] { std::memcpy(b.recv.data(), b.send.data(), bytes * n); }) /
+          1e9;
+      if (world.rank() == 0) {
+        std::printf("%12zu", bytes);
+        for (double r : rates) std::printf(" %10.2f", r);
+        std::printf(" %14.2f %10.2f %12.2f\n", mpi, copy, rates.empty() ? 0.0 : rates[0] / mpi);
+      }
+    }
+  }
+  MPI_Finalize();
+  return 0;
+}
