@@ -26,6 +26,17 @@ struct RequestBase {
 };
 using Request = std::shared_ptr<RequestBase>;
 
+// Memory registered for one-sided puts: every rank holds `bytes` of it and peers write into it
+// directly where the transport can (shared memory, RDMA). Made collectively by createWindow.
+struct Window {
+  virtual ~Window() = default;
+  std::byte* data = nullptr;  // this rank's part
+  size_t bytes = 0;
+};
+
+// Tags at or above this are the transports' own (window set-up); callers use smaller ones.
+inline constexpr uint64_t kControlTagBase = uint64_t{1} << 42;
+
 class Transport {
  public:
   virtual ~Transport() = default;
@@ -45,8 +56,25 @@ class Transport {
   // Withdraws a request that has not completed; afterwards its buffer is no longer touched.
   virtual void cancel(const Request& request) = 0;
 
+  // Puts are optional; a transport without them says so and its callers send messages instead.
+  virtual bool supportsPut() const { return false; }
+  // Collective over the ranks; every rank passes the same size.
+  virtual Status createWindow(size_t bytes, Deadline deadline, std::unique_ptr<Window>* out);
+  // Copies `bytes` from `src` into `peer`'s part of `window` at `offset`, then sends `peer` a
+  // zero-byte message with `tag` that is ordered after the data: once the peer has received that
+  // notice, the data has landed. `src` must stay valid until the request completes.
+  virtual Status postPut(Window& window, int peer, size_t offset, const void* src, size_t bytes,
+                         uint64_t tag, Request* out);
+
   // Waits for all; on a deadline, cancels what is left and names the peers that did not answer.
   Status waitAll(const std::vector<Request>& requests, Deadline deadline, const char* what);
+
+ protected:
+  // Every rank contributes `bytes`; `out` gets size() * bytes in rank order. Over this
+  // transport's own messages, with a control tag.
+  Status allGatherBytes(const void* in, size_t bytes, std::vector<std::byte>* out,
+                        Deadline deadline);
+  uint64_t next_control_tag_ = kControlTagBase;
 };
 
 }  // namespace moecomm

@@ -101,8 +101,8 @@ typedef struct {
 } moecommBootstrapCallbacks_t;
 #define MOECOMM_BOOTSTRAP_CALLBACKS_INIT \
   { sizeof(moecommBootstrapCallbacks_t), -1, 0, NULL, NULL, NULL }
-MOECOMM_C_API moecommResult_t moecommWorldFromCallbacks(const moecommBootstrapCallbacks_t* callbacks,
-                                                        moecommWorld_t* world);
+MOECOMM_C_API moecommResult_t
+moecommWorldFromCallbacks(const moecommBootstrapCallbacks_t* callbacks, moecommWorld_t* world);
 /* rank: this process's rank (-1 for a world of threads); size: the ranks of the world. */
 MOECOMM_C_API moecommResult_t moecommWorldRank(moecommWorld_t world, int* rank);
 MOECOMM_C_API moecommResult_t moecommWorldSize(moecommWorld_t world, int* size);

@@ -57,6 +57,31 @@ void transportAllToAll(moecomm::Transport& t, Buffers& b, size_t per_peer, uint6
   }
 }
 
+// The same exchange as one-sided puts into the peers' registered windows (two halves, alternating),
+// each followed by a zero-byte notice.
+void putAllToAll(moecomm::Transport& t, moecomm::Window& w, Buffers& b, size_t per_peer,
+                 uint64_t tag) {
+  const int n = t.size(), me = t.rank();
+  const size_t half = (tag % 2) * per_peer * n;
+  std::vector<moecomm::Request> requests;
+  requests.reserve(2 * n);
+  for (int p = 0; p < n; ++p) {
+    moecomm::Request r;
+    if (!t.postRecv(p, nullptr, 0, tag, &r).isOk()) std::abort();
+    requests.push_back(r);
+  }
+  for (int i = 0; i < n; ++i) {
+    const int p = (me + i) % n;
+    moecomm::Request r;
+    if (!t.postPut(w, p, half + per_peer * me, b.send.data() + per_peer * p, per_peer, tag, &r)
+             .isOk()) {
+      std::abort();
+    }
+    requests.push_back(r);
+  }
+  if (!t.waitAll(requests, moecomm::Deadline::afterMs(60000), "benchmark").isOk()) std::abort();
+}
+
 // Seconds per call: warm up, then time `iters` calls between barriers; the slowest rank counts.
 double timeIt(int iters, const std::function<void()>& call) {
   for (int i = 0; i < 3; ++i) call();
@@ -90,7 +115,8 @@ int main(int argc, char** argv) {
       std::printf("# moecomm all-to-all-v, %d ranks; GB/s = ranks x bytes per peer / time\n", n);
       std::printf("%12s", "bytes/peer");
       for (auto& [name, g] : groups) std::printf(" %10s", name.c_str());
-      std::printf(" %14s %10s %12s\n", "MPI_Alltoallv", "memcpy", "ucx/Alltoallv");
+      std::printf(" %10s", "ucx-put");
+      std::printf(" %14s %10s %9s %9s\n", "MPI_Alltoallv", "memcpy", "put/MPI", "put/copy");
     }
     uint64_t tag = 1;
     for (size_t bytes = 4096; bytes <= max_bytes; bytes *= 4) {
@@ -102,6 +128,15 @@ int main(int argc, char** argv) {
         moecomm::Transport& t = *g.impl().transport;
         rates.push_back(total / timeIt(iters, [&] { transportAllToAll(t, b, bytes, tag++); }) /
                         1e9);
+      }
+      double put = 0;
+      if (!groups.empty() && groups[0].first == "ucx") {
+        moecomm::Transport& t = *groups[0].second.impl().transport;
+        std::unique_ptr<moecomm::Window> window;
+        if (!t.createWindow(2 * bytes * n, moecomm::Deadline::afterMs(60000), &window).isOk()) {
+          std::abort();
+        }
+        put = total / timeIt(iters, [&] { putAllToAll(t, *window, b, bytes, tag++); }) / 1e9;
       }
       const double mpi = total /
                          timeIt(iters,
@@ -117,7 +152,7 @@ int main(int argc, char** argv) {
       if (world.rank() == 0) {
         std::printf("%12zu", bytes);
         for (double r : rates) std::printf(" %10.2f", r);
-        std::printf(" %14.2f %10.2f %12.2f\n", mpi, copy, rates.empty() ? 0.0 : rates[0] / mpi);
+        std::printf(" %10.2f %14.2f %10.2f %9.2f %9.2f\n", put, mpi, copy, put / mpi, put / copy);
       }
     }
   }

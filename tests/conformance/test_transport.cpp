@@ -193,4 +193,55 @@ TEST(Transport, RejectsPeersOutOfRange) {
   });
 }
 
+// One-sided puts into registered windows: every rank writes its block into every peer's window
+// (itself included), and a peer that has the notice finds the data in place. Sizes change each
+// round; the two halves of the window alternate as a caller double-buffers.
+TEST_P(TransportRanks, PutsLandBeforeTheirNotices) {
+  const int n = GetParam();
+  runRanks(n, [&](RankWorld& world, int rank) {
+    Group group = transportGroup(world, rank, n);
+    Transport* t = transportOf(group);
+    if (!t->supportsPut()) GTEST_SKIP() << t->name() << " has no puts";
+    const size_t max_block = (1 << 18) + 5;
+    std::unique_ptr<Window> window;
+    Status made = t->createWindow(2 * n * max_block, Deadline::afterMs(20000), &window);
+    ASSERT_TRUE(made.isOk()) << made.message();
+    ASSERT_GE(window->bytes, 2 * n * max_block);
+    for (int round = 0; round < 12; ++round) {
+      auto size = [&](int from, int to) {
+        return size_t((from * 7919 + to * 104729 + round * 1299709) % max_block) * (round % 4 != 1);
+      };
+      const size_t half = (round % 2) * n * max_block;
+      std::vector<std::vector<uint8_t>> out(n);
+      std::vector<Request> requests;
+      for (int p = 0; p < n; ++p) {
+        Request r;
+        ASSERT_TRUE(t->postRecv(p, nullptr, 0, 500 + round, &r).isOk());
+        requests.push_back(r);
+      }
+      for (int i = 0; i < n; ++i) {
+        const int p = (rank + i) % n;
+        out[p] = pattern(rank, p, size(rank, p), round);
+        Request r;
+        Status put = t->postPut(*window, p, half + rank * max_block, out[p].data(), out[p].size(),
+                                500 + round, &r);
+        ASSERT_TRUE(put.isOk()) << put.message();
+        requests.push_back(r);
+      }
+      Status waited = t->waitAll(requests, Deadline::afterMs(20000), "puts");
+      ASSERT_TRUE(waited.isOk()) << waited.message();
+      for (int p = 0; p < n; ++p) {
+        auto expected = pattern(p, rank, size(p, rank), round);
+        ASSERT_TRUE(std::equal(expected.begin(), expected.end(),
+                               reinterpret_cast<uint8_t*>(window->data) + half + p * max_block))
+            << "round " << round << " block from rank " << p;
+      }
+    }
+    uint8_t byte = 0;
+    Request r;
+    EXPECT_EQ(t->postPut(*window, 0, window->bytes, &byte, 1, 1, &r).code(),
+              StatusCode::kInvalidArgument);
+  });
+}
+
 }  // namespace

@@ -51,8 +51,8 @@ int main(int argc, char** argv) {
     const std::string what = e.what();
     const bool named = what.find("rank " + std::to_string(victim)) != std::string::npos ||
                        what.find("rank(s) " + std::to_string(victim)) != std::string::npos;
-    const bool kind = e.code() == moecomm::StatusCode::kRemoteError ||
-                      e.code() == moecomm::StatusCode::kTimeout;
+    const bool kind =
+        e.code() == moecomm::StatusCode::kRemoteError || e.code() == moecomm::StatusCode::kTimeout;
     std::printf("rank %d: failed after %lld ms (%s): %s\n", rank, static_cast<long long>(ms),
                 moecomm::statusString(e.code()), e.what());
     if (!named || !kind || ms > timeout_ms + 1000) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Two "hosts" on one machine: network namespaces joined by a veth pair, with addresses only on
 # that link from 198.18.0.0/15 (reserved for network tests). Ranks 0-1 run in host A, which also
-# serves the store; ranks 2-3 in host B. Between hosts UCX runs over TCP on the veth link; within
+# serves the store; ranks 2-3 in host B. Between hosts UCX runs over TCP on the veth link (puts
+# too: MOECOMM_UCX_DIRECT_PUTS=0 keeps them off the shared mapping one kernel allows); within
 # a host, over shared memory. The given test binary checks its results against its reference.
 # Exit 77 (skip) with the reason when namespaces cannot be made here.
 # Usage: two_hosts.sh <test binary> [gtest args...]
@@ -30,7 +31,7 @@ ip -n "$a" link set "va-$tag" up && ip -n "$b" link set "vb-$tag" up || exit 1
 run_rank() {  # namespace, device, rank
   ip netns exec "$1" env RANK=$3 LOCAL_RANK=$(($3 % 2)) WORLD_SIZE=4 MASTER_ADDR=198.18.0.1 \
     MASTER_PORT=29555 MOECOMM_TEST_PROCESSES=env MOECOMM_TEST_TRANSPORT=ucx \
-    UCX_NET_DEVICES="$2" timeout 240 "$binary" "$@"
+    MOECOMM_UCX_DIRECT_PUTS=0 UCX_NET_DEVICES="$2" timeout 240 "$binary" "$@"
 }
 pids=()
 for r in 0 1; do run_rank "$a" "va-$tag" "$r" "$@" & pids+=($!); done

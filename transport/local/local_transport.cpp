@@ -12,6 +12,11 @@ namespace moecomm {
 
 namespace {
 
+struct LocalWindow final : Window {
+  std::vector<std::byte> storage;
+  std::vector<std::byte*> peers;  // every rank's part, rank-ordered
+};
+
 class LocalTransport final : public Transport {
  public:
   LocalTransport(LocalFabric* fabric, int rank, int size)
@@ -21,6 +26,35 @@ class LocalTransport final : public Transport {
   }
 
   const char* name() const override { return "local"; }
+  bool supportsPut() const override { return true; }
+
+  // Threads share memory: a window is plain memory whose address every rank learns.
+  Status createWindow(size_t bytes, Deadline deadline, std::unique_ptr<Window>* out) override {
+    auto window = std::make_unique<LocalWindow>();
+    window->storage.resize(std::max<size_t>(bytes, 1));
+    window->data = window->storage.data();
+    window->bytes = bytes;
+    std::vector<std::byte> all;
+    MOECOMM_RETURN_IF_ERROR(allGatherBytes(&window->data, sizeof(window->data), &all, deadline));
+    window->peers.resize(static_cast<size_t>(size_));
+    std::memcpy(window->peers.data(), all.data(), all.size());
+    *out = std::move(window);
+    return Status::ok();
+  }
+
+  Status postPut(Window& window, int peer, size_t offset, const void* src, size_t bytes,
+                 uint64_t tag, Request* out) override {
+    MOECOMM_RETURN_IF_ERROR(checkPeer(peer));
+    if (offset > window.bytes || bytes > window.bytes - offset) {
+      return makeError(StatusCode::kInvalidArgument,
+                       "put of {} bytes at offset {} overruns the {}-byte window of rank {}", bytes,
+                       offset, window.bytes, peer);
+    }
+    auto& local = static_cast<LocalWindow&>(window);
+    if (bytes > 0) std::memcpy(local.peers[peer] + offset, src, bytes);
+    // The notice is a message, so the mailbox's lock orders the data before it.
+    return postSend(peer, nullptr, 0, tag, out);
+  }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 

@@ -46,6 +46,25 @@ struct UcxRequest final : RequestBase {
   uint64_t tag = 0;
   const void* send_data = nullptr;
   void* recv_data = nullptr;
+  // A put's notice carries the put itself here: both must finish before the request does.
+  std::shared_ptr<UcxRequest> companion;
+  bool finished() const { return done && (!companion || companion->done); }
+};
+
+// Windows are allocated by UCX (ucp_mem_map with ALLOCATE), so on one host they live in shared
+// memory that peers map: a put is then a plain memcpy into the peer's pages.
+struct UcxWindow final : Window {
+  ucp_context_h context = nullptr;
+  ucp_mem_h memh = nullptr;
+  std::vector<ucp_rkey_h> rkeys;
+  std::vector<uint64_t> remote;    // every rank's base address
+  std::vector<std::byte*> direct;  // a peer's part mapped here, or nullptr
+  ~UcxWindow() override {
+    for (ucp_rkey_h k : rkeys) {
+      if (k != nullptr) ucp_rkey_destroy(k);
+    }
+    if (memh != nullptr) ucp_mem_unmap(context, memh);
+  }
 };
 
 std::string describe(ucs_status_t status) {
@@ -85,8 +104,12 @@ class UcxTransport final : public Transport {
     return Status::ok();
   }
   bool isComplete(const Request& request) override {
-    return static_cast<UcxRequest&>(*request).done;
+    return static_cast<UcxRequest&>(*request).finished();
   }
+  bool supportsPut() const override { return true; }
+  Status createWindow(size_t bytes, Deadline deadline, std::unique_ptr<Window>* out) override;
+  Status postPut(Window& window, int peer, size_t offset, const void* src, size_t bytes,
+                 uint64_t tag, Request* out) override;
   Status wait(const Request& request, Deadline deadline) override;
   void cancel(const Request& request) override;
 
@@ -153,7 +176,7 @@ Status UcxTransport::init(Bootstrap& bootstrap, Deadline deadline) {
   if (s != UCS_OK) return ucxError("ucp_config_read", s);
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_ESTIMATED_NUM_EPS;
-  params.features = UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP;
+  params.features = UCP_FEATURE_TAG | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
   params.estimated_num_eps = static_cast<size_t>(size_);
   s = ucp_init(&params, config, &context_);
   ucp_config_release(config);
@@ -377,12 +400,12 @@ void UcxTransport::idleWait(int* idle) {
 Status UcxTransport::wait(const Request& request, Deadline deadline) {
   auto& r = static_cast<UcxRequest&>(*request);
   int idle = 0;
-  while (!r.done) {
+  while (!r.finished()) {
     if (ucp_worker_progress(worker_) != 0) {
       idle = 0;
       continue;
     }
-    if (r.done) break;
+    if (r.finished()) break;
     checkLiveness();
     if (!failed_[r.peer].empty()) return checkPeer(r.peer, r.is_send ? "send" : "receive");
     if (deadline.expired()) {
@@ -396,6 +419,7 @@ Status UcxTransport::wait(const Request& request, Deadline deadline) {
     r.bytes = r.capacity;
     return Status::ok();
   }
+  if (r.status == UCS_OK && r.companion) r.status = r.companion->status;
   if (r.status != UCS_OK) {
     return makeError(StatusCode::kRemoteError, "rank {}: UCX {} with rank {} failed: {}", rank_,
                      r.is_send ? "send" : "receive", r.peer, describe(r.status));
@@ -431,6 +455,111 @@ void UcxTransport::cancel(const Request& request) {
     ucp_worker_progress(worker_);
   }
   if (UCS_PTR_IS_PTR(closing)) ucp_request_free(closing);
+}
+
+Status UcxTransport::createWindow(size_t bytes, Deadline deadline, std::unique_ptr<Window>* out) {
+  auto window = std::make_unique<UcxWindow>();
+  window->context = context_;
+  ucp_mem_map_params_t map{};
+  map.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                   UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+  map.address = nullptr;
+  map.length = std::max<size_t>(bytes, 1);
+  map.flags = UCP_MEM_MAP_ALLOCATE;
+  ucs_status_t s = ucp_mem_map(context_, &map, &window->memh);
+  if (s != UCS_OK) return ucxError("ucp_mem_map (window)", s);
+  ucp_mem_attr_t attr{};
+  attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
+  s = ucp_mem_query(window->memh, &attr);
+  if (s != UCS_OK) return ucxError("ucp_mem_query", s);
+  window->data = static_cast<std::byte*>(attr.address);
+  window->bytes = bytes;
+
+  void* packed = nullptr;
+  size_t packed_bytes = 0;
+  s = ucp_rkey_pack(context_, window->memh, &packed, &packed_bytes);
+  if (s != UCS_OK) return ucxError("ucp_rkey_pack", s);
+  uint64_t mine = packed_bytes;
+  std::vector<std::byte> lengths;
+  Status gathered = allGatherBytes(&mine, sizeof(mine), &lengths, deadline);
+  size_t longest = 0;
+  for (int p = 0; gathered.isOk() && p < size_; ++p) {
+    uint64_t l = 0;
+    std::memcpy(&l, lengths.data() + sizeof(l) * p, sizeof(l));
+    longest = std::max<size_t>(longest, l);
+  }
+  const size_t record = sizeof(uint64_t) + longest;
+  std::vector<std::byte> own(record), all;
+  const uint64_t base = reinterpret_cast<uint64_t>(window->data);
+  std::memcpy(own.data(), &base, sizeof(base));
+  std::memcpy(own.data() + sizeof(base), packed, packed_bytes);
+  ucp_rkey_buffer_release(packed);
+  if (gathered.isOk()) gathered = allGatherBytes(own.data(), record, &all, deadline);
+  MOECOMM_RETURN_IF_ERROR(gathered);
+
+  window->rkeys.assign(static_cast<size_t>(size_), nullptr);
+  window->remote.assign(static_cast<size_t>(size_), 0);
+  window->direct.assign(static_cast<size_t>(size_), nullptr);
+  int mapped = 0;
+  for (int p = 0; p < size_; ++p) {
+    const std::byte* rec = all.data() + record * p;
+    std::memcpy(&window->remote[p], rec, sizeof(uint64_t));
+    if (p == rank_) {
+      window->direct[p] = window->data;
+      continue;
+    }
+    s = ucp_ep_rkey_unpack(endpoints_[p], rec + sizeof(uint64_t), &window->rkeys[p]);
+    if (s != UCS_OK) return ucxError("ucp_ep_rkey_unpack", s);
+    void* local = nullptr;
+    // MOECOMM_UCX_DIRECT_PUTS=0 sends every put through UCX (ucp_put_nbx), as between hosts.
+    static const bool direct = envInt("MOECOMM_UCX_DIRECT_PUTS", 1) != 0;
+    if (direct && ucp_rkey_ptr(window->rkeys[p], window->remote[p], &local) == UCS_OK) {
+      window->direct[p] = static_cast<std::byte*>(local);
+      ++mapped;
+    }
+  }
+  MOECOMM_LOG(LogLevel::kDebug, "rank {}: {}-byte window, {} of {} peers mapped for direct puts",
+              rank_, bytes, mapped, size_ - 1);
+  *out = std::move(window);
+  return Status::ok();
+}
+
+Status UcxTransport::postPut(Window& window, int peer, size_t offset, const void* src, size_t bytes,
+                             uint64_t tag, Request* out) {
+  MOECOMM_RETURN_IF_ERROR(checkPeer(peer, "put"));
+  if (offset > window.bytes || bytes > window.bytes - offset) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "put of {} bytes at offset {} overruns the {}-byte window of rank {}", bytes,
+                     offset, window.bytes, peer);
+  }
+  auto& w = static_cast<UcxWindow&>(window);
+  if (w.direct[peer] != nullptr) {
+    // Mapped memory: the copy is done before the notice is posted, and the notice travels
+    // through UCX's shared-memory queue, whose atomics order it after the data.
+    if (bytes > 0) std::memcpy(w.direct[peer] + offset, src, bytes);
+    return postSend(peer, nullptr, 0, tag, out);
+  }
+  auto put = std::make_shared<UcxRequest>();
+  put->owner = this;
+  put->peer = peer;
+  put->is_send = true;
+  put->bytes = bytes;
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.send = onSendDone;
+  param.user_data = put.get();
+  Request tracked;
+  MOECOMM_RETURN_IF_ERROR(track(
+      put,
+      ucp_put_nbx(endpoints_[peer], src, bytes, w.remote[peer] + offset, w.rkeys[peer], &param),
+      &tracked));
+  // The fence orders the notice after the put at the target.
+  ucp_worker_fence(worker_);
+  Request notice;
+  MOECOMM_RETURN_IF_ERROR(postSend(peer, nullptr, 0, tag, &notice));
+  static_cast<UcxRequest&>(*notice).companion = put;
+  *out = notice;
+  return Status::ok();
 }
 
 void UcxTransport::shutdown() {
