@@ -84,7 +84,8 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
   const std::vector<int64_t> counts = sendCounts(h);
   for (int p = 0; p < group.size; ++p)
     staging.expect(p, static_cast<size_t>(counts[p]) * row_bytes);
-  MOECOMM_RETURN_IF_ERROR(exchange(group, staging, op, sequence, 0, Status::ok()));
+  const SizeMatrix sizes = h.sizes(row_bytes, false);
+  MOECOMM_RETURN_IF_ERROR(exchange(group, staging, op, sequence, 0, Status::ok(), &sizes));
   MOECOMM_RETURN_IF_ERROR(checkExpectedSizes(group, staging, counts, row_bytes, op));
 
   // Sum over ranks in rank order (deterministic), in f32, then write the output once.
@@ -144,8 +145,9 @@ Status runCombineBackward(Dispatcher::State& state, const TensorView& grad_out, 
     }
     staging.expect(p, static_cast<size_t>(h.recv_tokens[p]) * row_bytes);
   }
-  MOECOMM_RETURN_IF_ERROR(
-      exchange(group, staging, WireOp::kCombineBackwardGrad, sequence, 0, Status::ok()));
+  const SizeMatrix grad_sizes = h.sizes(row_bytes, true);
+  MOECOMM_RETURN_IF_ERROR(exchange(group, staging, WireOp::kCombineBackwardGrad, sequence, 0,
+                                   Status::ok(), &grad_sizes));
   MOECOMM_RETURN_IF_ERROR(
       checkExpectedSizes(group, staging, h.recv_tokens, row_bytes, WireOp::kCombineBackwardGrad));
 
@@ -177,8 +179,9 @@ Status runCombineBackward(Dispatcher::State& state, const TensorView& grad_out, 
     if (!dots[p].empty()) std::memcpy(payload, dots[p].data(), dots[p].size() * sizeof(float));
     staging.expect(p, static_cast<size_t>(counts[p]) * dot_bytes);
   }
-  MOECOMM_RETURN_IF_ERROR(
-      exchange(group, staging, WireOp::kCombineBackwardDots, sequence, 1, Status::ok()));
+  const SizeMatrix dot_sizes = h.sizes(dot_bytes, false);
+  MOECOMM_RETURN_IF_ERROR(exchange(group, staging, WireOp::kCombineBackwardDots, sequence, 1,
+                                   Status::ok(), &dot_sizes));
   MOECOMM_RETURN_IF_ERROR(
       checkExpectedSizes(group, staging, counts, dot_bytes, WireOp::kCombineBackwardDots));
 

@@ -1,4 +1,5 @@
 // Dispatch: count exchange, pack once per destination rank, all-to-all-v, unpack expert-major.
+#include <algorithm>
 #include <cstring>
 
 #include "src/core/tensor_checks.hpp"
@@ -148,11 +149,18 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   RoutingPlan plan;
   Status local = checkDispatchInputs(group, state.options, x, topk_idx, topk_weights, &plan);
 
-  // Phase 1: counts. Each rank learns how many tokens every rank will send it.
+  // Phase 1: counts. Every rank sends its whole row of counts to every rank, so all learn the
+  // full matrix: what each receives, and where each message will land in each window.
+  std::vector<int64_t> row(static_cast<size_t>(n), 0);
+  for (int p = 0; p < n && local.isOk(); ++p) {
+    row[p] = static_cast<int64_t>(plan.rank_tokens[p].size());
+  }
+  const size_t row_bytes_counts = static_cast<size_t>(n) * sizeof(int64_t);
   for (int p = 0; p < n; ++p) {
-    int64_t count = local.isOk() ? static_cast<int64_t>(plan.rank_tokens[p].size()) : 0;
-    staging.sendPayload(p, 0, WireOp::kDispatchCounts, sequence, count);
-    staging.expect(p, 0);
+    std::byte* payload =
+        staging.sendPayload(p, row_bytes_counts, WireOp::kDispatchCounts, sequence, row[p]);
+    std::memcpy(payload, row.data(), row_bytes_counts);
+    staging.expect(p, row_bytes_counts);
   }
   MOECOMM_RETURN_IF_ERROR(exchange(group, staging, WireOp::kDispatchCounts, sequence, 0, local));
 
@@ -164,10 +172,36 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   handle->tokens = plan.tokens;
   handle->slot_owner = plan.owner;
   handle->recv_tokens.resize(static_cast<size_t>(n));
-  for (int p = 0; p < n; ++p) handle->recv_tokens[p] = staging.recvHeader(p).count;
+  handle->count_matrix.resize(static_cast<size_t>(n) * n);
+  for (int p = 0; p < n; ++p) {
+    if (staging.received[p] != sizeof(WireHeader) + row_bytes_counts) {
+      return makeError(StatusCode::kInternalError,
+                       "rank {}: the count message from rank {} has {} bytes, expected {}",
+                       group.rank, p, staging.received[p], sizeof(WireHeader) + row_bytes_counts);
+    }
+    std::memcpy(handle->count_matrix.data() + static_cast<size_t>(p) * n, staging.recvPayload(p),
+                row_bytes_counts);
+    handle->recv_tokens[p] = staging.recvHeader(p).count;
+  }
+
+  // Every rank sizes the windows from the same matrix: the most any rank will receive in any
+  // round this handle can drive (rows up to f32 on the way back, dispatch rows on the way out).
+  const size_t per_token = tokenBytes(group.config);
+  const size_t back_row = static_cast<size_t>(group.config.hidden) * sizeof(float);
+  const size_t out_row = std::max(per_token, back_row);
+  size_t need = 0;
+  for (int d = 0; d < n; ++d) {
+    size_t towards = 0, back = 0;
+    for (int s = 0; s < n; ++s) {
+      towards +=
+          sizeof(WireHeader) + static_cast<size_t>(handle->count_matrix[s * n + d]) * out_row;
+      back += sizeof(WireHeader) + static_cast<size_t>(handle->count_matrix[d * n + s]) * back_row;
+    }
+    need = std::max({need, towards, back});
+  }
+  MOECOMM_RETURN_IF_ERROR(ensureWindow(group, staging, need));
 
   // Phase 2: payloads sized exactly from the counts.
-  const size_t per_token = tokenBytes(group.config);
   const auto* weights = topk_weights.as<const float>();
   for (int p = 0; p < n; ++p) {
     const auto count = static_cast<int64_t>(plan.rank_tokens[p].size());
@@ -176,8 +210,9 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
     packForRank(group, plan, x, weights, p, payload);
     staging.expect(p, static_cast<size_t>(handle->recv_tokens[p]) * per_token);
   }
+  const SizeMatrix sizes = handle->sizes(per_token, true);
   MOECOMM_RETURN_IF_ERROR(
-      exchange(group, staging, WireOp::kDispatchPayload, sequence, 1, Status::ok()));
+      exchange(group, staging, WireOp::kDispatchPayload, sequence, 1, Status::ok(), &sizes));
   for (int p = 0; p < n; ++p) {
     const size_t expected =
         sizeof(WireHeader) + static_cast<size_t>(handle->recv_tokens[p]) * per_token;

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cstring>
 
+#include "src/core/env.hpp"
+#include "src/core/log.hpp"
+
 namespace moecomm {
 
 const char* wireOpName(WireOp op) {
@@ -28,7 +31,9 @@ const char* wireOpName(WireOp op) {
 void Staging::prepare(int ranks) {
   send.resize(static_cast<size_t>(ranks));
   recv.resize(static_cast<size_t>(ranks));
+  notice.resize(static_cast<size_t>(ranks));
   received.assign(static_cast<size_t>(ranks), 0);
+  recv_view.assign(static_cast<size_t>(ranks), nullptr);
 }
 
 std::byte* Staging::sendPayload(int peer, size_t payload_bytes, WireOp op, uint64_t sequence,
@@ -87,16 +92,127 @@ Status checkPeerMessage(const Staging& staging, int me, int peer, WireOp op, uin
   return Status::ok();
 }
 
-}  // namespace
+// Bytes each receiver gets in a round, and the offset of each sender's message in its window.
+struct PutLayout {
+  std::vector<size_t> offset;  // [source * n + destination]
+  size_t largest = 0;          // the most any rank receives
+};
 
-Status exchange(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequence, int phase,
-                const Status& local) {
+PutLayout putLayout(const SizeMatrix& sizes, int n) {
+  PutLayout layout;
+  layout.offset.assign(sizes.size(), 0);
+  for (int d = 0; d < n; ++d) {
+    size_t at = 0;
+    for (int s = 0; s < n; ++s) {
+      layout.offset[s * n + d] = at;
+      at += sizeof(WireHeader) + sizes[s * n + d];
+    }
+    layout.largest = std::max(layout.largest, at);
+  }
+  return layout;
+}
+
+Status finishRound(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequence) {
+  // Report the lowest failing rank so every rank names the same culprit.
+  for (int peer = 0; peer < group.size; ++peer) {
+    MOECOMM_RETURN_IF_ERROR(checkPeerMessage(staging, group.rank, peer, op, sequence));
+  }
+  return Status::ok();
+}
+
+// The round as puts: each payload goes straight into its receiver's window, then a zero-byte
+// notice follows on the same tag. A rank that failed sends its error text as the notice instead.
+Status exchangeByPuts(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequence,
+                      uint64_t tag, const Status& local, const SizeMatrix& sizes,
+                      const PutLayout& layout) {
   const int n = group.size;
   const int me = group.rank;
+  Transport& transport = *group.transport;
+  const size_t half = (staging.rounds % 2) * staging.window_half;
+  MOECOMM_LOG(LogLevel::kTrace, "rank {}: {} #{} as puts into window half {}", me, wireOpName(op),
+              sequence, staging.rounds % 2);
+  std::vector<Request> requests;
+  requests.reserve(static_cast<size_t>(2 * n));
+  Status posted;
+  for (int i = 0; i < n && posted.isOk(); ++i) {
+    const int peer = (me + i) % n;
+    staging.notice[peer].resize(sizeof(WireHeader) + kErrorTextBytes);
+    Request r;
+    posted =
+        transport.postRecv(peer, staging.notice[peer].data(), staging.notice[peer].size(), tag, &r);
+    if (posted.isOk()) requests.push_back(r);
+  }
+  for (int i = 1; i <= n && posted.isOk(); ++i) {
+    const int peer = (me + i) % n;
+    Request r;
+    if (!local.isOk()) {
+      posted =
+          transport.postSend(peer, staging.send[peer].data(), staging.send[peer].size(), tag, &r);
+    } else if (staging.send[peer].size() != sizeof(WireHeader) + sizes[me * n + peer]) {
+      posted = makeError(StatusCode::kInternalError,
+                         "rank {}: {} message to rank {} has {} bytes but the layout says {}", me,
+                         wireOpName(op), peer, staging.send[peer].size(),
+                         sizeof(WireHeader) + sizes[me * n + peer]);
+    } else {
+      posted = transport.postPut(*staging.window, peer, half + layout.offset[me * n + peer],
+                                 staging.send[peer].data(), staging.send[peer].size(), tag, &r);
+    }
+    if (posted.isOk()) requests.push_back(r);
+  }
+  Status waited =
+      posted.isOk() ? transport.waitAll(requests, group.deadline(), wireOpName(op)) : posted;
+  if (!posted.isOk()) {
+    for (const Request& r : requests) transport.cancel(r);
+  }
+  if (!waited.isOk()) return waited;
+  if (!local.isOk()) return local;
+  for (const Request& r : requests) {
+    if (r->is_send) continue;
+    const int p = r->peer;
+    if (r->bytes == 0) {  // the data is in our window
+      staging.recv_view[p] = staging.window->data + half + layout.offset[p * n + me];
+      staging.received[p] = sizeof(WireHeader) + sizes[p * n + me];
+    } else {  // the peer failed: its notice is its error report
+      staging.recv_view[p] = staging.notice[p].data();
+      staging.received[p] = r->bytes;
+    }
+  }
+  return finishRound(group, staging, op, sequence);
+}
+
+}  // namespace
+
+Status ensureWindow(Group::Impl& group, Staging& staging, size_t half_bytes) {
+  static const bool enabled = envInt("MOECOMM_PUTS", 1) != 0;
+  if (!enabled || !group.transport->supportsPut() || half_bytes <= staging.window_half) {
+    return Status::ok();
+  }
+  // Grow by half again, so that slowly growing batches do not re-register every call.
+  const size_t half = std::max(half_bytes, staging.window_half + staging.window_half / 2);
+  staging.window.reset();
+  staging.window_half = 0;
+  std::unique_ptr<Window> window;
+  MOECOMM_RETURN_IF_ERROR(group.transport->createWindow(2 * half, group.deadline(), &window));
+  staging.window = std::move(window);
+  staging.window_half = half;
+  return Status::ok();
+}
+
+Status exchange(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequence, int phase,
+                const Status& local, const SizeMatrix* sizes) {
+  const int n = group.size;
+  const int me = group.rank;
+  const uint64_t tag = sequence * 8 + static_cast<uint64_t>(phase);
   if (!local.isOk()) writeErrorMessages(staging, n, op, sequence, local);
+  ++staging.rounds;
+  if (sizes != nullptr && staging.window) {
+    const PutLayout layout = putLayout(*sizes, n);
+    if (layout.largest <= staging.window_half) {
+      return exchangeByPuts(group, staging, op, sequence, tag, local, *sizes, layout);
+    }
+  }
 
   Transport& transport = *group.transport;
-  const uint64_t tag = sequence * 8 + static_cast<uint64_t>(phase);
   std::vector<Request> requests;
   requests.reserve(static_cast<size_t>(2 * n));
   Deadline deadline = group.deadline();
@@ -126,6 +242,7 @@ Status exchange(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequen
   for (const Request& r : requests) {
     if (r->is_send) continue;
     staging.received[r->peer] = r->bytes;
+    staging.recv_view[r->peer] = staging.recv[r->peer].data();
     if (r->truncated) {
       // Receives are sized for the larger of the expected payload and an error report, so only
       // a disagreement about sizes (a bug) can overflow one; its contents are not to be trusted.
@@ -134,11 +251,7 @@ Status exchange(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequen
                        wireOpName(op), r->peer);
     }
   }
-  // Report the lowest failing rank so every rank names the same culprit.
-  for (int peer = 0; peer < n; ++peer) {
-    MOECOMM_RETURN_IF_ERROR(checkPeerMessage(staging, me, peer, op, sequence));
-  }
-  return Status::ok();
+  return finishRound(group, staging, op, sequence);
 }
 
 }  // namespace moecomm

@@ -10,27 +10,47 @@
 
 namespace moecomm {
 
+// Payload bytes of every message of one round, [source * ranks + destination]. Known on every
+// rank once a dispatch has shared its counts, which lets the round run as one-sided puts into
+// the receivers' windows at offsets every sender can compute.
+using SizeMatrix = std::vector<size_t>;
+
 // Per-peer buffers, reused across calls (they only grow). send[p] and recv[p] start with a
-// WireHeader; payload() points past it.
+// WireHeader; payload() points past it. After a round, a peer's message is read through
+// recvPayload/recvHeader, which point into recv[p] or into the window.
 struct Staging {
   std::vector<std::vector<std::byte>> send;
   std::vector<std::vector<std::byte>> recv;
   std::vector<size_t> received;
+  std::vector<const std::byte*> recv_view;  // per peer: where its message landed
+
+  // One-sided receive window (two halves, alternating by round) and the notices that follow puts.
+  std::unique_ptr<Window> window;
+  size_t window_half = 0;
+  uint64_t rounds = 0;  // every exchange on this staging, on every rank alike
+  std::vector<std::vector<std::byte>> notice;
 
   void prepare(int ranks);
   // Sizes send[p] to header + payload bytes and fills its header.
   std::byte* sendPayload(int peer, size_t payload_bytes, WireOp op, uint64_t sequence,
                          int64_t count);
   void expect(int peer, size_t payload_bytes);  // recv[p] capacity: header + payload
-  const std::byte* recvPayload(int peer) const { return recv[peer].data() + sizeof(WireHeader); }
+  const std::byte* recvPayload(int peer) const { return recv_view[peer] + sizeof(WireHeader); }
   const WireHeader& recvHeader(int peer) const {
-    return *reinterpret_cast<const WireHeader*>(recv[peer].data());
+    return *reinterpret_cast<const WireHeader*>(recv_view[peer]);
   }
 };
 
+// Makes sure every rank's window holds `half_bytes` per half. Collective: call it on every rank
+// with the same value (computed from data every rank shares). A transport without puts, or
+// MOECOMM_PUTS=0, leaves the staging on messages.
+Status ensureWindow(Group::Impl& group, Staging& staging, size_t half_bytes);
+
 // Runs the round. With a failed `local` status, this rank sends only error headers and returns
 // `local`; otherwise a peer's error, a mismatched operation or sequence, or a timeout fails it.
+// With `sizes` and a window large enough, the payloads travel as puts followed by notices;
+// otherwise as messages. Every rank takes the same path for the same sizes and window.
 Status exchange(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequence, int phase,
-                const Status& local);
+                const Status& local, const SizeMatrix* sizes = nullptr);
 
 }  // namespace moecomm
