@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(cmake g++ make ninja-build pkg-config googletest libgtest-dev libgmock-dev libfmt-dev
-          clang-format libbenchmark-dev libucx-dev libopenmpi-dev openmpi-bin iproute2)
+          clang-format libbenchmark-dev libucx-dev libopenmpi-dev openmpi-bin iproute2
+          libopenblas-dev)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -3,6 +3,7 @@
 
 #include "moecomm/dispatch.hpp"
 #include "moecomm/error.hpp"
+#include "moecomm/experts.hpp"
 #include "moecomm/group.hpp"
 #include "moecomm/quant.hpp"
 #include "moecomm/router.hpp"

@@ -285,7 +285,8 @@ void TcpStoreServer::serve() {
       }
     }
     std::vector<size_t> closed;
-    for (size_t i = 0; i < clients.size(); ++i) {
+    // Only the clients that were polled (a client accepted just now waits for the next round).
+    for (size_t i = 0; i + 2 < fds.size(); ++i) {
       if (fds[i + 2].revents == 0) continue;
       Client& c = clients[i];
       std::byte chunk[65536];

@@ -193,9 +193,8 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   for (int d = 0; d < n; ++d) {
     size_t towards = 0, back = 0;
     for (int s = 0; s < n; ++s) {
-      towards +=
-          sizeof(WireHeader) + static_cast<size_t>(handle->count_matrix[s * n + d]) * out_row;
-      back += sizeof(WireHeader) + static_cast<size_t>(handle->count_matrix[d * n + s]) * back_row;
+      towards += putSlotBytes(static_cast<size_t>(handle->count_matrix[s * n + d]) * out_row);
+      back += putSlotBytes(static_cast<size_t>(handle->count_matrix[d * n + s]) * back_row);
     }
     need = std::max({need, towards, back});
   }

@@ -105,7 +105,7 @@ PutLayout putLayout(const SizeMatrix& sizes, int n) {
     size_t at = 0;
     for (int s = 0; s < n; ++s) {
       layout.offset[s * n + d] = at;
-      at += sizeof(WireHeader) + sizes[s * n + d];
+      at += putSlotBytes(sizes[s * n + d]);
     }
     layout.largest = std::max(layout.largest, at);
   }
@@ -188,7 +188,8 @@ Status ensureWindow(Group::Impl& group, Staging& staging, size_t half_bytes) {
     return Status::ok();
   }
   // Grow by half again, so that slowly growing batches do not re-register every call.
-  const size_t half = std::max(half_bytes, staging.window_half + staging.window_half / 2);
+  size_t half = std::max(half_bytes, staging.window_half + staging.window_half / 2);
+  half = (half + 63) / 64 * 64;  // the second half starts aligned too
   staging.window.reset();
   staging.window_half = 0;
   std::unique_ptr<Window> window;

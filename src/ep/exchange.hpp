@@ -41,6 +41,12 @@ struct Staging {
   }
 };
 
+// Window space one message of `payload_bytes` takes: header and payload, rounded up to a cache
+// line so that every message (and the header and rows in it) starts aligned.
+inline size_t putSlotBytes(size_t payload_bytes) {
+  return (sizeof(WireHeader) + payload_bytes + 63) / 64 * 64;
+}
+
 // Makes sure every rank's window holds `half_bytes` per half. Collective: call it on every rank
 // with the same value (computed from data every rank shares). A transport without puts, or
 // MOECOMM_PUTS=0, leaves the staging on messages.

@@ -1,0 +1,20 @@
+// The grouped GEMM behind the public groupedGemm, returning a status for callers inside the
+// library.
+#pragma once
+
+#include <vector>
+
+#include "moecomm/experts.hpp"
+#include "src/core/status.hpp"
+
+namespace moecomm {
+
+Status runGroupedGemm(GemmForm form, const TensorView& a, const TensorView& b, const TensorView& c,
+                      const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
+                      float beta);
+
+// MOECOMM_GEMM_THREADS, else this machine's cores shared among the ranks on this host, so that
+// ranks running BLAS at once do not oversubscribe the cores.
+int defaultGemmThreads(int ranks_on_host);
+
+}  // namespace moecomm
