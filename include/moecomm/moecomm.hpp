@@ -5,6 +5,7 @@
 #include "moecomm/error.hpp"
 #include "moecomm/experts.hpp"
 #include "moecomm/group.hpp"
+#include "moecomm/moe_layer.hpp"
 #include "moecomm/quant.hpp"
 #include "moecomm/router.hpp"
 #include "moecomm/types.hpp"

@@ -97,8 +97,9 @@ TEST_P(GroupedGemmForms, EveryFormMatchesANaiveReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Activations, GroupedGemmForms,
-                         ::testing::Values(DType::kF32, DType::kBF16),
-                         [](const auto& param_info) { return std::string(dtypeName(param_info.param)); });
+                         ::testing::Values(DType::kF32, DType::kBF16), [](const auto& param_info) {
+                           return std::string(dtypeName(param_info.param));
+                         });
 
 TEST(GroupedGemm, BadShapesAndLayoutsAreRejectedWithTheirSizes) {
   Tensor a = Tensor::zeros({8, 4}, DType::kF32), w = Tensor::zeros({2, 4, 6}, DType::kF32);

@@ -1,0 +1,67 @@
+// A whole MoE layer on one rank of a group: router, dispatch, the local experts' MLPs, combine,
+// and an optional shared expert, forward and backward. Every rank holds the same router weight
+// and its own slice of the experts (expert e lives on rank e / (E / ranks)).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "moecomm/dispatch.hpp"
+#include "moecomm/experts.hpp"
+#include "moecomm/export.hpp"
+#include "moecomm/group.hpp"
+#include "moecomm/router.hpp"
+
+namespace moecomm {
+
+struct MoeLayerConfig {
+  int ffn =
+      0;  // F of each routed expert; hidden, experts, top-k and wire dtype come from the group
+  Activation activation = Activation::kSwiGLU;
+  int shared_ffn = 0;    // > 0: a shared expert of this width runs on every token (DeepSeek)
+  RouterOptions router;  // router.topk must equal the group's topk
+  RouterLossOptions losses;
+  DispatchOptions dispatch;
+};
+
+struct MoeOutput {
+  Tensor out;           // [T, H] f32
+  LoadStats stats;      // this rank's routing
+  RouterLosses losses;  // with the group's global expert load (a collective) when aux loss is on
+};
+
+class MOECOMM_API MoeLayer {
+ public:
+  // Sets BLAS threads to this machine's cores divided by the ranks on this host, unless
+  // MOECOMM_GEMM_THREADS says otherwise.
+  MoeLayer(Group& group, const MoeLayerConfig& config);
+  ~MoeLayer();
+  MoeLayer(MoeLayer&&) noexcept;
+  MoeLayer& operator=(MoeLayer&&) noexcept;
+
+  // Parameters and gradients, f32. routerWeight [H, E]; expertBias [E] (selection only, not
+  // trained by backward: see updateExpertBias); experts() holds this rank's experts.
+  const Tensor& routerWeight() const noexcept;
+  const Tensor& gradRouterWeight() const noexcept;
+  const Tensor& expertBias() const noexcept;
+  ExpertMlp& experts() noexcept;
+  ExpertMlp* sharedExpert() noexcept;  // nullptr without one
+  // Deterministic weights: each global expert's draw depends only on (seed, expert id), so any
+  // rank count gives the same model. Uniform in +-1/sqrt(fan_in).
+  void initWeights(uint64_t seed);
+  void zeroGrad();
+
+  // Collective. x [T, H] f32 or bf16; the router and shared expert see x in f32, the routed
+  // experts see it in the group's wire dtype.
+  MoeOutput forward(const TensorView& x, ExecContext context = {});
+  // Collective. grad_out [T, H] f32 or bf16 of the last forward -> grad_x [T, H] f32. Adds into
+  // every parameter gradient: router weight, local experts, shared expert.
+  Tensor backward(const TensorView& grad_out, ExecContext context = {});
+
+  struct State;
+
+ private:
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace moecomm

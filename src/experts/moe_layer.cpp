@@ -1,0 +1,227 @@
+// The MoE layer: router GEMM and gate, dispatch, grouped expert MLPs, combine, shared expert; and
+// the backward pass through all of them in reverse.
+#include "moecomm/moe_layer.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <random>
+
+#include "kernels/cpu/convert.hpp"
+#include "kernels/cpu/gemm.hpp"
+#include "src/core/env.hpp"
+#include "src/experts/grouped_gemm.hpp"
+#include "src/group/group_impl.hpp"
+
+namespace moecomm {
+
+struct MoeLayer::State {
+  Group group;
+  MoeLayerConfig config;
+  Router router;
+  Dispatcher dispatcher;
+  ExpertMlp experts;
+  std::optional<ExpertMlp> shared;
+  Tensor router_weight, grad_router_weight, expert_bias;
+
+  // Saved by forward for backward.
+  Tensor x, logits, y;
+  Routing routing;
+  ExpertBatch batch;
+  std::vector<int64_t> global_load;
+  bool forward_done = false;
+
+  State(Group& g, const MoeLayerConfig& c, const ExpertMlpConfig& expert_config)
+      : group(g), config(c), router(c.router), dispatcher(g, c.dispatch), experts(expert_config) {}
+};
+
+namespace {
+
+ExpertMlpConfig expertConfig(const Group& group, const MoeLayerConfig& c) {
+  return {group.config().hidden, c.ffn, group.localExperts(), c.activation};
+}
+
+// Ranks that run BLAS on this host at the same time.
+int ranksOnHost(const Group& group) {
+  if (std::string(group.transportName()) == "local") return group.size();
+  for (const char* name :
+       {"LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"}) {
+    const int64_t n = envInt(name, 0);
+    if (n > 0) return static_cast<int>(n);
+  }
+  return 1;
+}
+
+Tensor asF32(const TensorView& v) {
+  Tensor out = Tensor::empty({v.shape[0], v.shape[1]}, DType::kF32);
+  if (v.numel() > 0) cpu::convertArray(v.data, v.dtype, out.data(), DType::kF32, v.numel());
+  return out;
+}
+
+void fillUniform(const Tensor& t, int64_t first, int64_t count, std::mt19937_64& rng, float bound) {
+  std::uniform_real_distribution<float> dist(-bound, bound);
+  float* p = t.as<float>() + first;
+  for (int64_t i = 0; i < count; ++i) p[i] = dist(rng);
+}
+
+}  // namespace
+
+MoeLayer::MoeLayer(Group& group, const MoeLayerConfig& config) {
+  const GroupConfig& g = group.config();
+  if (config.router.topk != g.topk) {
+    throw Error(StatusCode::kInvalidArgument,
+                fmt::format("MoeLayerConfig.router.topk={} but the group routes top-{}; they must "
+                            "match",
+                            config.router.topk, g.topk));
+  }
+  if (config.shared_ffn < 0) {
+    throw Error(StatusCode::kInvalidArgument,
+                fmt::format("shared_ffn must be >= 0, got {}", config.shared_ffn));
+  }
+  state_ = std::make_unique<State>(group, config, expertConfig(group, config));
+  State& s = *state_;
+  s.router_weight = Tensor::zeros({g.hidden, g.num_experts}, DType::kF32);
+  s.grad_router_weight = Tensor::zeros({g.hidden, g.num_experts}, DType::kF32);
+  s.expert_bias = Tensor::zeros({g.num_experts}, DType::kF32);
+  if (config.shared_ffn > 0)
+    s.shared.emplace(ExpertMlpConfig{g.hidden, config.shared_ffn, 1, config.activation});
+  cpu::setGemmThreads(defaultGemmThreads(ranksOnHost(group)));
+}
+
+MoeLayer::~MoeLayer() = default;
+MoeLayer::MoeLayer(MoeLayer&&) noexcept = default;
+MoeLayer& MoeLayer::operator=(MoeLayer&&) noexcept = default;
+
+const Tensor& MoeLayer::routerWeight() const noexcept {
+  return state_->router_weight;
+}
+const Tensor& MoeLayer::gradRouterWeight() const noexcept {
+  return state_->grad_router_weight;
+}
+const Tensor& MoeLayer::expertBias() const noexcept {
+  return state_->expert_bias;
+}
+ExpertMlp& MoeLayer::experts() noexcept {
+  return state_->experts;
+}
+ExpertMlp* MoeLayer::sharedExpert() noexcept {
+  return state_->shared ? &*state_->shared : nullptr;
+}
+
+void MoeLayer::initWeights(uint64_t seed) {
+  State& s = *state_;
+  const GroupConfig& g = s.group.config();
+  const int64_t H = g.hidden, E = g.num_experts;
+  std::mt19937_64 router_rng(seed);
+  fillUniform(s.router_weight, 0, H * E, router_rng, 1.0f / std::sqrt(float(H)));
+  auto init = [&](ExpertMlp& mlp, int first_global, uint64_t stream) {
+    const ExpertMlpConfig& c = mlp.config();
+    const int64_t in_size = mlp.w_in().numel() / std::max(1, c.num_experts);
+    const int64_t out_size = mlp.w_out().numel() / std::max(1, c.num_experts);
+    for (int e = 0; e < c.num_experts; ++e) {
+      std::mt19937_64 rng(seed ^ (stream + 0x9e3779b97f4a7c15ull * uint64_t(first_global + e + 1)));
+      fillUniform(mlp.w_in(), e * in_size, in_size, rng, 1.0f / std::sqrt(float(c.hidden)));
+      fillUniform(mlp.w_out(), e * out_size, out_size, rng, 1.0f / std::sqrt(float(c.ffn)));
+    }
+  };
+  init(s.experts, s.group.firstLocalExpert(), 1);
+  if (s.shared) init(*s.shared, 0, 2);
+}
+
+void MoeLayer::zeroGrad() {
+  State& s = *state_;
+  std::fill_n(s.grad_router_weight.as<float>(), s.grad_router_weight.numel(), 0.0f);
+  s.experts.zeroGrad();
+  if (s.shared) s.shared->zeroGrad();
+}
+
+MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
+  State& s = *state_;
+  const GroupConfig& g = s.group.config();
+  if (x.ndim != 2 || x.shape[1] != g.hidden ||
+      (x.dtype != DType::kF32 && x.dtype != DType::kBF16)) {
+    throw Error(
+        StatusCode::kInvalidArgument,
+        fmt::format("MoeLayer input {} must be f32 or bf16 [tokens, {}]", x.describe(), g.hidden));
+  }
+  s.forward_done = false;
+  const int64_t T = x.shape[0], H = g.hidden, E = g.num_experts;
+  s.x = asF32(x);
+  s.logits = Tensor::empty({T, E}, DType::kF32);
+  cpu::sgemm(false, false, T, E, H, 1.0f, s.x.as<float>(), H, s.router_weight.as<float>(), E, 0.0f,
+             s.logits.as<float>(), E);
+  const TensorView bias = s.expert_bias.view();
+  s.routing = s.router.route(s.logits, &bias, context);
+
+  MoeOutput result;
+  result.stats = s.routing.stats;
+  s.global_load.clear();
+  if (s.config.losses.aux_loss_coeff != 0.0) s.global_load = globalLoad(s.group, s.routing.stats);
+  if (s.config.losses.aux_loss_coeff != 0.0 || s.config.losses.z_loss_coeff != 0.0) {
+    result.losses = s.router.losses(s.logits, s.routing, s.config.losses,
+                                    s.global_load.empty() ? nullptr : &s.global_load);
+  }
+
+  Tensor wire;
+  if (g.dtype != DType::kF32) {
+    wire = Tensor::empty({T, H}, g.dtype);
+    if (T > 0) cpu::convertArray(s.x.data(), DType::kF32, wire.data(), g.dtype, T * H);
+  }
+  s.batch = s.dispatcher.dispatch(g.dtype == DType::kF32 ? s.x : wire, s.routing.topk_idx,
+                                  s.routing.topk_weights, context);
+  s.y = s.experts.forward(s.batch.x, s.batch.expert_counts, s.batch.expert_offsets, context);
+  result.out = s.dispatcher.combine(s.y, s.batch.handle, context);
+  if (s.shared) {
+    Tensor shared = s.shared->forward(s.x, {T}, {0, T}, context);
+    float* out = result.out.as<float>();
+    const float* add = shared.as<float>();
+    for (int64_t i = 0; i < T * H; ++i) out[i] += add[i];
+  }
+  s.forward_done = true;
+  return result;
+}
+
+Tensor MoeLayer::backward(const TensorView& grad_out, ExecContext context) {
+  State& s = *state_;
+  if (!s.forward_done) {
+    throw Error(StatusCode::kInvalidUsage, "MoeLayer::backward needs a successful forward first");
+  }
+  const GroupConfig& g = s.group.config();
+  const int64_t T = s.x.dim(0), H = g.hidden, E = g.num_experts, k = g.topk;
+  if (grad_out.ndim != 2 || grad_out.shape[0] != T || grad_out.shape[1] != H ||
+      (grad_out.dtype != DType::kF32 && grad_out.dtype != DType::kBF16)) {
+    throw Error(StatusCode::kInvalidArgument,
+                fmt::format("grad_out {} must be f32 or bf16 [{}, {}] like the forward's output",
+                            grad_out.describe(), T, H));
+  }
+  Tensor g_out = asF32(grad_out);
+
+  // Combine backward: grad_y = w * grad_out on the expert side, grad_w = <grad_out, y>.
+  const int64_t R = s.y.dim(0);
+  Tensor grad_y = Tensor::empty({R, H}, DType::kF32);
+  Tensor grad_w = Tensor::empty({T, k}, DType::kF32);
+  s.dispatcher.combineBackward(g_out, s.y, s.batch.handle, grad_y, grad_w, context);
+  Tensor grad_rows = s.experts.backward(grad_y, context);
+  Tensor grad_x = Tensor::empty({T, H}, DType::kF32);
+  s.dispatcher.dispatchBackward(grad_rows, s.batch.handle, grad_x, context);
+
+  // The router: logits from the gate's weights and the losses, then the router GEMM's gradients.
+  Tensor grad_logits = Tensor::empty({T, E}, DType::kF32);
+  const TensorView grad_w_view = grad_w.view();
+  s.router.backward(s.logits, s.routing, &grad_w_view, s.config.losses, grad_logits,
+                    s.global_load.empty() ? nullptr : &s.global_load);
+  cpu::sgemm(true, false, H, E, T, 1.0f, s.x.as<float>(), H, grad_logits.as<float>(), E, 1.0f,
+             s.grad_router_weight.as<float>(), E);
+  cpu::sgemm(false, true, T, H, E, 1.0f, grad_logits.as<float>(), E, s.router_weight.as<float>(), E,
+             1.0f, grad_x.as<float>(), H);
+  if (s.shared) {
+    Tensor shared = s.shared->backward(g_out, context);
+    float* dx = grad_x.as<float>();
+    const float* add = shared.as<float>();
+    for (int64_t i = 0; i < T * H; ++i) dx[i] += add[i];
+  }
+  return grad_x;
+}
+
+}  // namespace moecomm
