@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job: install what is missing, build in Release, run one 4-rank in-process MoE step that
-# routes, dispatches, transforms per expert, combines and checks itself against a dense reference.
+# The main job: install what is missing, build in Release, run one training step (forward and
+# backward) of a whole MoE layer on 4 in-process ranks, checked against a dense reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh

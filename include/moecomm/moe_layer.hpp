@@ -24,10 +24,21 @@ struct MoeLayerConfig {
   DispatchOptions dispatch;
 };
 
+// Where one forward or backward spent its time, in milliseconds (wall clock on this rank; waits
+// for slower ranks land in the communication phases).
+struct MoePhaseTimes {
+  double route_ms = 0;     // router GEMM, gate, losses (and their backward)
+  double dispatch_ms = 0;  // dispatch (backward: dispatchBackward)
+  double experts_ms = 0;   // grouped expert MLPs
+  double combine_ms = 0;   // combine (backward: combineBackward)
+  double shared_ms = 0;    // the shared expert
+};
+
 struct MoeOutput {
   Tensor out;           // [T, H] f32
   LoadStats stats;      // this rank's routing
   RouterLosses losses;  // with the group's global expert load (a collective) when aux loss is on
+  MoePhaseTimes times;  // where this forward spent its time
 };
 
 class MOECOMM_API MoeLayer {
@@ -57,6 +68,7 @@ class MOECOMM_API MoeLayer {
   // Collective. grad_out [T, H] f32 or bf16 of the last forward -> grad_x [T, H] f32. Adds into
   // every parameter gradient: router weight, local experts, shared expert.
   Tensor backward(const TensorView& grad_out, ExecContext context = {});
+  const MoePhaseTimes& lastBackwardTimes() const noexcept;
 
   struct State;
 
