@@ -92,6 +92,13 @@ Status checkPeerMessage(const Staging& staging, int me, int peer, WireOp op, uin
   return Status::ok();
 }
 
+// A rank's message to itself never travels: it is read where it was packed (one copy saved on
+// every round, the 1/n of the traffic that stays home).
+void useOwnMessage(Staging& staging, int me) {
+  staging.recv_view[me] = staging.send[me].data();
+  staging.received[me] = staging.send[me].size();
+}
+
 // Bytes each receiver gets in a round, and the offset of each sender's message in its window.
 struct PutLayout {
   std::vector<size_t> offset;  // [source * n + destination]
@@ -134,7 +141,7 @@ Status exchangeByPuts(Group::Impl& group, Staging& staging, WireOp op, uint64_t 
   std::vector<Request> requests;
   requests.reserve(static_cast<size_t>(2 * n));
   Status posted;
-  for (int i = 0; i < n && posted.isOk(); ++i) {
+  for (int i = 1; i < n && posted.isOk(); ++i) {
     const int peer = (me + i) % n;
     staging.notice[peer].resize(sizeof(WireHeader) + kErrorTextBytes);
     Request r;
@@ -142,7 +149,7 @@ Status exchangeByPuts(Group::Impl& group, Staging& staging, WireOp op, uint64_t 
         transport.postRecv(peer, staging.notice[peer].data(), staging.notice[peer].size(), tag, &r);
     if (posted.isOk()) requests.push_back(r);
   }
-  for (int i = 1; i <= n && posted.isOk(); ++i) {
+  for (int i = 1; i < n && posted.isOk(); ++i) {
     const int peer = (me + i) % n;
     Request r;
     if (!local.isOk()) {
@@ -166,6 +173,7 @@ Status exchangeByPuts(Group::Impl& group, Staging& staging, WireOp op, uint64_t 
   }
   if (!waited.isOk()) return waited;
   if (!local.isOk()) return local;
+  useOwnMessage(staging, me);
   for (const Request& r : requests) {
     if (r->is_send) continue;
     const int p = r->peer;
@@ -219,14 +227,14 @@ Status exchange(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequen
   Deadline deadline = group.deadline();
   Status posted;
   // Receives first, then sends starting at the next rank, so no rank is everybody's first target.
-  for (int i = 0; i < n && posted.isOk(); ++i) {
+  for (int i = 1; i < n && posted.isOk(); ++i) {
     int peer = (me + i) % n;
     Request request;
     posted = transport.postRecv(peer, staging.recv[peer].data(), staging.recv[peer].size(), tag,
                                 &request);
     if (posted.isOk()) requests.push_back(request);
   }
-  for (int i = 1; i <= n && posted.isOk(); ++i) {
+  for (int i = 1; i < n && posted.isOk(); ++i) {
     int peer = (me + i) % n;
     Request request;
     posted = transport.postSend(peer, staging.send[peer].data(), staging.send[peer].size(), tag,
@@ -239,7 +247,7 @@ Status exchange(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequen
   }
   if (!waited.isOk()) return waited;
   if (!local.isOk()) return local;
-
+  useOwnMessage(staging, me);
   for (const Request& r : requests) {
     if (r->is_send) continue;
     staging.received[r->peer] = r->bytes;
