@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(cmake g++ make ninja-build pkg-config googletest libgtest-dev libgmock-dev libfmt-dev
           clang-format libbenchmark-dev libucx-dev libopenmpi-dev openmpi-bin iproute2
-          libopenblas-dev)
+          libopenblas-dev libcli11-dev nlohmann-json3-dev python3-matplotlib)
 
 missing=()
 for p in "${packages[@]}"; do

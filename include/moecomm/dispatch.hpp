@@ -67,6 +67,16 @@ struct ExpertBatch {
 // moecomm::Error on every rank (the rank with the bad input gets its own error, the others
 // kRemoteError naming it) and caller-provided outputs are left untouched: an output is written only
 // when the call succeeds.
+// Where this rank's last dispatch or combine (or backward) spent its time, in milliseconds. Waits
+// for slower ranks land in the exchanges.
+struct DispatchTimes {
+  double layout_ms = 0;          // validation and routing plan (dispatch)
+  double count_exchange_ms = 0;  // the count round and window sizing (dispatch)
+  double pack_ms = 0;            // rows into messages (combine: the expert-side weighted sums)
+  double transfer_ms = 0;        // the payload exchange(s)
+  double unpack_ms = 0;          // messages into the output (combine: the sum over ranks)
+};
+
 class MOECOMM_API Dispatcher {
  public:
   explicit Dispatcher(Group& group, const DispatchOptions& options = {});
@@ -96,6 +106,9 @@ class MOECOMM_API Dispatcher {
   void combineBackward(const TensorView& grad_out, const TensorView& y,
                        const DispatchHandle& handle, const TensorView& grad_y,
                        const TensorView& grad_weights, ExecContext context = {});
+
+  // The phases of the last call on this dispatcher.
+  const DispatchTimes& lastTimes() const noexcept;
 
   struct State;
 

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "kernels/cpu/rows.hpp"
+#include "src/core/stopwatch.hpp"
 #include "src/core/tensor_checks.hpp"
 #include "src/ep/dispatcher_state.hpp"
 
@@ -55,6 +56,9 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
   Staging& staging = state.staging;
   const uint64_t sequence = group.takeSequence();
   staging.prepare(group.size);
+  Stopwatch watch;
+  DispatchTimes& times = state.times;
+  times = {};
   Status local = checkReduceInputs(group, handle, rows, out, weighted ? "y" : "grad_rows",
                                    weighted ? "out" : "grad_x");
   if (!local.isOk()) return exchange(group, staging, op, sequence, 0, local);
@@ -85,7 +89,9 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
   for (int p = 0; p < group.size; ++p)
     staging.expect(p, static_cast<size_t>(counts[p]) * row_bytes);
   const SizeMatrix sizes = h.sizes(row_bytes, false);
+  times.pack_ms = watch.lap();
   MOECOMM_RETURN_IF_ERROR(exchange(group, staging, op, sequence, 0, Status::ok(), &sizes));
+  times.transfer_ms = watch.lap();
   MOECOMM_RETURN_IF_ERROR(checkExpectedSizes(group, staging, counts, row_bytes, op));
 
   // Sum over ranks in rank order (deterministic), in f32, then write the output once.
@@ -101,6 +107,7 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
     cpu::storeRow(static_cast<std::byte*>(out.data) + t * row_bytes, bf16,
                   total.data() + t * hidden, hidden);
   }
+  times.unpack_ms = watch.lap();
   return Status::ok();
 }
 

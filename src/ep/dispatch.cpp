@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "src/core/stopwatch.hpp"
 #include "src/core/tensor_checks.hpp"
 #include "src/ep/dispatcher_state.hpp"
 #include "src/ep/routing_plan.hpp"
@@ -107,7 +108,13 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
   }
   const int64_t rows = batch.expert_offsets[local];
   handle.num_rows = rows;
-  batch.x = Tensor::zeros({rows, group.config.hidden}, group.config.dtype);
+  // Only padding rows need zeros; every other row is written once below.
+  batch.x = Tensor::empty({rows, group.config.hidden}, group.config.dtype);
+  for (int e = 0; e < local; ++e) {
+    const int64_t first_pad = batch.expert_offsets[e] + batch.expert_counts[e];
+    std::memset(static_cast<std::byte*>(batch.x.data()) + first_pad * row_bytes, 0,
+                static_cast<size_t>(batch.expert_offsets[e + 1] - first_pad) * row_bytes);
+  }
   batch.row_weights = Tensor::zeros({rows}, DType::kF32);
   handle.row_weights.assign(static_cast<size_t>(rows), 0.0f);
   handle.recv_rows.assign(static_cast<size_t>(handle.receivedTokens() * k), -1);
@@ -145,9 +152,13 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   const uint64_t sequence = group.takeSequence();
   const int n = group.size;
   staging.prepare(n);
+  Stopwatch watch;
+  DispatchTimes& times = state.times;
+  times = {};
 
   RoutingPlan plan;
   Status local = checkDispatchInputs(group, state.options, x, topk_idx, topk_weights, &plan);
+  times.layout_ms = watch.lap();
 
   // Phase 1: counts. Every rank sends its whole row of counts to every rank, so all learn the
   // full matrix: what each receives, and where each message will land in each window.
@@ -199,6 +210,7 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
     need = std::max({need, towards, back});
   }
   MOECOMM_RETURN_IF_ERROR(ensureWindow(group, staging, need));
+  times.count_exchange_ms = watch.lap();
 
   // Phase 2: payloads sized exactly from the counts.
   const auto* weights = topk_weights.as<const float>();
@@ -210,8 +222,10 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
     staging.expect(p, static_cast<size_t>(handle->recv_tokens[p]) * per_token);
   }
   const SizeMatrix sizes = handle->sizes(per_token, true);
+  times.pack_ms = watch.lap();
   MOECOMM_RETURN_IF_ERROR(
       exchange(group, staging, WireOp::kDispatchPayload, sequence, 1, Status::ok(), &sizes));
+  times.transfer_ms = watch.lap();
   for (int p = 0; p < n; ++p) {
     const size_t expected =
         sizeof(WireHeader) + static_cast<size_t>(handle->recv_tokens[p]) * per_token;
@@ -228,6 +242,7 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   batch.tokens_from_rank = handle->recv_tokens;
   batch.handle = DispatchHandle(std::move(handle));
   *out = std::move(batch);
+  times.unpack_ms = watch.lap();
   return Status::ok();
 }
 
@@ -260,6 +275,9 @@ Dispatcher::Dispatcher(Group& group, const DispatchOptions& options)
   state_->options = options;
 }
 Dispatcher::~Dispatcher() = default;
+const DispatchTimes& Dispatcher::lastTimes() const noexcept {
+  return state_->times;
+}
 Dispatcher::Dispatcher(Dispatcher&&) noexcept = default;
 Dispatcher& Dispatcher::operator=(Dispatcher&&) noexcept = default;
 

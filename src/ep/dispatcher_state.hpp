@@ -13,6 +13,7 @@ struct Dispatcher::State {
   std::shared_ptr<Group::Impl> group;  // keeps the group alive while the dispatcher is
   DispatchOptions options;
   Staging staging;
+  DispatchTimes times;  // of the last call
 };
 
 // Checks that `handle` came from a dispatch on `group`.

@@ -12,6 +12,7 @@
 #include "kernels/cpu/convert.hpp"
 #include "kernels/cpu/gemm.hpp"
 #include "src/core/env.hpp"
+#include "src/core/stopwatch.hpp"
 #include "src/experts/grouped_gemm.hpp"
 #include "src/group/group_impl.hpp"
 
@@ -39,20 +40,6 @@ struct MoeLayer::State {
 };
 
 namespace {
-
-// Milliseconds since the last lap.
-class Lap {
- public:
-  double next() {
-    auto now = std::chrono::steady_clock::now();
-    double ms = std::chrono::duration<double, std::milli>(now - last_).count();
-    last_ = now;
-    return ms;
-  }
-
- private:
-  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
-};
 
 ExpertMlpConfig expertConfig(const Group& group, const MoeLayerConfig& c) {
   return {group.config().hidden, c.ffn, group.localExperts(), c.activation};
@@ -165,7 +152,7 @@ MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
         fmt::format("MoeLayer input {} must be f32 or bf16 [tokens, {}]", x.describe(), g.hidden));
   }
   s.forward_done = false;
-  Lap lap;
+  Stopwatch lap;
   MoePhaseTimes times;
   const int64_t T = x.shape[0], H = g.hidden, E = g.num_experts;
   s.x = asF32(x);
@@ -184,7 +171,7 @@ MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
                                     s.global_load.empty() ? nullptr : &s.global_load);
   }
 
-  times.route_ms = lap.next();
+  times.route_ms = lap.lap();
   Tensor wire;
   if (g.dtype != DType::kF32) {
     wire = Tensor::empty({T, H}, g.dtype);
@@ -192,18 +179,18 @@ MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
   }
   s.batch = s.dispatcher.dispatch(g.dtype == DType::kF32 ? s.x : wire, s.routing.topk_idx,
                                   s.routing.topk_weights, context);
-  times.dispatch_ms = lap.next();
+  times.dispatch_ms = lap.lap();
   s.y = s.experts.forward(s.batch.x, s.batch.expert_counts, s.batch.expert_offsets, context);
-  times.experts_ms = lap.next();
+  times.experts_ms = lap.lap();
   result.out = s.dispatcher.combine(s.y, s.batch.handle, context);
-  times.combine_ms = lap.next();
+  times.combine_ms = lap.lap();
   if (s.shared) {
     Tensor shared = s.shared->forward(s.x, {T}, {0, T}, context);
     float* out = result.out.as<float>();
     const float* add = shared.as<float>();
     for (int64_t i = 0; i < T * H; ++i) out[i] += add[i];
   }
-  times.shared_ms = lap.next();
+  times.shared_ms = lap.lap();
   result.times = times;
   s.forward_done = true;
   return result;
@@ -222,7 +209,7 @@ Tensor MoeLayer::backward(const TensorView& grad_out, ExecContext context) {
                 fmt::format("grad_out {} must be f32 or bf16 [{}, {}] like the forward's output",
                             grad_out.describe(), T, H));
   }
-  Lap lap;
+  Stopwatch lap;
   MoePhaseTimes& times = s.backward_times;
   times = {};
   Tensor g_out = asF32(grad_out);
@@ -232,12 +219,12 @@ Tensor MoeLayer::backward(const TensorView& grad_out, ExecContext context) {
   Tensor grad_y = Tensor::empty({R, H}, DType::kF32);
   Tensor grad_w = Tensor::empty({T, k}, DType::kF32);
   s.dispatcher.combineBackward(g_out, s.y, s.batch.handle, grad_y, grad_w, context);
-  times.combine_ms = lap.next();
+  times.combine_ms = lap.lap();
   Tensor grad_rows = s.experts.backward(grad_y, context);
-  times.experts_ms = lap.next();
+  times.experts_ms = lap.lap();
   Tensor grad_x = Tensor::empty({T, H}, DType::kF32);
   s.dispatcher.dispatchBackward(grad_rows, s.batch.handle, grad_x, context);
-  times.dispatch_ms = lap.next();
+  times.dispatch_ms = lap.lap();
 
   // The router: logits from the gate's weights and the losses, then the router GEMM's gradients.
   Tensor grad_logits = Tensor::empty({T, E}, DType::kF32);
@@ -248,14 +235,14 @@ Tensor MoeLayer::backward(const TensorView& grad_out, ExecContext context) {
              s.grad_router_weight.as<float>(), E);
   cpu::sgemm(false, true, T, H, E, 1.0f, grad_logits.as<float>(), E, s.router_weight.as<float>(), E,
              1.0f, grad_x.as<float>(), H);
-  times.route_ms = lap.next();
+  times.route_ms = lap.lap();
   if (s.shared) {
     Tensor shared = s.shared->backward(g_out, context);
     float* dx = grad_x.as<float>();
     const float* add = shared.as<float>();
     for (int64_t i = 0; i < T * H; ++i) dx[i] += add[i];
   }
-  times.shared_ms = lap.next();
+  times.shared_ms = lap.lap();
   return grad_x;
 }
 

@@ -1,0 +1,296 @@
+#include "perf/cli/dispatch_bench.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+
+#include "perf/cli/report.hpp"
+
+namespace moecomm::perf {
+
+std::vector<int32_t> makeRouting(const std::string& routing, int tokens, int experts, int topk,
+                                 std::mt19937& rng) {
+  std::vector<double> popularity(static_cast<size_t>(experts), 1.0);
+  double hot = 0;
+  if (routing.rfind("zipf:", 0) == 0) {
+    const double s = std::stod(routing.substr(5));
+    for (int e = 0; e < experts; ++e) popularity[e] = 1.0 / std::pow(e + 1, s);
+  } else if (routing.rfind("hot:", 0) == 0) {
+    hot = std::stod(routing.substr(4));
+  }
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  std::vector<int32_t> idx(static_cast<size_t>(tokens) * topk);
+  std::vector<double> weights;
+  for (int t = 0; t < tokens; ++t) {
+    weights = popularity;
+    int j = 0;
+    if (hot > 0 && uniform(rng) < hot) {
+      idx[size_t(t) * topk + j++] = 0;
+      weights[0] = 0;
+    }
+    for (; j < topk; ++j) {  // weighted sampling without replacement
+      std::discrete_distribution<int> pick(weights.begin(), weights.end());
+      const int e = pick(rng);
+      idx[size_t(t) * topk + j] = e;
+      weights[e] = 0;
+    }
+  }
+  return idx;
+}
+
+namespace {
+
+struct Stats {
+  double avg = 0, min = 0, max = 0, p50 = 0, p99 = 0;
+};
+
+Stats statsOf(std::vector<double> v) {
+  Stats s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.min = v.front();
+  s.max = v.back();
+  s.avg = std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+  auto at = [&](double q) { return v[std::min(v.size() - 1, size_t(q * (v.size() - 1) + 0.5))]; };
+  s.p50 = at(0.5);
+  s.p99 = at(0.99);
+  return s;
+}
+
+nlohmann::json statsJson(const Stats& s) {
+  return {{"avg", s.avg}, {"min", s.min}, {"max", s.max}, {"p50", s.p50}, {"p99", s.p99}};
+}
+
+}  // namespace
+
+int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
+  const bool root = context.rank() == 0;
+  if (o.dtype == "fp8") {
+    if (root) {
+      std::fprintf(stderr,
+                   "moecomm-perf: --dtype fp8 is not supported yet: dispatch carries f32 and bf16 "
+                   "payloads; quantize with moecomm::quantizeFp8 around it meanwhile\n");
+    }
+    return 2;
+  }
+  if (o.experts % context.size() != 0 || o.topk > o.experts) {
+    if (root) {
+      std::fprintf(
+          stderr,
+          "moecomm-perf: --experts %d must be a multiple of the %d ranks and >= --topk %d\n",
+          o.experts, context.size(), o.topk);
+    }
+    return 2;
+  }
+  const DType dtype = o.dtype == "f32" ? DType::kF32 : DType::kBF16;
+  const int64_t timeout_ms = static_cast<int64_t>(o.timeout_s * 1000);
+  Group group = context.makeGroup({o.experts, o.hidden, dtype, o.topk, timeout_ms, o.transport});
+  const int n = group.size(), me = group.rank();
+  Dispatcher dispatcher(group, moecomm::DispatchOptions{o.alignment});
+
+  std::mt19937 rng(1000 + me);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t T = o.tokens, H = o.hidden, k = o.topk;
+  std::vector<float> x32(size_t(T) * H);
+  for (float& v : x32) v = normal(rng);
+  Tensor x = Tensor::empty({T, H}, dtype);
+  convert(TensorView::vector(x32.data(), DType::kF32, T * H),
+          TensorView::vector(x.data(), dtype, T * H));
+  // The values the payload carries, to check against.
+  convert(TensorView::vector(x.data(), dtype, T * H),
+          TensorView::vector(x32.data(), DType::kF32, T * H));
+  std::vector<int32_t> idx = makeRouting(o.routing, int(T), o.experts, o.topk, rng);
+  std::vector<float> w(size_t(T) * k);
+  std::uniform_real_distribution<float> uniform(0.1f, 1.0f);
+  for (float& v : w) v = uniform(rng);
+  const TensorView idx_v = TensorView::matrix(idx.data(), DType::kI32, T, k);
+  const TensorView w_v = TensorView::matrix(w.data(), DType::kF32, T, k);
+
+  // Bytes this rank sends per dispatch: one row per (token, destination rank), with and without
+  // the rows that stay here.
+  const int local = o.experts / n;
+  int64_t routed = 0, remote = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<bool> to(static_cast<size_t>(n), false);
+    for (int j = 0; j < k; ++j) to[idx[t * k + j] / local] = true;
+    for (int r = 0; r < n; ++r) {
+      routed += to[r];
+      remote += to[r] && r != me;
+    }
+  }
+  const double row_bytes = static_cast<double>(H) * dtypeSize(dtype);
+
+  std::vector<double> dispatch_ms, combine_ms;
+  DispatchTimes d_phase{}, c_phase{};
+  int64_t wrong = 0;
+  const int total = o.warmup + o.iters;
+  Progress progress(root);
+  for (int it = 0; it < total; ++it) {
+    progress.update(it + 1, total, "iteration");
+    auto t0 = std::chrono::steady_clock::now();
+    ExpertBatch batch = dispatcher.dispatch(x, idx_v, w_v);
+    auto t1 = std::chrono::steady_clock::now();
+    const DispatchTimes dt = dispatcher.lastTimes();
+    Tensor out = dispatcher.combine(batch.x, batch.handle);  // identity experts
+    auto t2 = std::chrono::steady_clock::now();
+    const DispatchTimes ct = dispatcher.lastTimes();
+    if (it == 0 && o.check) {
+      // Identity experts: out[t] = x[t] * (sum of t's weights).
+      const double tol = dtype == DType::kBF16 ? 2e-2 : 1e-5;
+      std::vector<float> got(size_t(T) * H);
+      convert(TensorView::vector(out.data(), out.dtype(), T * H),
+              TensorView::vector(got.data(), DType::kF32, T * H));
+      for (int64_t t = 0; t < T; ++t) {
+        double sw = 0;
+        for (int j = 0; j < k; ++j) sw += w[t * k + j];
+        bool bad = false;
+        for (int64_t h = 0; h < H; ++h) {
+          const double want = x32[t * H + h] * sw;
+          bad = bad || std::fabs(got[t * H + h] - want) > tol * (1 + std::fabs(want));
+        }
+        wrong += bad;
+      }
+    }
+    if (it < o.warmup) continue;
+    dispatch_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    combine_ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+    for (auto [sum, one] : {std::pair{&d_phase, &dt}, std::pair{&c_phase, &ct}}) {
+      sum->layout_ms += one->layout_ms / o.iters;
+      sum->count_exchange_ms += one->count_exchange_ms / o.iters;
+      sum->pack_ms += one->pack_ms / o.iters;
+      sum->transfer_ms += one->transfer_ms / o.iters;
+      sum->unpack_ms += one->unpack_ms / o.iters;
+    }
+  }
+
+  const Stats ds = statsOf(dispatch_ms), cs = statsOf(combine_ms);
+  std::vector<double> mine = {ds.avg,
+                              ds.min,
+                              ds.max,
+                              ds.p50,
+                              ds.p99,
+                              cs.avg,
+                              cs.min,
+                              cs.max,
+                              cs.p50,
+                              cs.p99,
+                              double(routed),
+                              double(remote),
+                              double(wrong),
+                              d_phase.layout_ms,
+                              d_phase.count_exchange_ms,
+                              d_phase.pack_ms,
+                              d_phase.transfer_ms,
+                              d_phase.unpack_ms,
+                              c_phase.pack_ms,
+                              c_phase.transfer_ms,
+                              c_phase.unpack_ms};
+  const size_t width = mine.size();
+  const std::vector<double> all = context.gather(group, mine);
+  int64_t wrong_all = 0;
+  for (int r = 0; r < n; ++r) wrong_all += static_cast<int64_t>(all[r * width + 12]);
+  if (root) {
+    std::printf(
+        "# moecomm-perf dispatch: %d ranks (launch %s, transport %s), tokens %lld/rank, "
+        "hidden %lld, top-%lld, %d experts, %s, routing %s, alignment %d, %d iters after %d "
+        "warm-up\n",
+        n, context.launch(), group.transportName(), static_cast<long long>(T),
+        static_cast<long long>(H), static_cast<long long>(k), o.experts, o.dtype.c_str(),
+        o.routing.c_str(), o.alignment, o.iters, o.warmup);
+    std::printf(
+        "# bandwidth: routed = rows sent to every destination rank incl. this one x hidden "
+        "x dtype bytes / time (DeepEP's count); remote = the same without this rank's own "
+        "rows. GB = 1e9 B\n");
+    std::printf("#%4s %8s %9s %9s %9s %9s %9s %10s %10s %12s\n", "rank", "op", "avg ms", "min ms",
+                "max ms", "p50 ms", "p99 ms", "routed GB/s", "remote GB/s", "tokens/s");
+    nlohmann::json ranks = nlohmann::json::array();
+    double worst_d = 0, worst_c = 0;
+    for (int r = 0; r < n; ++r) {
+      const double* v = &all[r * width];
+      for (int op = 0; op < 2; ++op) {
+        const double* s = v + op * 5;
+        std::printf("%5d %8s %9.3f %9.3f %9.3f %9.3f %9.3f %10.2f %10.2f %12.0f\n", r,
+                    op == 0 ? "dispatch" : "combine", s[0], s[1], s[2], s[3], s[4],
+                    v[10] * row_bytes / (s[0] * 1e6), v[11] * row_bytes / (s[0] * 1e6),
+                    T / (s[0] / 1e3));
+      }
+      worst_d = std::max(worst_d, v[0]);
+      worst_c = std::max(worst_c, v[5]);
+      ranks.push_back(
+          {{"rank", r},
+           {"dispatch_ms",
+            {{"avg", v[0]}, {"min", v[1]}, {"max", v[2]}, {"p50", v[3]}, {"p99", v[4]}}},
+           {"combine_ms",
+            {{"avg", v[5]}, {"min", v[6]}, {"max", v[7]}, {"p50", v[8]}, {"p99", v[9]}}},
+           {"routed_rows", v[10]},
+           {"remote_rows", v[11]},
+           {"wrong_tokens", v[12]},
+           {"dispatch_phases_ms",
+            {{"layout", v[13]},
+             {"count_exchange", v[14]},
+             {"pack", v[15]},
+             {"transfer", v[16]},
+             {"unpack", v[17]}}},
+           {"combine_phases_ms", {{"reduce", v[18]}, {"transfer", v[19]}, {"unpack", v[20]}}}});
+    }
+    double routed_all = 0, remote_all = 0;
+    for (int r = 0; r < n; ++r) {
+      routed_all += all[r * width + 10];
+      remote_all += all[r * width + 11];
+    }
+    // Overall: the slowest rank's average; bytes summed over ranks, per rank.
+    const double per_rank_routed = routed_all / n * row_bytes,
+                 per_rank_remote = remote_all / n * row_bytes;
+    std::printf(
+        "# overall (slowest rank's average): dispatch %.3f ms (%.2f routed, %.2f remote GB/s "
+        "per rank, %.0f tokens/s per rank), combine %.3f ms (%.2f, %.2f GB/s)\n",
+        worst_d, per_rank_routed / (worst_d * 1e6), per_rank_remote / (worst_d * 1e6),
+        T / (worst_d / 1e3), worst_c, per_rank_routed / (worst_c * 1e6),
+        per_rank_remote / (worst_c * 1e6));
+    const double* v0 = &all[0];
+    std::printf(
+        "# rank 0 phases (ms): dispatch layout %.3f, count exchange %.3f, pack %.3f, transfer "
+        "%.3f, unpack %.3f; combine reduction %.3f, transfer %.3f, unpack %.3f\n",
+        v0[13], v0[14], v0[15], v0[16], v0[17], v0[18], v0[19], v0[20]);
+    std::printf("# check: %s\n",
+                !o.check ? "skipped"
+                : wrong_all == 0
+                    ? "OK (first iteration matches the reference)"
+                    : ("FAILED: " + std::to_string(wrong_all) + " tokens wrong").c_str());
+    if (!o.json.empty()) {
+      nlohmann::json doc = {{"tool", "moecomm-perf"},
+                            {"command", "dispatch"},
+                            {"version", MOECOMM_VERSION_STRING},
+                            {"config",
+                             {{"tokens", T},
+                              {"hidden", H},
+                              {"topk", k},
+                              {"experts", o.experts},
+                              {"dtype", o.dtype},
+                              {"routing", o.routing},
+                              {"iters", o.iters},
+                              {"warmup", o.warmup},
+                              {"alignment", o.alignment},
+                              {"check", o.check},
+                              {"transport", group.transportName()},
+                              {"launch", context.launch()},
+                              {"ranks", n}}},
+                            {"environment", environmentJson()},
+                            {"ranks", ranks},
+                            {"summary",
+                             {{"dispatch_ms", worst_d},
+                              {"combine_ms", worst_c},
+                              {"dispatch_routed_gbps", per_rank_routed / (worst_d * 1e6)},
+                              {"dispatch_remote_gbps", per_rank_remote / (worst_d * 1e6)},
+                              {"combine_routed_gbps", per_rank_routed / (worst_c * 1e6)},
+                              {"wrong_tokens", wrong_all},
+                              {"ok", wrong_all == 0}}}};
+      if (!writeJson(o.json, doc)) return 2;
+    }
+  }
+  (void)statsJson;
+  return wrong_all == 0 ? 0 : 1;
+}
+
+}  // namespace moecomm::perf

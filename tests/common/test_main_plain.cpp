@@ -1,0 +1,7 @@
+// The main of test binaries that never run as launched ranks.
+#include <gtest/gtest.h>
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
