@@ -78,6 +78,7 @@ void addCommon(CLI::App& app, CommonOptions& o) {
 }  // namespace
 
 void addAlltoallOptions(CLI::App& app, AlltoallOptions& o) {
+  app.option_defaults()->always_capture_default();
   addSize(app, "-b,--minbytes", o.min_bytes,
           "smallest size: one rank's whole send buffer (default 8K)");
   addSize(app, "-e,--maxbytes", o.max_bytes, "largest size (default 32M)");
@@ -116,6 +117,7 @@ void addAlltoallOptions(CLI::App& app, AlltoallOptions& o) {
 }
 
 void addDispatchOptions(CLI::App& app, DispatchBenchOptions& o) {
+  app.option_defaults()->always_capture_default();
   app.add_option("--tokens", o.tokens, "tokens per rank")->check(CLI::Range(1, 1 << 24));
   app.add_option("--hidden", o.hidden, "elements per token")->check(CLI::Range(1, 1 << 20));
   app.add_option("--topk", o.topk, "experts per token")->check(CLI::Range(1, 1024));
