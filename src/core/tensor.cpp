@@ -5,6 +5,7 @@
 #include <new>
 
 #include "moecomm/types.hpp"
+#include "src/core/host_cache.hpp"
 
 namespace moecomm {
 
@@ -84,13 +85,10 @@ Tensor Tensor::empty(std::initializer_list<int64_t> shape, DType dtype) {
     if (d < 0) throw std::invalid_argument(fmt::format("moecomm::Tensor: negative dim {}", d));
     t.view_.shape[i++] = d;
   }
-  size_t bytes = t.view_.bytes();
-  size_t rounded = (bytes + 63) / 64 * 64;
-  if (rounded == 0) rounded = 64;
-  void* memory = std::aligned_alloc(64, rounded);
-  if (memory == nullptr) throw std::bad_alloc();
+  size_t capacity = 0;
+  void* memory = hostAlloc(t.view_.bytes(), &capacity);
   t.storage_ = std::shared_ptr<std::byte>(static_cast<std::byte*>(memory),
-                                          [](std::byte* p) { std::free(p); });
+                                          [capacity](std::byte* p) { hostFree(p, capacity); });
   t.view_.data = memory;
   return t;
 }

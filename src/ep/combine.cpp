@@ -95,7 +95,8 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
   MOECOMM_RETURN_IF_ERROR(checkExpectedSizes(group, staging, counts, row_bytes, op));
 
   // Sum over ranks in rank order (deterministic), in f32, then write the output once.
-  std::vector<float> total(static_cast<size_t>(h.tokens * hidden), 0.0f);
+  std::vector<float>& total = state.accumulator;  // kept across calls: no fresh pages each time
+  total.assign(static_cast<size_t>(h.tokens * hidden), 0.0f);
   for (int p = 0; p < group.size; ++p) {
     const std::byte* payload = staging.recvPayload(p);
     for (size_t i = 0; i < h.send_tokens[p].size(); ++i) {

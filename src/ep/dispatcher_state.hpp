@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "moecomm/dispatch.hpp"
 #include "src/ep/exchange.hpp"
@@ -13,7 +14,8 @@ struct Dispatcher::State {
   std::shared_ptr<Group::Impl> group;  // keeps the group alive while the dispatcher is
   DispatchOptions options;
   Staging staging;
-  DispatchTimes times;  // of the last call
+  DispatchTimes times;             // of the last call
+  std::vector<float> accumulator;  // combine's per-token f32 sums, reused
 };
 
 // Checks that `handle` came from a dispatch on `group`.
