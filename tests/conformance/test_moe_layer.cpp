@@ -124,15 +124,17 @@ struct Case {
   Activation activation;
   int shared_ffn;
   DType dtype;
-  double capacity_factor;  // > 0: the router drops what overflows
+  double capacity_factor;               // > 0: the router drops what overflows
+  bool sigmoid_groups_reroute = false;  // DeepSeek-style gate, overflow rerouted instead of dropped
 };
 
 std::string caseName(const ::testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
   char name[96];
-  std::snprintf(name, sizeof(name), "r%d_%s_shared%d_%s_cap%d", c.ranks,
+  std::snprintf(name, sizeof(name), "r%d_%s_shared%d_%s_cap%d%s", c.ranks,
                 c.activation == Activation::kSwiGLU ? "swiglu" : "gelu", c.shared_ffn,
-                dtypeName(c.dtype), int(c.capacity_factor * 10));
+                dtypeName(c.dtype), int(c.capacity_factor * 10),
+                c.sigmoid_groups_reroute ? "_sigmoid_groups_reroute" : "");
   return name;
 }
 
@@ -161,6 +163,13 @@ TEST_P(MoeLayerRanks, ForwardAndBackwardMatchTheDenseReference) {
   lc.shared_ffn = c.shared_ffn;
   lc.router.topk = k;
   lc.router.capacity_factor = c.capacity_factor;
+  if (c.sigmoid_groups_reroute) {
+    lc.router.score = ScoreFunction::kSigmoid;
+    lc.router.renormalize = true;
+    lc.router.num_groups = 4;
+    lc.router.topk_groups = 2;
+    lc.router.overflow = OverflowPolicy::kReroute;
+  }
   lc.losses.aux_loss_coeff = 0.01;
   lc.dispatch.expert_alignment = 4;
   const uint64_t seed = 99;
@@ -195,8 +204,13 @@ TEST_P(MoeLayerRanks, ForwardAndBackwardMatchTheDenseReference) {
   }
   int64_t dropped = 0;
   for (const RankRef& ref : refs) dropped += ref.routing.stats.dropped;
-  if (c.capacity_factor > 0) {
+  int64_t rerouted = 0;
+  for (const RankRef& ref : refs) rerouted += ref.routing.stats.rerouted;
+  if (c.capacity_factor > 0 && !c.sigmoid_groups_reroute) {
     EXPECT_GT(dropped, 0) << "the capacity case must drop some slots";
+  }
+  if (c.sigmoid_groups_reroute) {
+    EXPECT_GT(rerouted, 0) << "the reroute case must move some slots";
   }
   std::vector<double> grad_w_in(m.w_in.size(), 0), grad_w_out(m.w_out.size(), 0);
   for (int r = 0; r < c.ranks; ++r) {
@@ -311,6 +325,7 @@ std::vector<Case> allCases() {
   cases.push_back({4, Activation::kSwiGLU, 8, DType::kBF16, 0});
   cases.push_back({3, Activation::kSwiGLU, 0, DType::kF32, 0.5});  // capacity drops slots
   cases.push_back({2, Activation::kGelu, 0, DType::kF32, 0.3});
+  cases.push_back({4, Activation::kSwiGLU, 8, DType::kF32, 0.6, true});
   return cases;
 }
 
