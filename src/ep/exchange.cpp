@@ -99,6 +99,21 @@ void useOwnMessage(Staging& staging, int me) {
   staging.received[me] = staging.send[me].size();
 }
 
+// Waits for what was posted (or withdraws it when posting failed); then, with every message in,
+// this rank's own failure wins, else its own message is made readable in place.
+Status finishPosting(Transport& transport, const std::vector<Request>& requests,
+                     const Status& posted, Deadline deadline, WireOp op, const Status& local,
+                     Staging& staging, int me) {
+  if (!posted.isOk()) {
+    for (const Request& r : requests) transport.cancel(r);
+    return posted;
+  }
+  MOECOMM_RETURN_IF_ERROR(transport.waitAll(requests, deadline, wireOpName(op)));
+  if (!local.isOk()) return local;
+  useOwnMessage(staging, me);
+  return Status::ok();
+}
+
 // Bytes each receiver gets in a round, and the offset of each sender's message in its window.
 struct PutLayout {
   std::vector<size_t> offset;  // [source * n + destination]
@@ -166,14 +181,8 @@ Status exchangeByPuts(Group::Impl& group, Staging& staging, WireOp op, uint64_t 
     }
     if (posted.isOk()) requests.push_back(r);
   }
-  Status waited =
-      posted.isOk() ? transport.waitAll(requests, group.deadline(), wireOpName(op)) : posted;
-  if (!posted.isOk()) {
-    for (const Request& r : requests) transport.cancel(r);
-  }
-  if (!waited.isOk()) return waited;
-  if (!local.isOk()) return local;
-  useOwnMessage(staging, me);
+  MOECOMM_RETURN_IF_ERROR(
+      finishPosting(transport, requests, posted, group.deadline(), op, local, staging, me));
   for (const Request& r : requests) {
     if (r->is_send) continue;
     const int p = r->peer;
@@ -241,13 +250,8 @@ Status exchange(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequen
                                 &request);
     if (posted.isOk()) requests.push_back(request);
   }
-  Status waited = posted.isOk() ? transport.waitAll(requests, deadline, wireOpName(op)) : posted;
-  if (!posted.isOk()) {
-    for (const Request& r : requests) transport.cancel(r);
-  }
-  if (!waited.isOk()) return waited;
-  if (!local.isOk()) return local;
-  useOwnMessage(staging, me);
+  MOECOMM_RETURN_IF_ERROR(
+      finishPosting(transport, requests, posted, deadline, op, local, staging, me));
   for (const Request& r : requests) {
     if (r->is_send) continue;
     staging.received[r->peer] = r->bytes;

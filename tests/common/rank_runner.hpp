@@ -25,6 +25,26 @@ inline bool launchedAsProcesses() {
   return processWorld().has_value();
 }
 
+// Runs fn(rank) on one thread per rank and rethrows the first failure on the caller's thread, so
+// gtest reports it.
+inline void onThreads(int ranks, const std::function<void(int)>& fn) {
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(ranks));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < ranks; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        fn(r);
+      } catch (...) {
+        errors[r] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+}
+
 // Whether `rank` runs in this process (always between threads; only our own rank when launched).
 inline bool rankRunsHere(int rank) {
   return !launchedAsProcesses() || processWorld()->rank() == rank;
@@ -61,41 +81,13 @@ inline void runRanks(int ranks, const std::function<void(RankWorld&, int)>& body
   }
   LocalWorld local(ranks);
   RankWorld rank_world(&local);
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(ranks));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < ranks; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        body(rank_world, r);
-      } catch (...) {
-        errors[r] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (auto& e : errors) {
-    if (e) std::rethrow_exception(e);
-  }
+  onThreads(ranks, [&](int r) { body(rank_world, r); });
 }
 
 // Threads over a LocalWorld, for tests of the in-process machinery itself.
 inline void runThreads(int ranks, const std::function<void(LocalWorld&, int)>& body) {
   LocalWorld world(ranks);
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(ranks));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < ranks; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        body(world, r);
-      } catch (...) {
-        errors[r] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (auto& e : errors) {
-    if (e) std::rethrow_exception(e);
-  }
+  onThreads(ranks, [&](int r) { body(world, r); });
 }
 
 }  // namespace moecomm::testing
