@@ -3,7 +3,11 @@
 #include "kernels/cpu/vector_math.hpp"
 
 #include <algorithm>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -16,20 +20,64 @@ constexpr float kExcluded = -std::numeric_limits<float>::infinity();
 
 // Indices of the `n` largest values, descending, ties to the lower index; excluded (-inf) entries
 // are never chosen, so fewer than n may come back.
-int rankTop(const float* values, int count, int n, int* out) {
+// Reused buffers, one set per gate call (thread_local would cost a TLS lookup per call in a
+// shared library).
+struct RankScratch {
+  std::vector<float> held, maxima, order;
+};
+
+int rankTop(const float* values, int count, int n, int* out, RankScratch& scratch) {
+  // The held values, sorted like `out`: comparisons stay in this small array, not behind `out`.
+  std::vector<float>& held = scratch.held;
+  if (held.size() < static_cast<size_t>(n)) held.resize(static_cast<size_t>(n));
+  float* best = held.data();
   int filled = 0;
   float threshold = kExcluded;  // the n-th best so far, once n are held
-  for (int i = 0; i < count; ++i) {
+  auto consider = [&](int i) {
     const float v = values[i];
-    if (v == kExcluded || (filled == n && !(v > threshold))) continue;
+    if (v == kExcluded || (filled == n && !(v > threshold))) return;
     int pos = filled < n ? filled++ : n - 1;
-    while (pos > 0 && v > values[out[pos - 1]]) {
+    while (pos > 0 && v > best[pos - 1]) {
       out[pos] = out[pos - 1];
+      best[pos] = best[pos - 1];
       --pos;
     }
     out[pos] = i;
-    if (filled == n) threshold = values[out[n - 1]];
+    best[pos] = v;
+    if (filled == n) threshold = best[n - 1];
+  };
+  int i = 0;
+#if defined(__SSE2__)
+  // Nothing below the n-th largest block maximum can be among the n largest values (the n largest
+  // block maxima are n distinct values), so blocks whose maximum is below it are skipped whole,
+  // and elements below it are never inserted. Blocks are still walked in index order, so ties go
+  // to the lower index as before.
+  constexpr int kBlock = 8;
+  const int blocks = count / kBlock;
+  if (n > 0 && blocks >= 2 * n) {
+    std::vector<float>& maxima = scratch.maxima;
+    std::vector<float>& order = scratch.order;
+    maxima.resize(static_cast<size_t>(blocks));
+    for (int b = 0; b < blocks; ++b) {
+      const float* x = values + b * kBlock;
+      __m128 m = _mm_max_ps(_mm_loadu_ps(x), _mm_loadu_ps(x + 4));
+      m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
+      m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
+      maxima[b] = _mm_cvtss_f32(m);
+    }
+    order.assign(maxima.begin(), maxima.end());
+    std::nth_element(order.begin(), order.begin() + (n - 1), order.end(), std::greater<float>());
+    const float floor = order[n - 1];
+    for (int b = 0; b < blocks; ++b) {
+      if (maxima[b] < floor) continue;
+      for (int j = b * kBlock; j < (b + 1) * kBlock; ++j) {
+        if (!(values[j] < floor)) consider(j);
+      }
+    }
+    i = blocks * kBlock;
   }
+#endif
+  for (; i < count; ++i) consider(i);
   return filled;
 }
 
@@ -39,9 +87,38 @@ void gate(const float* logits, int64_t tokens, const float* bias, const GatePara
           float* weights, int32_t* candidate_idx, float* candidate_weights) {
   const int E = p.experts;
   const int ranked_max = p.topk + p.candidates;
+  RankScratch scratch;
   std::vector<float> raw(E), select(E), group_score(std::max(p.num_groups, 1));
-  std::vector<int> ranked(ranked_max), groups(std::max(p.num_groups, 1)), best2(2);
-  for (int64_t t = 0; t < tokens; ++t) {
+  std::vector<int> ranked(ranked_max), groups(std::max(p.num_groups, 1));
+  std::vector<float> compact;
+  // Renormalized softmax without bias or groups: softmax is monotonic, so rank the logits as they
+  // are, and the global denominator cancels in w_j = p_j / sum of the kept p. Only the ranked
+  // experts need an exp: one pass over each row instead of five.
+  const bool ranks_logits = p.score == 0 && p.renormalize && bias == nullptr && p.num_groups <= 1;
+  std::vector<float> exps(ranks_logits ? ranked_max : 0);
+  for (int64_t t = 0; t < tokens && ranks_logits; ++t) {
+    const float* row = logits + t * E;
+    const int found = rankTop(row, E, ranked_max, ranked.data(), scratch);
+    const float top = found > 0 ? row[ranked[0]] : 0.0f;
+    float norm = 0.0f;
+    for (int j = 0; j < found; ++j) {
+      exps[j] = std::exp(row[ranked[j]] - top);
+      if (j < p.topk) norm += exps[j];
+    }
+    for (int j = 0; j < ranked_max; ++j) {
+      const bool have = j < found;
+      const int32_t e = have ? ranked[j] : -1;
+      const float w = have ? p.scaling * exps[j] / norm : 0.0f;
+      if (j < p.topk) {
+        idx[t * p.topk + j] = e;
+        weights[t * p.topk + j] = w;
+      } else {
+        candidate_idx[t * p.candidates + (j - p.topk)] = e;
+        candidate_weights[t * p.candidates + (j - p.topk)] = w;
+      }
+    }
+  }
+  for (int64_t t = 0; t < tokens && !ranks_logits; ++t) {
     const float* row = logits + t * E;
     // raw: the quantity weights are made of; select: what is ranked (raw + bias).
     if (p.score == 1) {
@@ -59,23 +136,40 @@ void gate(const float* logits, int64_t tokens, const float* bias, const GatePara
     for (int e = 0; e < E; ++e) {
       select[e] = (p.score == 2 ? row[e] : raw[e]) + (bias ? bias[e] : 0.0f);
     }
+    int found = 0;
     if (p.num_groups > 1) {
+      // Group score: the sum of its two best select values (all finite here).
       const int per_group = E / p.num_groups;
       for (int g = 0; g < p.num_groups; ++g) {
-        int n =
-            rankTop(select.data() + g * per_group, per_group, std::min(2, per_group), best2.data());
-        float s = 0.0f;
-        for (int i = 0; i < n; ++i) s += select[g * per_group + best2[i]];
-        group_score[g] = s;
+        const float* v = select.data() + g * per_group;
+        float first = v[0], second = kExcluded;
+        for (int i = 1; i < per_group; ++i) {
+          if (v[i] > first) {
+            second = first;
+            first = v[i];
+          } else if (v[i] > second) {
+            second = v[i];
+          }
+        }
+        group_score[g] = per_group >= 2 ? first + second : first;
       }
-      rankTop(group_score.data(), p.num_groups, p.topk_groups, groups.data());
-      std::vector<bool> keep(p.num_groups, false);
-      for (int i = 0; i < p.topk_groups; ++i) keep[groups[i]] = true;
-      for (int e = 0; e < E; ++e) {
-        if (!keep[e / per_group]) select[e] = kExcluded;
+      const int kept_groups =
+          rankTop(group_score.data(), p.num_groups, p.topk_groups, groups.data(), scratch);
+      // Rank only the kept groups' experts, laid side by side in ascending group order so that
+      // ties still go to the lower expert id.
+      std::sort(groups.begin(), groups.begin() + kept_groups);
+      compact.resize(static_cast<size_t>(kept_groups) * per_group);
+      for (int i = 0; i < kept_groups; ++i) {
+        std::copy_n(select.data() + groups[i] * per_group, per_group,
+                    compact.data() + i * per_group);
       }
+      found = rankTop(compact.data(), kept_groups * per_group, ranked_max, ranked.data(), scratch);
+      for (int j = 0; j < found; ++j) {
+        ranked[j] = groups[ranked[j] / per_group] * per_group + ranked[j] % per_group;
+      }
+    } else {
+      found = rankTop(select.data(), E, ranked_max, ranked.data(), scratch);
     }
-    const int found = rankTop(select.data(), E, ranked_max, ranked.data());
     float norm = 1.0f;
     if (p.renormalize || p.score == 2) {
       norm = 0.0f;
