@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(cmake g++ make ninja-build pkg-config googletest libgtest-dev libgmock-dev libfmt-dev
           clang-format libbenchmark-dev libucx-dev libopenmpi-dev openmpi-bin iproute2
-          libopenblas-dev libcli11-dev nlohmann-json3-dev python3-matplotlib)
+          libopenblas-dev libcli11-dev nlohmann-json3-dev python3-matplotlib
+          openssh-client)  # Open MPI's mpirun looks for ssh even for one-host jobs
 
 missing=()
 for p in "${packages[@]}"; do
