@@ -81,6 +81,44 @@ int rankTop(const float* values, int count, int n, int* out, RankScratch& scratc
   return filled;
 }
 
+// The sum of the two largest of n finite values (the one value when n == 1). With SSE2 and n a
+// multiple of 4: the largest by vector max, then the largest of the rest (the largest again when
+// it occurs twice).
+float topTwoSum(const float* v, int n) {
+#if defined(__SSE2__)
+  if (n >= 8 && n % 4 == 0) {
+    __m128 m = _mm_loadu_ps(v);
+    for (int i = 4; i < n; i += 4) m = _mm_max_ps(m, _mm_loadu_ps(v + i));
+    m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
+    m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
+    const float first = _mm_cvtss_f32(m);
+    const __m128 top = _mm_set1_ps(first), excluded = _mm_set1_ps(kExcluded);
+    __m128 rest = excluded;
+    int copies = 0;
+    for (int i = 0; i < n; i += 4) {
+      const __m128 x = _mm_loadu_ps(v + i);
+      const __m128 is_top = _mm_cmpeq_ps(x, top);
+      copies += __builtin_popcount(static_cast<unsigned>(_mm_movemask_ps(is_top)));
+      rest = _mm_max_ps(rest, _mm_or_ps(_mm_and_ps(is_top, excluded), _mm_andnot_ps(is_top, x)));
+    }
+    if (copies >= 2) return first + first;
+    rest = _mm_max_ps(rest, _mm_shuffle_ps(rest, rest, _MM_SHUFFLE(1, 0, 3, 2)));
+    rest = _mm_max_ps(rest, _mm_shuffle_ps(rest, rest, _MM_SHUFFLE(2, 3, 0, 1)));
+    return first + _mm_cvtss_f32(rest);
+  }
+#endif
+  float first = v[0], second = kExcluded;
+  for (int i = 1; i < n; ++i) {
+    if (v[i] > first) {
+      second = first;
+      first = v[i];
+    } else if (v[i] > second) {
+      second = v[i];
+    }
+  }
+  return n >= 2 ? first + second : first;
+}
+
 }  // namespace
 
 void gate(const float* logits, int64_t tokens, const float* bias, const GateParams& p, int32_t* idx,
@@ -141,17 +179,7 @@ void gate(const float* logits, int64_t tokens, const float* bias, const GatePara
       // Group score: the sum of its two best select values (all finite here).
       const int per_group = E / p.num_groups;
       for (int g = 0; g < p.num_groups; ++g) {
-        const float* v = select.data() + g * per_group;
-        float first = v[0], second = kExcluded;
-        for (int i = 1; i < per_group; ++i) {
-          if (v[i] > first) {
-            second = first;
-            first = v[i];
-          } else if (v[i] > second) {
-            second = v[i];
-          }
-        }
-        group_score[g] = per_group >= 2 ? first + second : first;
+        group_score[g] = topTwoSum(select.data() + g * per_group, per_group);
       }
       const int kept_groups =
           rankTop(group_score.data(), p.num_groups, p.topk_groups, groups.data(), scratch);

@@ -230,6 +230,11 @@ INSTANTIATE_TEST_SUITE_P(
                  true},
         GateCase{"grouped_softmax", grouped(opts(2, ScoreFunction::kSoftmax, false), 4, 1), 16,
                  false},
+        // Wide rows take the block-maximum filter (and, for softmax, the logit ranking).
+        GateCase{"softmax_renorm_256", opts(8, ScoreFunction::kSoftmax, true), 256, false},
+        GateCase{"softmax_renorm_256_k16", opts(16, ScoreFunction::kSoftmax, true), 256, false},
+        GateCase{"grouped_sigmoid_256", grouped(opts(8, ScoreFunction::kSigmoid, true, 2.5f), 8, 4),
+                 256, true},
         GateCase{"drop_probability",
                  capped(opts(2, ScoreFunction::kSoftmax, false), 1.0, DropPolicy::kProbability,
                         OverflowPolicy::kDrop),
@@ -260,6 +265,22 @@ TEST(Router, AllEqualLogitsPickTheLowestIds) {
     for (int j = 0; j < 4; ++j) {
       EXPECT_EQ(r.topk_idx.as<int32_t>()[t * 4 + j], j);
       EXPECT_FLOAT_EQ(r.topk_weights.as<float>()[t * 4 + j], 0.1f);
+    }
+  }
+}
+
+// Wide rows with ties take the block filter and the logit ranking: still the lowest ids, in order.
+TEST(Router, TiesInWideRowsPickTheLowestIds) {
+  std::vector<float> logits(2 * 256, 0.25f);
+  for (int e = 100; e < 140; ++e) logits[256 + e] = 1.0f;  // token 1: a tied block in the middle
+  for (bool grouped_gate : {false, true}) {
+    RouterOptions o = opts(8, ScoreFunction::kSoftmax, true);
+    if (grouped_gate) o = grouped(opts(8, ScoreFunction::kSigmoid, true), 8, 4);
+    Routing r = Router(o).route(TensorView::matrix(logits.data(), DType::kF32, 2, 256));
+    for (int j = 0; j < 8; ++j) {
+      EXPECT_EQ(r.topk_idx.as<int32_t>()[j], j) << "grouped " << grouped_gate;
+      EXPECT_EQ(r.topk_idx.as<int32_t>()[8 + j], 100 + j) << "grouped " << grouped_gate;
+      EXPECT_FLOAT_EQ(r.topk_weights.as<float>()[j], 0.125f);
     }
   }
 }
