@@ -65,13 +65,30 @@ int rankTop(const float* values, int count, int n, int* out, RankScratch& scratc
       m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
       maxima[b] = _mm_cvtss_f32(m);
     }
-    order.assign(maxima.begin(), maxima.end());
-    std::nth_element(order.begin(), order.begin() + (n - 1), order.end(), std::greater<float>());
+    // The n-th largest block maximum, by insertion into a descending array of n.
+    order.assign(static_cast<size_t>(n), kExcluded);
+    for (int b = 0; b < blocks; ++b) {
+      const float v = maxima[b];
+      if (!(v > order[n - 1])) continue;
+      int pos = n - 1;
+      while (pos > 0 && v > order[pos - 1]) {
+        order[pos] = order[pos - 1];
+        --pos;
+      }
+      order[pos] = v;
+    }
     const float floor = order[n - 1];
+    const __m128 low = _mm_set1_ps(floor);
     for (int b = 0; b < blocks; ++b) {
       if (maxima[b] < floor) continue;
-      for (int j = b * kBlock; j < (b + 1) * kBlock; ++j) {
-        if (!(values[j] < floor)) consider(j);
+      // Only the elements at or above the floor, in index order.
+      const float* x = values + b * kBlock;
+      unsigned mask = static_cast<unsigned>(_mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x), low))) |
+                      static_cast<unsigned>(_mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + 4), low)))
+                          << 4;
+      while (mask != 0) {
+        consider(b * kBlock + __builtin_ctz(mask));
+        mask &= mask - 1;
       }
     }
     i = blocks * kBlock;
@@ -98,7 +115,9 @@ float topTwoSum(const float* v, int n) {
     for (int i = 0; i < n; i += 4) {
       const __m128 x = _mm_loadu_ps(v + i);
       const __m128 is_top = _mm_cmpeq_ps(x, top);
-      copies += __builtin_popcount(static_cast<unsigned>(_mm_movemask_ps(is_top)));
+      constexpr int kBits[16] = {0, 1, 1, 2, 1, 2, 2, 3,
+                                 1, 2, 2, 3, 2, 3, 3, 4};  // no popcnt in SSE2
+      copies += kBits[_mm_movemask_ps(is_top)];
       rest = _mm_max_ps(rest, _mm_or_ps(_mm_and_ps(is_top, excluded), _mm_andnot_ps(is_top, x)));
     }
     if (copies >= 2) return first + first;
