@@ -190,8 +190,12 @@ void gate(const float* logits, int64_t tokens, const float* bias, const GatePara
         for (int e = 0; e < E; ++e) raw[e] *= inverse;
       }
     }
-    for (int e = 0; e < E; ++e) {
-      select[e] = (p.score == 2 ? row[e] : raw[e]) + (bias ? bias[e] : 0.0f);
+    // select = (logit for top-k-then-softmax, else raw) + bias, one branch-free pass.
+    const float* base = p.score == 2 ? row : raw.data();
+    if (bias != nullptr) {
+      for (int e = 0; e < E; ++e) select[e] = base[e] + bias[e];
+    } else {
+      std::copy_n(base, E, select.data());
     }
     int found = 0;
     if (p.num_groups > 1) {
