@@ -153,6 +153,22 @@ void gate(const float* logits, int64_t tokens, const float* bias, const GatePara
   // experts need an exp: one pass over each row instead of five.
   const bool ranks_logits = p.score == 0 && p.renormalize && bias == nullptr && p.num_groups <= 1;
   std::vector<float> exps(ranks_logits ? ranked_max : 0);
+  // Token t's ranked experts into its k slots, then its reroute candidates; the j-th ranked
+  // expert weighs scaling * a(j) / norm, and slots past `found` are empty (-1, 0).
+  auto write = [&](int64_t t, int found, auto a, float norm) {
+    for (int j = 0; j < ranked_max; ++j) {
+      const bool have = j < found;
+      const int32_t e = have ? ranked[j] : -1;
+      const float w = have ? p.scaling * a(j) / norm : 0.0f;
+      if (j < p.topk) {
+        idx[t * p.topk + j] = e;
+        weights[t * p.topk + j] = w;
+      } else {
+        candidate_idx[t * p.candidates + (j - p.topk)] = e;
+        candidate_weights[t * p.candidates + (j - p.topk)] = w;
+      }
+    }
+  };
   for (int64_t t = 0; t < tokens && ranks_logits; ++t) {
     const float* row = logits + t * E;
     const int found = rankTop(row, E, ranked_max, ranked.data(), scratch);
@@ -162,18 +178,8 @@ void gate(const float* logits, int64_t tokens, const float* bias, const GatePara
       exps[j] = std::exp(row[ranked[j]] - top);
       if (j < p.topk) norm += exps[j];
     }
-    for (int j = 0; j < ranked_max; ++j) {
-      const bool have = j < found;
-      const int32_t e = have ? ranked[j] : -1;
-      const float w = have ? p.scaling * exps[j] / norm : 0.0f;
-      if (j < p.topk) {
-        idx[t * p.topk + j] = e;
-        weights[t * p.topk + j] = w;
-      } else {
-        candidate_idx[t * p.candidates + (j - p.topk)] = e;
-        candidate_weights[t * p.candidates + (j - p.topk)] = w;
-      }
-    }
+    write(
+        t, found, [&](int j) { return exps[j]; }, norm);
   }
   for (int64_t t = 0; t < tokens && !ranks_logits; ++t) {
     const float* row = logits + t * E;
@@ -226,18 +232,8 @@ void gate(const float* logits, int64_t tokens, const float* bias, const GatePara
       norm = 0.0f;
       for (int j = 0; j < std::min(found, p.topk); ++j) norm += raw[ranked[j]];
     }
-    for (int j = 0; j < ranked_max; ++j) {
-      const bool have = j < found;
-      const int32_t e = have ? ranked[j] : -1;
-      const float w = have ? p.scaling * raw[e] / norm : 0.0f;
-      if (j < p.topk) {
-        idx[t * p.topk + j] = e;
-        weights[t * p.topk + j] = w;
-      } else {
-        candidate_idx[t * p.candidates + (j - p.topk)] = e;
-        candidate_weights[t * p.candidates + (j - p.topk)] = w;
-      }
-    }
+    write(
+        t, found, [&](int j) { return raw[ranked[j]]; }, norm);
   }
 }
 

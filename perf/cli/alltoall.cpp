@@ -133,9 +133,9 @@ int runAlltoall(const AlltoallOptions& o, RankContext& context) {
         o.step_bytes > 0 ? (std::to_string(o.step_bytes) + "(bytes)").c_str()
                          : (std::to_string(o.factor) + "(factor)").c_str(),
         o.warmup, o.iters, o.check > 0, o.mode.c_str(), context.launch(), transport.name());
+    std::printf("#  Rank 0 on host %s\n", hostName().c_str());
     for (int r = 0; r < n; ++r) {
-      std::printf("#  Rank %2d Pid %7d on %s device cpu\n", r, static_cast<int>(pids[r]),
-                  hostAndPid().substr(0, hostAndPid().find(':')).c_str());
+      std::printf("#  Rank %2d Pid %7d device cpu\n", r, static_cast<int>(pids[r]));
     }
     std::printf(
         "#\n# size: one rank's whole send buffer; count: %s elements per peer; "
@@ -154,7 +154,6 @@ int runAlltoall(const AlltoallOptions& o, RankContext& context) {
   double busbw_sum = 0;
   int rows_counted = 0;
   int64_t wrong_total = 0;
-  const Deadline::Clock::duration budget = std::chrono::milliseconds(timeout_ms);
   Progress progress(root);
   size_t step = 0;
   for (int cycle = 0; cycle < o.repeats; ++cycle) {
@@ -167,7 +166,6 @@ int runAlltoall(const AlltoallOptions& o, RankContext& context) {
         throwIfError(transport.createWindow(2 * size, Deadline::afterMs(timeout_ms), &ex.window));
       }
       auto deadline = [&] { return Deadline::afterMs(timeout_ms); };
-      (void)budget;
       for (int i = 0; i < o.warmup; ++i) ex.run(deadline());
       group.impl().bootstrap->barrier(deadline()).isOk();
       auto start = Clock::now();

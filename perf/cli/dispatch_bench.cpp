@@ -58,10 +58,6 @@ Stats statsOf(std::vector<double> v) {
   return s;
 }
 
-nlohmann::json statsJson(const Stats& s) {
-  return {{"avg", s.avg}, {"min", s.min}, {"max", s.max}, {"p50", s.p50}, {"p99", s.p99}};
-}
-
 }  // namespace
 
 int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
@@ -289,7 +285,6 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
       if (!writeJson(o.json, doc)) return 2;
     }
   }
-  (void)statsJson;
   return wrong_all == 0 ? 0 : 1;
 }
 

@@ -31,10 +31,10 @@ std::vector<double> RankContext::gather(Group& group, const std::vector<double>&
   return all;
 }
 
-std::string hostAndPid() {
+std::string hostName() {
   char host[64] = {};
   gethostname(host, sizeof(host) - 1);
-  return std::string(host) + ":" + std::to_string(getpid());
+  return host;
 }
 
 namespace {

@@ -38,7 +38,7 @@ class RankContext {
 // Runs `body` on every rank; returns the largest exit code any rank in this process returned.
 int runOnRanks(const CommonOptions& options, const std::function<int(RankContext&)>& body);
 
-// "vm:1234" for the header's rank lines.
-std::string hostAndPid();
+// This machine's host name, for the header.
+std::string hostName();
 
 }  // namespace moecomm::perf

@@ -39,9 +39,7 @@ Status CallbackBootstrap::barrier(Deadline deadline) {
     }
     return Status::ok();
   }
-  std::vector<std::byte> sink(static_cast<size_t>(callbacks_.size));
-  std::byte token{0};
-  return allGather(&token, sink.data(), 1, deadline);
+  return Bootstrap::barrier(deadline);
 }
 
 }  // namespace moecomm

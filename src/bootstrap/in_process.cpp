@@ -68,10 +68,4 @@ Status InProcessBootstrap::allGather(const void* in, void* out, size_t bytes, De
   return Status::ok();
 }
 
-Status InProcessBootstrap::barrier(Deadline deadline) {
-  std::vector<std::byte> sink(static_cast<size_t>(world_->size));
-  std::byte token{0};
-  return allGather(&token, sink.data(), 1, deadline);
-}
-
 }  // namespace moecomm

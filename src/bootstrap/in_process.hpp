@@ -38,7 +38,6 @@ class InProcessBootstrap final : public Bootstrap {
   int size() const override { return world_->size; }
   const char* kind() const override { return "threads"; }
   Status allGather(const void* in, void* out, size_t bytes, Deadline deadline) override;
-  Status barrier(Deadline deadline) override;
 
  private:
   std::shared_ptr<LocalWorld::State> world_;

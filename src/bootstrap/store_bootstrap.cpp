@@ -153,10 +153,4 @@ Status StoreBootstrap::allGather(const void* in, void* out, size_t bytes, Deadli
   return Status::ok();
 }
 
-Status StoreBootstrap::barrier(Deadline deadline) {
-  std::vector<std::byte> sink(static_cast<size_t>(size_));
-  std::byte token{0};
-  return allGather(&token, sink.data(), 1, deadline);
-}
-
 }  // namespace moecomm

@@ -31,7 +31,6 @@ class StoreBootstrap final : public Bootstrap {
   int size() const override { return size_; }
   const char* kind() const override { return "env"; }
   Status allGather(const void* in, void* out, size_t bytes, Deadline deadline) override;
-  Status barrier(Deadline deadline) override;
 
  private:
   StoreBootstrap() = default;

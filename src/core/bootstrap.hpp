@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <vector>
 
 #include "src/core/deadline.hpp"
 #include "src/core/status.hpp"
@@ -21,7 +22,12 @@ class Bootstrap {
   // Every rank contributes `bytes` from `in`; `out` receives size() * bytes, rank-ordered. Every
   // rank must pass the same `bytes`. Fails with kTimeout naming the ranks that did not arrive.
   virtual Status allGather(const void* in, void* out, size_t bytes, Deadline deadline) = 0;
-  virtual Status barrier(Deadline deadline) = 0;
+  // Returns once every rank has called it. By default a one-byte all-gather.
+  virtual Status barrier(Deadline deadline) {
+    std::vector<std::byte> sink(static_cast<size_t>(size()));
+    std::byte token{0};
+    return allGather(&token, sink.data(), 1, deadline);
+  }
 };
 
 }  // namespace moecomm
