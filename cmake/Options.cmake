@@ -29,8 +29,12 @@ function(moecomm_set_warnings target)
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor
       -Wcast-align -Woverloaded-virtual -Wimplicit-fallthrough>)
+  # nvcc: its own warnings and the host compiler's, for device code as for host code.
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra --Wreorder --Wext-lambda-captures-this>)
   if(MOECOMM_WARNINGS_AS_ERRORS)
-    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Werror>)
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Werror>
+                                             $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings>)
   endif()
 endfunction()
 
@@ -45,6 +49,7 @@ if(MOECOMM_ENABLE_TSAN)
   list(APPEND MOECOMM_SANITIZER_FLAGS -fsanitize=thread)
 endif()
 if(MOECOMM_SANITIZER_FLAGS)
-  add_compile_options(${MOECOMM_SANITIZER_FLAGS})
+  # Host code only: nvcc does not take these flags.
+  add_compile_options("$<$<COMPILE_LANGUAGE:C,CXX>:${MOECOMM_SANITIZER_FLAGS}>")
   add_link_options(${MOECOMM_SANITIZER_FLAGS})
 endif()

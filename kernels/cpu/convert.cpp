@@ -40,7 +40,8 @@ void storeElement(void* dst, DType dtype, int64_t i, float value) {
 
 void convertArray(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n) {
   if (src_dtype == dst_dtype) {
-    std::memcpy(dst, src, static_cast<size_t>(n) * dtypeSize(src_dtype));
+    const size_t element = src_dtype == DType::kF32 ? 4 : 2;  // f32, or bf16 / f16
+    std::memcpy(dst, src, static_cast<size_t>(n) * element);
     return;
   }
   for (int64_t i = 0; i < n; ++i) storeElement(dst, dst_dtype, i, loadElement(src, src_dtype, i));

@@ -9,7 +9,7 @@ namespace moecomm {
 LocalWorld::LocalWorld(int size) {
   if (size < 1) {
     throw Error(StatusCode::kInvalidArgument,
-                fmt::format("LocalWorld size must be >= 1, got {}", size));
+                text::format("LocalWorld size must be >= 1, got {}", size));
   }
   state_ = std::make_shared<State>(size);
 }
@@ -53,8 +53,8 @@ Status InProcessBootstrap::allGather(const void* in, void* out, size_t bytes, De
       for (int r = 0; r < w.size; ++r) {
         if (!w.arrived[r]) missing.push_back(r);
       }
-      w.broken = fmt::format("rank {} timed out in a bootstrap collective waiting for rank(s) {}",
-                             rank_, formatRankList(missing));
+      w.broken = text::format("rank {} timed out in a bootstrap collective waiting for rank(s) {}",
+                              rank_, formatRankList(missing));
       w.cv.notify_all();
       return makeError(StatusCode::kTimeout, "{}; check that every rank reaches this call",
                        w.broken);

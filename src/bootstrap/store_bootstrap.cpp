@@ -96,7 +96,7 @@ StoreBootstrap::~StoreBootstrap() {
 }
 
 Status StoreBootstrap::allGather(const void* in, void* out, size_t bytes, Deadline deadline) {
-  const std::string prefix = fmt::format("ag/{}/", generation_++);
+  const std::string prefix = text::format("ag/{}/", generation_++);
   const int64_t rpc_timeout_ms =
       std::max<int64_t>(2000, std::chrono::duration_cast<std::chrono::milliseconds>(
                                   deadline.when() - Deadline::Clock::now())

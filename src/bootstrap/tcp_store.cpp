@@ -234,12 +234,12 @@ void TcpStoreServer::serve() {
       const int size = r.get<int32_t>();
       std::string error;
       if (size != world_size_) {
-        error = fmt::format("rank {} says the world has {} ranks but rank 0 says {}", rank, size,
-                            world_size_);
+        error = text::format("rank {} says the world has {} ranks but rank 0 says {}", rank, size,
+                             world_size_);
       } else if (rank < 0 || rank >= world_size_) {
-        error = fmt::format("rank {} is out of range [0, {})", rank, world_size_);
+        error = text::format("rank {} is out of range [0, {})", rank, world_size_);
       } else if (rank_taken[rank]) {
-        error = fmt::format("two processes claim rank {}; give each process its own RANK", rank);
+        error = text::format("two processes claim rank {}; give each process its own RANK", rank);
       }
       if (error.empty()) {
         rank_taken[rank] = true;
@@ -319,7 +319,7 @@ void TcpStoreServer::serve() {
 Status TcpStoreClient::connect(const std::string& host, int port, int rank, int world_size,
                                Deadline deadline, std::unique_ptr<TcpStoreClient>* out) {
   std::unique_ptr<TcpStoreClient> client(new TcpStoreClient());
-  client->address_ = fmt::format("{}:{}", host, port);
+  client->address_ = text::format("{}:{}", host, port);
   std::string last_error;
   int backoff_ms = 10;
   while (client->fd_ < 0) {

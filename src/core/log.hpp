@@ -2,7 +2,7 @@
 // MOECOMM_LOG_LEVEL (error, warn, info, debug, trace; default warn).
 #pragma once
 
-#include <fmt/format.h>
+#include "src/core/format.hpp"
 
 #include <string>
 
@@ -18,5 +18,5 @@ void logWrite(LogLevel level, const std::string& message);
 #define MOECOMM_LOG(level, ...)                                             \
   do {                                                                      \
     if (static_cast<int>(level) <= static_cast<int>(::moecomm::logLevel())) \
-      ::moecomm::logWrite(level, fmt::format(__VA_ARGS__));                 \
+      ::moecomm::logWrite(level, ::moecomm::text::format(__VA_ARGS__));     \
   } while (0)

@@ -5,17 +5,32 @@
 #include <bit>
 #include <cstdint>
 
+// The same conversions run in CUDA kernels, so GPU and CPU results agree bit for bit.
+#if defined(__CUDACC__)
+#define MOECOMM_HD __host__ __device__
+#else
+#define MOECOMM_HD
+#endif
+
 namespace moecomm::numeric {
 
-inline float bitsToFloat(uint32_t bits) {
+MOECOMM_HD inline float bitsToFloat(uint32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(bits);
+#else
   return std::bit_cast<float>(bits);
+#endif
 }
-inline uint32_t floatToBits(float value) {
+MOECOMM_HD inline uint32_t floatToBits(float value) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(value);
+#else
   return std::bit_cast<uint32_t>(value);
+#endif
 }
 
 // Rounds away `shift` low bits of `value` to nearest, ties to even.
-inline uint32_t roundShiftRne(uint32_t value, int shift) {
+MOECOMM_HD inline uint32_t roundShiftRne(uint32_t value, int shift) {
   uint32_t kept = value >> shift;
   uint32_t rest = value & ((1u << shift) - 1u);
   uint32_t half = 1u << (shift - 1);
@@ -23,18 +38,18 @@ inline uint32_t roundShiftRne(uint32_t value, int shift) {
   return kept;
 }
 
-inline uint16_t floatToBf16(float value) {
+MOECOMM_HD inline uint16_t floatToBf16(float value) {
   uint32_t bits = floatToBits(value);
   if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x0040u);
   bits += 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<uint16_t>(bits >> 16);
 }
 
-inline float bf16ToFloat(uint16_t bits) {
+MOECOMM_HD inline float bf16ToFloat(uint16_t bits) {
   return bitsToFloat(static_cast<uint32_t>(bits) << 16);
 }
 
-inline uint16_t floatToF16(float value) {
+MOECOMM_HD inline uint16_t floatToF16(float value) {
   uint32_t bits = floatToBits(value);
   uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   uint32_t magnitude = bits & 0x7fffffffu;
@@ -53,7 +68,7 @@ inline uint16_t floatToF16(float value) {
   return static_cast<uint16_t>(sign | roundShiftRne(packed, 13));
 }
 
-inline float f16ToFloat(uint16_t half) {
+MOECOMM_HD inline float f16ToFloat(uint16_t half) {
   uint32_t sign = static_cast<uint32_t>(half & 0x8000u) << 16;
   uint32_t exponent = (half >> 10) & 0x1fu;
   uint32_t mantissa = half & 0x3ffu;
@@ -65,7 +80,7 @@ inline float f16ToFloat(uint16_t half) {
   return bitsToFloat(sign | ((exponent + 112u) << 23) | (mantissa << 13));
 }
 
-inline uint8_t floatToFp8E4M3(float value) {
+MOECOMM_HD inline uint8_t floatToFp8E4M3(float value) {
   uint32_t bits = floatToBits(value);
   uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80u);
   uint32_t magnitude = bits & 0x7fffffffu;
@@ -84,7 +99,7 @@ inline uint8_t floatToFp8E4M3(float value) {
   return static_cast<uint8_t>(sign | rounded);
 }
 
-inline float fp8E4M3ToFloat(uint8_t code) {
+MOECOMM_HD inline float fp8E4M3ToFloat(uint8_t code) {
   uint32_t exponent = (code >> 3) & 0xfu;
   uint32_t mantissa = code & 0x7u;
   float magnitude;
@@ -99,7 +114,7 @@ inline float fp8E4M3ToFloat(uint8_t code) {
 }
 
 // Loads and stores of the payload types the engine accumulates in f32.
-inline float loadAsFloat(const void* base, int64_t i, bool is_bf16) {
+MOECOMM_HD inline float loadAsFloat(const void* base, int64_t i, bool is_bf16) {
   return is_bf16 ? bf16ToFloat(static_cast<const uint16_t*>(base)[i])
                  : static_cast<const float*>(base)[i];
 }

@@ -1,6 +1,6 @@
 #include "src/core/rank_list.hpp"
 
-#include <fmt/format.h>
+#include "src/core/format.hpp"
 
 namespace moecomm {
 
@@ -10,9 +10,9 @@ std::string formatRankList(const std::vector<int>& ranks) {
     size_t j = i;
     while (j + 1 < ranks.size() && ranks[j + 1] == ranks[j] + 1) ++j;
     if (!text.empty()) text += ", ";
-    text += j > i + 1 ? fmt::format("{}-{}", ranks[i], ranks[j])
-                      : (j == i + 1 ? fmt::format("{}, {}", ranks[i], ranks[j])
-                                    : fmt::format("{}", ranks[i]));
+    text += j > i + 1 ? text::format("{}-{}", ranks[i], ranks[j])
+                      : (j == i + 1 ? text::format("{}, {}", ranks[i], ranks[j])
+                                    : text::format("{}", ranks[i]));
     i = j + 1;
   }
   return text.empty() ? "none" : text;

@@ -2,7 +2,7 @@
 // wrong, where, and what to do; the C++ API edge turns it into moecomm::Error.
 #pragma once
 
-#include <fmt/format.h>
+#include "src/core/format.hpp"
 
 #include <string>
 #include <utility>
@@ -27,8 +27,8 @@ class [[nodiscard]] Status {
 };
 
 template <typename... Args>
-Status makeError(StatusCode code, fmt::format_string<Args...> format, Args&&... args) {
-  return Status(code, fmt::format(format, std::forward<Args>(args)...));
+Status makeError(StatusCode code, text::format_string<Args...> format, Args&&... args) {
+  return Status(code, text::format(format, std::forward<Args>(args)...));
 }
 
 // The C++ API edge: throws moecomm::Error for a failed status.

@@ -1,4 +1,4 @@
-#include <fmt/format.h>
+#include "src/core/format.hpp"
 
 #include <cstdlib>
 #include <cstring>
@@ -70,9 +70,9 @@ int64_t TensorView::numel() const noexcept {
 
 std::string TensorView::describe() const {
   std::string dims;
-  for (int i = 0; i < ndim; ++i) dims += fmt::format("{}{}", i ? ", " : "", shape[i]);
-  return fmt::format("{}[{}] {}", dtypeName(dtype), dims,
-                     device.kind == DeviceKind::kCpu ? "cpu" : "cuda");
+  for (int i = 0; i < ndim; ++i) dims += text::format("{}{}", i ? ", " : "", shape[i]);
+  return text::format("{}[{}] {}", dtypeName(dtype), dims,
+                      device.kind == DeviceKind::kCpu ? "cpu" : "cuda");
 }
 
 Tensor Tensor::empty(std::initializer_list<int64_t> shape, DType dtype) {
@@ -82,7 +82,7 @@ Tensor Tensor::empty(std::initializer_list<int64_t> shape, DType dtype) {
   if (t.view_.ndim > kMaxDims) throw std::invalid_argument("moecomm::Tensor: at most 4 dims");
   int i = 0;
   for (int64_t d : shape) {
-    if (d < 0) throw std::invalid_argument(fmt::format("moecomm::Tensor: negative dim {}", d));
+    if (d < 0) throw std::invalid_argument(text::format("moecomm::Tensor: negative dim {}", d));
     t.view_.shape[i++] = d;
   }
   size_t capacity = 0;

@@ -10,7 +10,7 @@ Status checkMatrix(const char* name, const TensorView& view, int64_t rows, int64
   std::string allowed;
   for (DType d : dtypes) {
     dtype_ok = dtype_ok || d == view.dtype;
-    allowed += fmt::format("{}{}", allowed.empty() ? "" : " or ", dtypeName(d));
+    allowed += text::format("{}{}", allowed.empty() ? "" : " or ", dtypeName(d));
   }
   if (!dtype_ok) {
     return makeError(StatusCode::kInvalidArgument, "{} has dtype {}, expected {}", name,

@@ -28,9 +28,9 @@ Tensor toF32(const TensorView& v) {
 ExpertMlp::ExpertMlp(const ExpertMlpConfig& config) : config_(config) {
   if (config.hidden < 1 || config.ffn < 1 || config.num_experts < 0) {
     throw Error(StatusCode::kInvalidArgument,
-                fmt::format("ExpertMlpConfig needs hidden >= 1, ffn >= 1, num_experts >= 0; got "
-                            "hidden={} ffn={} num_experts={}",
-                            config.hidden, config.ffn, config.num_experts));
+                text::format("ExpertMlpConfig needs hidden >= 1, ffn >= 1, num_experts >= 0; got "
+                             "hidden={} ffn={} num_experts={}",
+                             config.hidden, config.ffn, config.num_experts));
   }
   const int64_t E = config.num_experts, H = config.hidden, F = config.ffn;
   w_in_ = Tensor::zeros({E, H, inColumns(config)}, DType::kF32);
@@ -49,12 +49,12 @@ Tensor ExpertMlp::forward(const TensorView& x, const std::vector<int64_t>& count
   if (x.ndim != 2 || x.shape[1] != config_.hidden ||
       (x.dtype != DType::kF32 && x.dtype != DType::kBF16)) {
     throw Error(StatusCode::kInvalidArgument,
-                fmt::format("expert MLP input {} must be f32 or bf16 [rows, {}]", x.describe(),
-                            config_.hidden));
+                text::format("expert MLP input {} must be f32 or bf16 [rows, {}]", x.describe(),
+                             config_.hidden));
   }
   if (counts.size() != static_cast<size_t>(config_.num_experts)) {
-    throw Error(StatusCode::kInvalidArgument,
-                fmt::format("{} expert counts for {} experts", counts.size(), config_.num_experts));
+    throw Error(StatusCode::kInvalidArgument, text::format("{} expert counts for {} experts",
+                                                           counts.size(), config_.num_experts));
   }
   const int64_t R = x.shape[0], F = config_.ffn;
   Tensor x32 = x.dtype == DType::kF32 ? Tensor() : toF32(x);
@@ -90,8 +90,8 @@ Tensor ExpertMlp::backward(const TensorView& grad_y, ExecContext) {
   const int64_t R = h_.dim(0), F = config_.ffn;
   if (grad_y.ndim != 2 || grad_y.shape[0] != R || grad_y.shape[1] != config_.hidden) {
     throw Error(StatusCode::kInvalidArgument,
-                fmt::format("grad_y {} must be [{}, {}] like the forward's output",
-                            grad_y.describe(), R, config_.hidden));
+                text::format("grad_y {} must be [{}, {}] like the forward's output",
+                             grad_y.describe(), R, config_.hidden));
   }
   Tensor dh = Tensor::empty({R, F}, DType::kF32);
   throwIfError(runGroupedGemm(GemmForm::kNT, grad_y, w_out_, dh, counts_, offsets_, 0.0f));

@@ -74,13 +74,13 @@ MoeLayer::MoeLayer(Group& group, const MoeLayerConfig& config) {
   const GroupConfig& g = group.config();
   if (config.router.topk != g.topk) {
     throw Error(StatusCode::kInvalidArgument,
-                fmt::format("MoeLayerConfig.router.topk={} but the group routes top-{}; they must "
-                            "match",
-                            config.router.topk, g.topk));
+                text::format("MoeLayerConfig.router.topk={} but the group routes top-{}; they must "
+                             "match",
+                             config.router.topk, g.topk));
   }
   if (config.shared_ffn < 0) {
     throw Error(StatusCode::kInvalidArgument,
-                fmt::format("shared_ffn must be >= 0, got {}", config.shared_ffn));
+                text::format("shared_ffn must be >= 0, got {}", config.shared_ffn));
   }
   state_ = std::make_unique<State>(group, config, expertConfig(group, config));
   State& s = *state_;
@@ -149,7 +149,7 @@ MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
       (x.dtype != DType::kF32 && x.dtype != DType::kBF16)) {
     throw Error(
         StatusCode::kInvalidArgument,
-        fmt::format("MoeLayer input {} must be f32 or bf16 [tokens, {}]", x.describe(), g.hidden));
+        text::format("MoeLayer input {} must be f32 or bf16 [tokens, {}]", x.describe(), g.hidden));
   }
   s.forward_done = false;
   Stopwatch lap;
@@ -206,8 +206,8 @@ Tensor MoeLayer::backward(const TensorView& grad_out, ExecContext context) {
   if (grad_out.ndim != 2 || grad_out.shape[0] != T || grad_out.shape[1] != H ||
       (grad_out.dtype != DType::kF32 && grad_out.dtype != DType::kBF16)) {
     throw Error(StatusCode::kInvalidArgument,
-                fmt::format("grad_out {} must be f32 or bf16 [{}, {}] like the forward's output",
-                            grad_out.describe(), T, H));
+                text::format("grad_out {} must be f32 or bf16 [{}, {}] like the forward's output",
+                             grad_out.describe(), T, H));
   }
   Stopwatch lap;
   MoePhaseTimes& times = s.backward_times;

@@ -189,7 +189,7 @@ Group Group::create(LocalWorld& world, int rank, const GroupConfig& config) {
   if (rank < 0 || rank >= world.size()) {
     throw Error(
         StatusCode::kInvalidArgument,
-        fmt::format("rank {} is out of range [0, {}) for this LocalWorld", rank, world.size()));
+        text::format("rank {} is out of range [0, {}) for this LocalWorld", rank, world.size()));
   }
   Group group;
   throwIfError(

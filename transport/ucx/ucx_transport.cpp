@@ -281,7 +281,7 @@ void UcxTransport::checkLiveness() {
   for (int p = 0; p < size_; ++p) {
     if (local_pid_[p] == 0 || !failed_[p].empty()) continue;
     if (::kill(static_cast<pid_t>(local_pid_[p]), 0) != 0 && errno == ESRCH) {
-      failed_[p] = fmt::format("its process {} on this host has exited", local_pid_[p]);
+      failed_[p] = text::format("its process {} on this host has exited", local_pid_[p]);
       MOECOMM_LOG(LogLevel::kWarn, "rank {}: rank {} died: {}", rank_, p, failed_[p]);
     }
   }

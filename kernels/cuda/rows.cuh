@@ -1,0 +1,61 @@
+// Row access for the data-movement kernels: 16-byte vectors when a row and its pointers allow,
+// otherwise 4-byte words, otherwise bytes, so any hidden size is right and aligned ones are fast.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "src/core/numeric.hpp"
+
+namespace moecomm::cuda {
+
+// The widest unit (16, 4 or 1 bytes) that divides `bytes` and the given addresses.
+inline int copyUnit(int64_t bytes, const void* a, const void* b) {
+  const auto bits = static_cast<uint64_t>(bytes) | reinterpret_cast<uintptr_t>(a) |
+                    reinterpret_cast<uintptr_t>(b);
+  if (bits % 16 == 0) return 16;
+  if (bits % 4 == 0) return 4;
+  return 1;
+}
+
+template <typename Unit>
+__device__ inline void copyRowUnits(void* dst, const void* src, int64_t bytes, int thread,
+                                    int threads) {
+  const auto* s = static_cast<const Unit*>(src);
+  auto* d = static_cast<Unit*>(dst);
+  const int64_t units = bytes / static_cast<int64_t>(sizeof(Unit));
+  for (int64_t i = thread; i < units; i += threads) d[i] = s[i];
+}
+
+template <typename Unit>
+__device__ inline void zeroRowUnits(void* dst, int64_t bytes, int thread, int threads) {
+  auto* d = static_cast<Unit*>(dst);
+  const int64_t units = bytes / static_cast<int64_t>(sizeof(Unit));
+  for (int64_t i = thread; i < units; i += threads) d[i] = Unit{};
+}
+
+// Payload elements as f32: T is float (f32 rows) or uint16_t (bf16 rows).
+__device__ inline float toFloat(float v) {
+  return v;
+}
+__device__ inline float toFloat(uint16_t v) {
+  return numeric::bf16ToFloat(v);
+}
+__device__ inline void fromFloat(float v, float* out) {
+  *out = v;
+}
+__device__ inline void fromFloat(float v, uint16_t* out) {
+  *out = numeric::floatToBf16(v);
+}
+
+// Elements per 16-byte vector for payload type T.
+template <typename T>
+constexpr int kLanes = 16 / static_cast<int>(sizeof(T));
+
+template <typename T>
+struct alignas(16) Vec {
+  T v[kLanes<T>];
+};
+
+}  // namespace moecomm::cuda
