@@ -6,6 +6,7 @@
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "moecomm/export.hpp"
 
@@ -23,12 +24,21 @@ enum class DType : int32_t {
 MOECOMM_API size_t dtypeSize(DType dtype) noexcept;
 MOECOMM_API const char* dtypeName(DType dtype) noexcept;
 
-enum class DeviceKind : int32_t { kCpu = 0, kCuda = 1 /* reserved for the CUDA backend */ };
+enum class DeviceKind : int32_t { kCpu = 0, kCuda = 1 };
 
 struct Device {
   DeviceKind kind = DeviceKind::kCpu;
-  int index = 0;
+  int index = 0;  // the GPU's CUDA device index
   static Device cpu() { return {}; }
+  static Device cuda(int index = 0) { return {DeviceKind::kCuda, index}; }
+  bool isCuda() const noexcept { return kind == DeviceKind::kCuda; }
+};
+
+// Where an operation runs. CPU operations ignore the stream; with CUDA tensors the work is ordered
+// on it (docs/cuda.md says which calls also wait for it). Every operation takes one as its last
+// argument so that shape never changes.
+struct ExecContext {
+  void* stream = nullptr;  // a cudaStream_t; null is the default stream
 };
 
 inline constexpr int kMaxDims = 4;
@@ -56,13 +66,14 @@ struct MOECOMM_API TensorView {
   }
 };
 
-// An owning, host-allocated tensor (64-byte aligned). Results the library produces are Tensors;
-// inputs are TensorViews. Copies share the storage.
+// An owning tensor in host memory (64-byte aligned) or on a GPU (cudaMalloc). Results the library
+// produces are Tensors; inputs are TensorViews. Copies share the storage.
 class MOECOMM_API Tensor {
  public:
   Tensor() = default;
-  static Tensor empty(std::initializer_list<int64_t> shape, DType dtype);
-  static Tensor zeros(std::initializer_list<int64_t> shape, DType dtype);
+  static Tensor empty(std::initializer_list<int64_t> shape, DType dtype, Device device = {});
+  static Tensor empty(const std::vector<int64_t>& shape, DType dtype, Device device = {});
+  static Tensor zeros(std::initializer_list<int64_t> shape, DType dtype, Device device = {});
 
   const TensorView& view() const noexcept { return view_; }
   operator const TensorView&() const noexcept { return view_; }  // NOLINT: views are the currency
@@ -72,6 +83,7 @@ class MOECOMM_API Tensor {
     return static_cast<T*>(view_.data);
   }
   DType dtype() const noexcept { return view_.dtype; }
+  Device device() const noexcept { return view_.device; }
   int64_t dim(int i) const noexcept { return view_.dim(i); }
   int64_t numel() const noexcept { return view_.numel(); }
   size_t bytes() const noexcept { return view_.bytes(); }
@@ -82,10 +94,8 @@ class MOECOMM_API Tensor {
   TensorView view_;
 };
 
-// Where an operation runs. CPU operations ignore the stream; the CUDA backend will order its work
-// on it. Every operation takes one as its last argument so that shape never changes.
-struct ExecContext {
-  void* stream = nullptr;  // cudaStream_t when the CUDA backend exists
-};
+// A copy of `src` on `device` (host to GPU, GPU to host, or within either), ordered on the
+// context's stream and finished when this returns.
+MOECOMM_API Tensor copyTo(const TensorView& src, Device device, ExecContext context = {});
 
 }  // namespace moecomm

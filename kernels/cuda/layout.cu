@@ -142,19 +142,23 @@ cudaError_t computeLayout(const int32_t* topk_idx, int64_t tokens, int topk, int
   positionsKernel<<<blocksFor(n), kThreads, 0, stream>>>(flags, scan, tokens, ranks, out.send_pos,
                                                          out.rank_offsets, out.tokens_per_rank);
   MOECOMM_CUDA_TRY(cudaGetLastError());
+  return countExperts(topk_idx, tokens * topk, experts, out.tokens_per_expert, stream);
+}
+
+cudaError_t countExperts(const int32_t* idx, int64_t slots, int experts, int32_t* counts,
+                         cudaStream_t stream) {
+  if (experts < 1 || slots < 0 || slots >= INT32_MAX) return cudaErrorInvalidValue;
   // Slots marked -1 fall outside [0, E) and are not counted.
-  MOECOMM_CUDA_TRY(cudaMemsetAsync(out.tokens_per_expert, 0, sizeof(int32_t) * experts, stream));
-  const int64_t samples = tokens * topk;
-  if (samples > 0) {
-    temp_bytes = 0;
-    MOECOMM_CUDA_TRY(cub::DeviceHistogram::HistogramEven(
-        nullptr, temp_bytes, topk_idx, out.tokens_per_expert, experts + 1, 0, experts,
-        static_cast<int>(samples), stream));
-    MOECOMM_CUDA_TRY(scratch.take(temp_bytes, reinterpret_cast<char**>(&temp)));
-    MOECOMM_CUDA_TRY(cub::DeviceHistogram::HistogramEven(
-        temp, temp_bytes, topk_idx, out.tokens_per_expert, experts + 1, 0, experts,
-        static_cast<int>(samples), stream));
-  }
+  MOECOMM_CUDA_TRY(cudaMemsetAsync(counts, 0, sizeof(int32_t) * experts, stream));
+  if (slots == 0) return cudaSuccess;
+  StreamScratch scratch(stream);
+  size_t temp_bytes = 0;
+  MOECOMM_CUDA_TRY(cub::DeviceHistogram::HistogramEven(
+      nullptr, temp_bytes, idx, counts, experts + 1, 0, experts, static_cast<int>(slots), stream));
+  char* temp = nullptr;
+  MOECOMM_CUDA_TRY(scratch.take(temp_bytes, &temp));
+  MOECOMM_CUDA_TRY(cub::DeviceHistogram::HistogramEven(
+      temp, temp_bytes, idx, counts, experts + 1, 0, experts, static_cast<int>(slots), stream));
   return cudaSuccess;
 }
 

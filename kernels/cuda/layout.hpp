@@ -24,6 +24,10 @@ struct LayoutOutputs {
 cudaError_t computeLayout(const int32_t* topk_idx, int64_t tokens, int topk, int experts, int ranks,
                           const LayoutOutputs& out, cudaStream_t stream);
 
+// counts[e] = slots of idx (n ids, -1 = unused) naming expert e, for e < experts (CUB histogram).
+cudaError_t countExperts(const int32_t* idx, int64_t slots, int experts, int32_t* counts,
+                         cudaStream_t stream);
+
 // send[send_pos[r, t]] = x[t] for every sent (rank, token): each token row is read once and
 // written once per destination rank. Rows are row_bytes long (any size).
 cudaError_t packRows(const void* x, int64_t tokens, int64_t row_bytes, int ranks,

@@ -1,3 +1,4 @@
+#include "src/core/device.hpp"
 #include "src/core/format.hpp"
 
 #include <cstdlib>
@@ -72,18 +73,28 @@ std::string TensorView::describe() const {
   std::string dims;
   for (int i = 0; i < ndim; ++i) dims += text::format("{}{}", i ? ", " : "", shape[i]);
   return text::format("{}[{}] {}", dtypeName(dtype), dims,
-                      device.kind == DeviceKind::kCpu ? "cpu" : "cuda");
+                      device.isCuda() ? text::format("cuda:{}", device.index) : "cpu");
 }
 
-Tensor Tensor::empty(std::initializer_list<int64_t> shape, DType dtype) {
+Tensor Tensor::empty(std::initializer_list<int64_t> shape, DType dtype, Device device) {
+  return empty(std::vector<int64_t>(shape), dtype, device);
+}
+
+Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
   Tensor t;
   t.view_.dtype = dtype;
+  t.view_.device = device;
   t.view_.ndim = static_cast<int>(shape.size());
   if (t.view_.ndim > kMaxDims) throw std::invalid_argument("moecomm::Tensor: at most 4 dims");
   int i = 0;
   for (int64_t d : shape) {
     if (d < 0) throw std::invalid_argument(text::format("moecomm::Tensor: negative dim {}", d));
     t.view_.shape[i++] = d;
+  }
+  if (device.isCuda()) {
+    throwIfError(device::allocate(device.index, t.view_.bytes(), &t.storage_));
+    t.view_.data = t.storage_.get();
+    return t;
   }
   size_t capacity = 0;
   void* memory = hostAlloc(t.view_.bytes(), &capacity);
@@ -93,10 +104,30 @@ Tensor Tensor::empty(std::initializer_list<int64_t> shape, DType dtype) {
   return t;
 }
 
-Tensor Tensor::zeros(std::initializer_list<int64_t> shape, DType dtype) {
-  Tensor t = empty(shape, dtype);
-  std::memset(t.data(), 0, t.bytes());
+Tensor Tensor::zeros(std::initializer_list<int64_t> shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  if (device.isCuda()) {
+    throwIfError(device::memsetAsync(t.data(), 0, t.bytes(), nullptr));
+    throwIfError(device::synchronize(nullptr));
+  } else {
+    std::memset(t.data(), 0, t.bytes());
+  }
   return t;
+}
+
+Tensor copyTo(const TensorView& src, Device device, ExecContext context) {
+  std::vector<int64_t> shape(src.shape, src.shape + src.ndim);
+  Tensor out = Tensor::empty(shape, src.dtype, device);
+  if (!src.device.isCuda() && !device.isCuda()) {
+    if (src.bytes() > 0) std::memcpy(out.data(), src.data, src.bytes());
+    return out;
+  }
+  const device::Direction direction = !src.device.isCuda() ? device::Direction::kToDevice
+                                      : !device.isCuda()   ? device::Direction::kToHost
+                                                           : device::Direction::kDeviceToDevice;
+  throwIfError(device::copyAsync(out.data(), src.data, src.bytes(), direction, context.stream));
+  throwIfError(device::synchronize(context.stream));
+  return out;
 }
 
 }  // namespace moecomm

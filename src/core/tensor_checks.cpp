@@ -5,7 +5,7 @@
 namespace moecomm {
 
 Status checkMatrix(const char* name, const TensorView& view, int64_t rows, int64_t cols,
-                   std::initializer_list<DType> dtypes) {
+                   std::initializer_list<DType> dtypes, bool any_device) {
   bool dtype_ok = false;
   std::string allowed;
   for (DType d : dtypes) {
@@ -16,9 +16,10 @@ Status checkMatrix(const char* name, const TensorView& view, int64_t rows, int64
     return makeError(StatusCode::kInvalidArgument, "{} has dtype {}, expected {}", name,
                      dtypeName(view.dtype), allowed);
   }
-  if (view.device.kind != DeviceKind::kCpu) {
+  if (view.device.kind != DeviceKind::kCpu && !any_device) {
     return makeError(StatusCode::kInvalidArgument,
-                     "{} is on a CUDA device, but this build's operations take cpu tensors only",
+                     "{} is on a CUDA device, but this operation takes host tensors (docs/cuda.md "
+                     "lists those that take CUDA tensors)",
                      name);
   }
   if (view.ndim != 2) {

@@ -10,8 +10,8 @@
 namespace moecomm {
 
 // A 2-D cpu view [rows, cols] of one of `dtypes`; rows < 0 or cols < 0 means "any". Data may be
-// null only when the view is empty.
+// null only when the view is empty. With any_device, a CUDA view passes too.
 Status checkMatrix(const char* name, const TensorView& view, int64_t rows, int64_t cols,
-                   std::initializer_list<DType> dtypes);
+                   std::initializer_list<DType> dtypes, bool any_device = false);
 
 }  // namespace moecomm

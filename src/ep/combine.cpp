@@ -1,8 +1,10 @@
 // Combine and the backward passes, all reusing the layout a dispatch recorded in its handle.
+#include <array>
 #include <cstring>
 #include <vector>
 
 #include "kernels/cpu/rows.hpp"
+#include "src/core/host_mirror.hpp"
 #include "src/core/stopwatch.hpp"
 #include "src/core/tensor_checks.hpp"
 #include "src/ep/dispatcher_state.hpp"
@@ -49,9 +51,10 @@ Status checkReduceInputs(const Group::Impl& group, const DispatchHandle& handle,
 // Expert rows -> per-token sums on the receiving rank -> back to the source ranks -> summed per
 // token over ranks. `weighted` applies the routing weight of each row (combine) or not
 // (dispatchBackward).
+// `prior`: a failure before the call (staging CUDA tensors), reported to the peers like bad input.
 Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
                        const DispatchHandle& handle, const TensorView& out, bool weighted,
-                       WireOp op) {
+                       WireOp op, const Status& prior) {
   Group::Impl& group = *state.group;
   Staging& staging = state.staging;
   const uint64_t sequence = group.takeSequence();
@@ -59,8 +62,10 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
   Stopwatch watch;
   DispatchTimes& times = state.times;
   times = {};
-  Status local = checkReduceInputs(group, handle, rows, out, weighted ? "y" : "grad_rows",
-                                   weighted ? "out" : "grad_x");
+  Status local = prior.isOk()
+                     ? checkReduceInputs(group, handle, rows, out, weighted ? "y" : "grad_rows",
+                                         weighted ? "out" : "grad_x")
+                     : prior;
   if (!local.isOk()) return exchange(group, staging, op, sequence, 0, local);
 
   const DispatchHandle::Impl& h = *handle.impl();
@@ -126,12 +131,14 @@ Status checkCombineBackwardInputs(const Group::Impl& group, const DispatchHandle
 
 Status runCombineBackward(Dispatcher::State& state, const TensorView& grad_out, const TensorView& y,
                           const DispatchHandle& handle, const TensorView& grad_y,
-                          const TensorView& grad_weights) {
+                          const TensorView& grad_weights, const Status& prior) {
   Group::Impl& group = *state.group;
   Staging& staging = state.staging;
   const uint64_t sequence = group.takeSequence();
   staging.prepare(group.size);
-  Status local = checkCombineBackwardInputs(group, handle, grad_out, y, grad_y, grad_weights);
+  Status local = prior.isOk()
+                     ? checkCombineBackwardInputs(group, handle, grad_out, y, grad_y, grad_weights)
+                     : prior;
   if (!local.isOk())
     return exchange(group, staging, WireOp::kCombineBackwardGrad, sequence, 0, local);
 
@@ -209,32 +216,60 @@ Status runCombineBackward(Dispatcher::State& state, const TensorView& grad_out, 
   return Status::ok();
 }
 
+// Runs `work` on host views of the CUDA tensors among `inputs` and `outputs` (pinned copies),
+// writing the outputs back to the GPU only when it succeeded; CPU views pass through.
+template <size_t In, size_t Out, typename Work>
+Status staged(ExecContext context, const std::array<const TensorView*, In>& inputs,
+              const std::array<const TensorView*, Out>& outputs, Work work) {
+  HostMirror mirror(context);
+  std::array<TensorView, In> host_in;
+  std::array<TensorView, Out> host_out;
+  Status status;
+  for (size_t i = 0; i < In && status.isOk(); ++i) status = mirror.input(*inputs[i], &host_in[i]);
+  for (size_t i = 0; i < Out && status.isOk(); ++i) {
+    status = mirror.output(*outputs[i], &host_out[i]);
+  }
+  if (status.isOk()) status = mirror.ready();
+  status = work(host_in, host_out, status);
+  if (status.isOk()) status = mirror.writeBack();
+  return status;
+}
+
 }  // namespace
 
 void Dispatcher::combine(const TensorView& y, const DispatchHandle& handle, const TensorView& out,
-                         ExecContext /*context*/) {
-  Status status = reduceToSources(*state_, y, handle, out, true, WireOp::kCombine);
+                         ExecContext context) {
+  Status status = staged<1, 1>(context, {&y}, {&out}, [&](auto& in, auto& outs, const Status& s) {
+    return reduceToSources(*state_, in[0], handle, outs[0], true, WireOp::kCombine, s);
+  });
   if (!status.isOk()) state_->group->raise(status);
 }
 
 Tensor Dispatcher::combine(const TensorView& y, const DispatchHandle& handle, ExecContext context) {
   Tensor out = Tensor::empty({handle.numTokens(), y.dim(1)},
-                             y.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32);
+                             y.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32, y.device);
   combine(y, handle, out.view(), context);
   return out;
 }
 
 void Dispatcher::dispatchBackward(const TensorView& grad_rows, const DispatchHandle& handle,
-                                  const TensorView& grad_x, ExecContext /*context*/) {
+                                  const TensorView& grad_x, ExecContext context) {
   Status status =
-      reduceToSources(*state_, grad_rows, handle, grad_x, false, WireOp::kDispatchBackward);
+      staged<1, 1>(context, {&grad_rows}, {&grad_x}, [&](auto& in, auto& outs, const Status& s) {
+        return reduceToSources(*state_, in[0], handle, outs[0], false, WireOp::kDispatchBackward,
+                               s);
+      });
   if (!status.isOk()) state_->group->raise(status);
 }
 
 void Dispatcher::combineBackward(const TensorView& grad_out, const TensorView& y,
                                  const DispatchHandle& handle, const TensorView& grad_y,
-                                 const TensorView& grad_weights, ExecContext /*context*/) {
-  Status status = runCombineBackward(*state_, grad_out, y, handle, grad_y, grad_weights);
+                                 const TensorView& grad_weights, ExecContext context) {
+  Status status =
+      staged<2, 2>(context, {&grad_out, &y}, {&grad_y, &grad_weights},
+                   [&](auto& in, auto& outs, const Status& s) {
+                     return runCombineBackward(*state_, in[0], in[1], handle, outs[0], outs[1], s);
+                   });
   if (!status.isOk()) state_->group->raise(status);
 }
 

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "src/core/host_mirror.hpp"
 #include "src/core/stopwatch.hpp"
 #include "src/core/tensor_checks.hpp"
 #include "src/ep/dispatcher_state.hpp"
@@ -145,8 +146,9 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
   return Status::ok();
 }
 
+// `prior`: a failure before the call (staging CUDA inputs), reported to the peers like bad input.
 Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorView& topk_idx,
-                   const TensorView& topk_weights, ExpertBatch* out) {
+                   const TensorView& topk_weights, ExpertBatch* out, const Status& prior) {
   Group::Impl& group = *state.group;
   Staging& staging = state.staging;
   const uint64_t sequence = group.takeSequence();
@@ -157,7 +159,9 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   times = {};
 
   RoutingPlan plan;
-  Status local = checkDispatchInputs(group, state.options, x, topk_idx, topk_weights, &plan);
+  Status local = prior.isOk()
+                     ? checkDispatchInputs(group, state.options, x, topk_idx, topk_weights, &plan)
+                     : prior;
   times.layout_ms = watch.lap();
 
   // Phase 1: counts. Every rank sends its whole row of counts to every rank, so all learn the
@@ -282,10 +286,26 @@ Dispatcher::Dispatcher(Dispatcher&&) noexcept = default;
 Dispatcher& Dispatcher::operator=(Dispatcher&&) noexcept = default;
 
 ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& topk_idx,
-                                 const TensorView& topk_weights, ExecContext /*context*/) {
+                                 const TensorView& topk_weights, ExecContext context) {
   ExpertBatch batch;
-  Status status = runDispatch(*state_, x, topk_idx, topk_weights, &batch);
+  if (!anyCuda({&x, &topk_idx, &topk_weights})) {
+    Status status = runDispatch(*state_, x, topk_idx, topk_weights, &batch, Status::ok());
+    if (!status.isOk()) state_->group->raise(status);
+    return batch;
+  }
+  // CUDA tensors: staged through pinned host memory (docs/cuda.md); the batch goes back to x's GPU.
+  HostMirror mirror(context);
+  TensorView hx, hidx, hw;
+  Status staged = mirror.input(x, &hx);
+  if (staged.isOk()) staged = mirror.input(topk_idx, &hidx);
+  if (staged.isOk()) staged = mirror.input(topk_weights, &hw);
+  if (staged.isOk()) staged = mirror.ready();
+  Status status = runDispatch(*state_, hx, hidx, hw, &batch, staged);
   if (!status.isOk()) state_->group->raise(status);
+  if (x.device.isCuda()) {
+    batch.x = copyTo(batch.x.view(), x.device, context);
+    batch.row_weights = copyTo(batch.row_weights.view(), x.device, context);
+  }
   return batch;
 }
 

@@ -38,21 +38,21 @@ Status checkLayout(const std::vector<int64_t>& counts, const std::vector<int64_t
   return Status::ok();
 }
 
-Status checkView(const char* name, const TensorView& v, int ndim, bool activation) {
-  if (v.device.kind != DeviceKind::kCpu) {
+Status checkView(const char* name, const TensorView& v, int ndim, bool activation, bool cuda) {
+  if (v.device.isCuda() != cuda) {
     return makeError(StatusCode::kInvalidArgument,
-                     "{} is on a GPU; the CPU grouped GEMM needs host tensors (the CUDA backend "
-                     "will take device ones)",
-                     name);
+                     "{} is {} but the other operands are {}: pass A, B and C on one device", name,
+                     v.describe(), cuda ? "on a GPU" : "host tensors");
   }
   if (v.ndim != ndim) {
     return makeError(StatusCode::kInvalidArgument, "{} ({}) must have {} dimensions", name,
                      v.describe(), ndim);
   }
-  const bool dtype_ok = v.dtype == DType::kF32 || (activation && v.dtype == DType::kBF16);
+  // On the GPU every operand may be bf16 (cuBLAS's tensor cores); on the CPU only activations.
+  const bool dtype_ok = v.dtype == DType::kF32 || ((activation || cuda) && v.dtype == DType::kBF16);
   if (!dtype_ok) {
     return makeError(StatusCode::kInvalidArgument, "{} ({}) must be f32{}", name, v.describe(),
-                     activation ? " or bf16" : "");
+                     activation || cuda ? " or bf16" : "");
   }
   if (v.data == nullptr && v.numel() > 0) {
     return makeError(StatusCode::kInvalidArgument, "{} ({}) has null data", name, v.describe());
@@ -72,11 +72,17 @@ const float* rowsAsF32(const TensorView& v, int64_t first, int64_t rows, int64_t
 }
 
 Status checkShapes(GemmForm form, const TensorView& a, const TensorView& b, const TensorView& c,
-                   size_t experts, float beta) {
+                   size_t experts, float beta, bool cuda) {
   const bool tn = form == GemmForm::kTN;
-  MOECOMM_RETURN_IF_ERROR(checkView("A", a, 2, true));
-  MOECOMM_RETURN_IF_ERROR(checkView("B", b, tn ? 2 : 3, tn));
-  MOECOMM_RETURN_IF_ERROR(checkView("C", c, tn ? 3 : 2, false));
+  MOECOMM_RETURN_IF_ERROR(checkView("A", a, 2, true, cuda));
+  MOECOMM_RETURN_IF_ERROR(checkView("B", b, tn ? 2 : 3, tn, cuda));
+  MOECOMM_RETURN_IF_ERROR(checkView("C", c, tn ? 3 : 2, false, cuda));
+  if (cuda && a.dtype != b.dtype) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "on a GPU, A ({}) and B ({}) must share a dtype (cuBLAS multiplies like "
+                     "types); convert one of them",
+                     a.describe(), b.describe());
+  }
   const int64_t E = static_cast<int64_t>(experts);
   auto bad = [&](const char* expected) {
     return makeError(StatusCode::kInvalidArgument,
@@ -108,11 +114,17 @@ Status checkShapes(GemmForm form, const TensorView& a, const TensorView& b, cons
 
 }  // namespace
 
+Status checkGroupedGemm(GemmForm form, const TensorView& a, const TensorView& b,
+                        const TensorView& c, const std::vector<int64_t>& counts,
+                        const std::vector<int64_t>& offsets, float beta, bool cuda) {
+  MOECOMM_RETURN_IF_ERROR(checkShapes(form, a, b, c, counts.size(), beta, cuda));
+  return checkLayout(counts, offsets, a.shape[0]);
+}
+
 Status runGroupedGemm(GemmForm form, const TensorView& a, const TensorView& b, const TensorView& c,
                       const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
                       float beta) {
-  MOECOMM_RETURN_IF_ERROR(checkShapes(form, a, b, c, counts.size(), beta));
-  MOECOMM_RETURN_IF_ERROR(checkLayout(counts, offsets, a.shape[0]));
+  MOECOMM_RETURN_IF_ERROR(checkGroupedGemm(form, a, b, c, counts, offsets, beta, false));
   std::vector<float> a_scratch, b_scratch;
   float* out = c.as<float>();
   for (size_t e = 0; e < counts.size(); ++e) {
@@ -161,7 +173,11 @@ int defaultGemmThreads(int ranks_on_host) {
 
 void groupedGemm(GemmForm form, const TensorView& a, const TensorView& b, const TensorView& c,
                  const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
-                 float beta, ExecContext) {
+                 float beta, ExecContext context) {
+  if (a.device.isCuda()) {
+    throwIfError(runGroupedGemmCuda(form, a, b, c, counts, offsets, beta, context));
+    return;
+  }
   throwIfError(runGroupedGemm(form, a, b, c, counts, offsets, beta));
 }
 

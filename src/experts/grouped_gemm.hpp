@@ -9,6 +9,16 @@
 
 namespace moecomm {
 
+// Shapes, dtypes, devices (all host, or all `cuda`) and the expert layout.
+Status checkGroupedGemm(GemmForm form, const TensorView& a, const TensorView& b,
+                        const TensorView& c, const std::vector<int64_t>& counts,
+                        const std::vector<int64_t>& offsets, float beta, bool cuda);
+
+// CUDA operands through cuBLAS on the context's stream (src/experts/grouped_gemm_cuda.cpp).
+Status runGroupedGemmCuda(GemmForm form, const TensorView& a, const TensorView& b,
+                          const TensorView& c, const std::vector<int64_t>& counts,
+                          const std::vector<int64_t>& offsets, float beta, ExecContext context);
+
 Status runGroupedGemm(GemmForm form, const TensorView& a, const TensorView& b, const TensorView& c,
                       const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
                       float beta);

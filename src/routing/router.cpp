@@ -5,9 +5,11 @@
 #include <cmath>
 
 #include "kernels/cpu/gating.hpp"
+#include "src/core/host_mirror.hpp"
 #include "src/core/tensor_checks.hpp"
 #include "src/routing/capacity.hpp"
 #include "src/routing/router_checks.hpp"
+#include "src/routing/router_device.hpp"
 
 namespace moecomm {
 
@@ -45,8 +47,8 @@ Status validateRouterOptions(const RouterOptions& o) {
   return Status::ok();
 }
 
-Status checkRouterInputs(const RouterOptions& o, const TensorView& logits, const TensorView* bias) {
-  MOECOMM_RETURN_IF_ERROR(checkMatrix("logits", logits, -1, -1, {DType::kF32}));
+Status checkRouterShapes(const RouterOptions& o, const TensorView& logits, const TensorView* bias) {
+  MOECOMM_RETURN_IF_ERROR(checkMatrix("logits", logits, -1, -1, {DType::kF32}, true));
   const int64_t experts = logits.shape[1];
   if (experts < 1) {
     return makeError(StatusCode::kInvalidArgument, "logits {} has no experts", logits.describe());
@@ -68,6 +70,24 @@ Status checkRouterInputs(const RouterOptions& o, const TensorView& logits, const
                        o.topk, allowed, o.topk_groups);
     }
   }
+  if (bias != nullptr && (bias->dtype != DType::kF32 || bias->ndim != 1 ||
+                          bias->shape[0] != experts || bias->data == nullptr)) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "expert_bias is {}, expected f32[{}] (one bias per expert)", bias->describe(),
+                     experts);
+  }
+  if (bias != nullptr && bias->device.kind != logits.device.kind) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "expert_bias is on {} but logits on {}: pass both on the same device",
+                     bias->describe(), logits.describe());
+  }
+  return Status::ok();
+}
+
+Status checkRouterInputs(const RouterOptions& o, const TensorView& logits, const TensorView* bias) {
+  MOECOMM_RETURN_IF_ERROR(checkMatrix("logits", logits, -1, -1, {DType::kF32}));
+  MOECOMM_RETURN_IF_ERROR(checkRouterShapes(o, logits, bias));
+  const int64_t experts = logits.shape[1];
   // One branch-free pass (it vectorizes); the slow search for the culprit runs only on failure.
   const auto* data = logits.as<const float>();
   const int64_t count = logits.numel();
@@ -82,12 +102,6 @@ Status checkRouterInputs(const RouterOptions& o, const TensorView& logits, const
     }
   }
   if (bias != nullptr) {
-    if (bias->dtype != DType::kF32 || bias->ndim != 1 || bias->shape[0] != experts ||
-        bias->data == nullptr) {
-      return makeError(StatusCode::kInvalidArgument,
-                       "expert_bias is {}, expected f32[{}] (one bias per expert)",
-                       bias->describe(), experts);
-    }
     for (int64_t e = 0; e < experts; ++e) {
       if (!std::isfinite(bias->as<const float>()[e])) {
         return makeError(StatusCode::kInvalidArgument, "expert_bias[{}] is not finite", e);
@@ -102,7 +116,8 @@ Router::Router(const RouterOptions& options) : options_(options) {
 }
 
 Routing Router::route(const TensorView& logits, const TensorView* expert_bias,
-                      ExecContext /*context*/) const {
+                      ExecContext context) const {
+  if (anyCuda({&logits, expert_bias})) return routeOnDevice(*this, logits, expert_bias, context);
   throwIfError(checkRouterInputs(options_, logits, expert_bias));
   const int64_t tokens = logits.shape[0];
   const int experts = static_cast<int>(logits.shape[1]);

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "moecomm/router.hpp"
+#include "src/core/host_mirror.hpp"
 #include "src/core/tensor_checks.hpp"
 #include "src/routing/router_checks.hpp"
 
@@ -84,10 +85,28 @@ Status checkLossInputs(const RouterOptions& o, const TensorView& logits, const R
   return Status::ok();
 }
 
+// A host copy of a routing whose tensors live on a GPU (losses and backward run on the CPU).
+Routing routingOnHost(const Routing& routing) {
+  Routing host = routing;
+  host.topk_idx = copyTo(routing.topk_idx.view(), Device::cpu());
+  host.topk_weights = copyTo(routing.topk_weights.view(), Device::cpu());
+  host.selected_idx = copyTo(routing.selected_idx.view(), Device::cpu());
+  return host;
+}
+
+bool routingOnCuda(const TensorView& logits, const Routing& routing) {
+  return anyCuda({&logits, &routing.topk_idx.view(), &routing.topk_weights.view(),
+                  &routing.selected_idx.view()});
+}
+
 }  // namespace
 
 RouterLosses Router::losses(const TensorView& logits, const Routing& routing,
                             const RouterLossOptions& lo, const std::vector<int64_t>* global) const {
+  if (routingOnCuda(logits, routing)) {  // through host copies, on the default stream
+    const Tensor host_logits = copyTo(logits, Device::cpu());
+    return losses(host_logits.view(), routingOnHost(routing), lo, global);
+  }
   throwIfError(checkLossInputs(options_, logits, routing, lo, global));
   const int64_t T = logits.shape[0];
   const int E = static_cast<int>(logits.shape[1]);
@@ -119,6 +138,20 @@ RouterLosses Router::losses(const TensorView& logits, const Routing& routing,
 void Router::backward(const TensorView& logits, const Routing& routing,
                       const TensorView* grad_weights, const RouterLossOptions& lo,
                       const TensorView& grad_logits, const std::vector<int64_t>* global) const {
+  if (routingOnCuda(logits, routing) || anyCuda({grad_weights, &grad_logits})) {
+    // Through host copies, on the default stream; grad_logits is written only on success.
+    const Tensor host_logits = copyTo(logits, Device::cpu());
+    Tensor host_grad_weights;
+    if (grad_weights != nullptr) host_grad_weights = copyTo(*grad_weights, Device::cpu());
+    HostMirror mirror(ExecContext{});
+    TensorView host_grad_logits;
+    throwIfError(mirror.output(grad_logits, &host_grad_logits));
+    backward(host_logits.view(), routingOnHost(routing),
+             grad_weights != nullptr ? &host_grad_weights.view() : nullptr, lo, host_grad_logits,
+             global);
+    throwIfError(mirror.writeBack());
+    return;
+  }
   throwIfError(checkLossInputs(options_, logits, routing, lo, global));
   const int64_t T = logits.shape[0];
   const int E = static_cast<int>(logits.shape[1]);

@@ -1,0 +1,185 @@
+#include "src/core/device.hpp"
+
+#if defined(MOECOMM_HAVE_CUDA)
+#include <cuda_runtime_api.h>
+
+#include <map>
+#include <mutex>
+#include <vector>
+#endif
+
+namespace moecomm::device {
+
+#if defined(MOECOMM_HAVE_CUDA)
+
+namespace {
+
+Status cudaError(cudaError_t status, const char* what) {
+  return makeError(StatusCode::kSystemError, "{} failed: {} ({})", what, cudaGetErrorString(status),
+                   cudaGetErrorName(status));
+}
+
+cudaStream_t asStream(void* stream) {
+  return static_cast<cudaStream_t>(stream);
+}
+
+}  // namespace
+
+bool built() noexcept {
+  return true;
+}
+
+Status requireDevice(int index) {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess) {
+    return makeError(StatusCode::kInvalidUsage,
+                     "a CUDA tensor was passed, but no GPU is usable here: {} (check the driver "
+                     "and CUDA_VISIBLE_DEVICES)",
+                     cudaGetErrorString(status));
+  }
+  if (index < 0 || index >= count) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "CUDA device {} does not exist: this process sees {} GPU(s)", index, count);
+  }
+  return Status::ok();
+}
+
+Status allocate(int index, size_t bytes, std::shared_ptr<std::byte>* out) {
+  MOECOMM_RETURN_IF_ERROR(requireDevice(index));
+  MOECOMM_RETURN_IF_ERROR(setDevice(index));
+  void* p = nullptr;
+  const cudaError_t status = cudaMalloc(&p, bytes > 0 ? bytes : 1);
+  if (status != cudaSuccess) {
+    return makeError(StatusCode::kSystemError, "cudaMalloc of {} bytes on GPU {} failed: {}", bytes,
+                     index, cudaGetErrorString(status));
+  }
+  *out = std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [](std::byte* q) { cudaFree(q); });
+  return Status::ok();
+}
+
+Status allocatePinned(size_t bytes, std::shared_ptr<std::byte>* out) {
+  void* p = nullptr;
+  const cudaError_t status = cudaMallocHost(&p, bytes > 0 ? bytes : 1);
+  if (status != cudaSuccess) {
+    return makeError(StatusCode::kSystemError, "cudaMallocHost of {} bytes failed: {}", bytes,
+                     cudaGetErrorString(status));
+  }
+  *out =
+      std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [](std::byte* q) { cudaFreeHost(q); });
+  return Status::ok();
+}
+
+namespace {
+
+// Released pinned blocks by capacity; never given back to the driver (the process's working set).
+struct PinnedCache {
+  std::mutex mutex;
+  std::map<size_t, std::vector<std::byte*>> free;
+};
+
+PinnedCache& pinnedCache() {
+  static auto* cache = new PinnedCache;  // outlives static destructors that may release blocks
+  return *cache;
+}
+
+}  // namespace
+
+Status acquirePinned(size_t bytes, std::shared_ptr<std::byte>* out) {
+  size_t capacity = 4096;
+  while (capacity < bytes) capacity *= 2;
+  PinnedCache& cache = pinnedCache();
+  std::byte* block = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    auto& list = cache.free[capacity];
+    if (!list.empty()) {
+      block = list.back();
+      list.pop_back();
+    }
+  }
+  if (block == nullptr) {
+    void* p = nullptr;
+    const cudaError_t status = cudaMallocHost(&p, capacity);
+    if (status != cudaSuccess) {
+      return makeError(StatusCode::kSystemError, "cudaMallocHost of {} bytes failed: {}", capacity,
+                       cudaGetErrorString(status));
+    }
+    block = static_cast<std::byte*>(p);
+  }
+  *out = std::shared_ptr<std::byte>(block, [capacity](std::byte* q) {
+    PinnedCache& c = pinnedCache();
+    std::lock_guard<std::mutex> lock(c.mutex);
+    c.free[capacity].push_back(q);
+  });
+  return Status::ok();
+}
+
+Status copyAsync(void* dst, const void* src, size_t bytes, Direction direction, void* stream) {
+  if (bytes == 0) return Status::ok();
+  const cudaMemcpyKind kind = direction == Direction::kToHost     ? cudaMemcpyDeviceToHost
+                              : direction == Direction::kToDevice ? cudaMemcpyHostToDevice
+                                                                  : cudaMemcpyDeviceToDevice;
+  const cudaError_t status = cudaMemcpyAsync(dst, src, bytes, kind, asStream(stream));
+  return status == cudaSuccess ? Status::ok() : cudaError(status, "cudaMemcpyAsync");
+}
+
+Status memsetAsync(void* dst, int byte, size_t bytes, void* stream) {
+  if (bytes == 0) return Status::ok();
+  const cudaError_t status = cudaMemsetAsync(dst, byte, bytes, asStream(stream));
+  return status == cudaSuccess ? Status::ok() : cudaError(status, "cudaMemsetAsync");
+}
+
+Status synchronize(void* stream) {
+  const cudaError_t status = cudaStreamSynchronize(asStream(stream));
+  return status == cudaSuccess ? Status::ok() : cudaError(status, "cudaStreamSynchronize");
+}
+
+Status setDevice(int index) {
+  const cudaError_t status = cudaSetDevice(index);
+  return status == cudaSuccess ? Status::ok() : cudaError(status, "cudaSetDevice");
+}
+
+#else
+
+namespace {
+
+Status notBuilt() {
+  return Status(StatusCode::kInvalidUsage,
+                "a CUDA tensor was passed, but this moecomm was built without CUDA: rebuild with "
+                "nvcc on PATH (or -DMOECOMM_WITH_CUDA=ON)");
+}
+
+}  // namespace
+
+bool built() noexcept {
+  return false;
+}
+Status requireDevice(int) {
+  return notBuilt();
+}
+Status allocate(int, size_t, std::shared_ptr<std::byte>*) {
+  return notBuilt();
+}
+Status allocatePinned(size_t, std::shared_ptr<std::byte>*) {
+  return notBuilt();
+}
+Status acquirePinned(size_t, std::shared_ptr<std::byte>*) {
+  return notBuilt();
+}
+Status copyAsync(void*, const void*, size_t, Direction, void*) {
+  return notBuilt();
+}
+Status memsetAsync(void*, int, size_t, void*) {
+  return notBuilt();
+}
+Status synchronize(void*) {
+  return notBuilt();
+}
+Status setDevice(int) {
+  return notBuilt();
+}
+
+#endif
+
+}  // namespace moecomm::device

@@ -1,0 +1,39 @@
+// The engine's view of GPU memory: allocation, copies, pinned host staging and stream sync, as
+// Status-returning calls. Built against the CUDA runtime when the library has CUDA; otherwise every
+// call fails with kInvalidUsage saying so, and cudaStream_t-typed values travel as void*.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "moecomm/types.hpp"
+#include "src/core/status.hpp"
+
+namespace moecomm::device {
+
+// True when this library was built with CUDA.
+bool built() noexcept;
+
+// Fails unless a CUDA device is usable; the message says why (driver, no device, index).
+Status requireDevice(int index);
+
+// Device memory of `bytes` on GPU `index`, released by the returned owner.
+Status allocate(int index, size_t bytes, std::shared_ptr<std::byte>* out);
+
+// Pinned (page-locked) host memory, so that copies to and from the GPU run at full speed and
+// asynchronously.
+Status allocatePinned(size_t bytes, std::shared_ptr<std::byte>* out);
+// The same from a process-wide cache: cudaMallocHost costs milliseconds, so released blocks are
+// kept (by power-of-two size) and reused.
+Status acquirePinned(size_t bytes, std::shared_ptr<std::byte>* out);
+
+enum class Direction { kToHost, kToDevice, kDeviceToDevice };
+// Ordered on `stream` (a cudaStream_t; null is the default stream).
+Status copyAsync(void* dst, const void* src, size_t bytes, Direction direction, void* stream);
+Status memsetAsync(void* dst, int byte, size_t bytes, void* stream);
+Status synchronize(void* stream);
+
+// Sets the calling thread's current device.
+Status setDevice(int index);
+
+}  // namespace moecomm::device

@@ -1,0 +1,118 @@
+#include "src/routing/router_device.hpp"
+
+#include <algorithm>
+#include <climits>
+#include <numeric>
+#include <vector>
+
+#include "src/core/device.hpp"
+#include "src/routing/router_checks.hpp"
+
+#if defined(MOECOMM_HAVE_CUDA)
+#include <cuda_runtime_api.h>
+
+#include "kernels/cuda/gate.hpp"
+#include "kernels/cuda/layout.hpp"
+#endif
+
+namespace moecomm {
+
+namespace {
+
+// The CPU router on host copies, its result copied to `device`.
+Routing routeStaged(const Router& router, const TensorView& logits, const TensorView* bias,
+                    ExecContext context) {
+  const Tensor host_logits = copyTo(logits, Device::cpu(), context);
+  Tensor host_bias;
+  if (bias != nullptr) host_bias = copyTo(*bias, Device::cpu(), context);
+  Routing routing = router.route(host_logits.view(), bias != nullptr ? &host_bias.view() : nullptr);
+  routing.topk_idx = copyTo(routing.topk_idx.view(), logits.device, context);
+  routing.topk_weights = copyTo(routing.topk_weights.view(), logits.device, context);
+  routing.selected_idx = copyTo(routing.selected_idx.view(), logits.device, context);
+  return routing;
+}
+
+#if defined(MOECOMM_HAVE_CUDA)
+
+void throwIfCuda(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw Error(StatusCode::kSystemError,
+                text::format("{} failed on the GPU: {}", what, cudaGetErrorString(status)));
+  }
+}
+
+#endif
+
+}  // namespace
+
+Routing routeOnDevice(const Router& router, const TensorView& logits, const TensorView* bias,
+                      ExecContext context) {
+  const RouterOptions& o = router.options();
+  throwIfError(checkRouterShapes(o, logits, bias));
+  throwIfError(device::requireDevice(logits.device.index));
+  throwIfError(device::setDevice(logits.device.index));
+  const int64_t tokens = logits.shape[0];
+  const int experts = static_cast<int>(logits.shape[1]);
+#if defined(MOECOMM_HAVE_CUDA)
+  if (o.capacity_factor > 0.0 || experts > cuda::kGateMaxExperts) {
+    return routeStaged(router, logits, bias, context);
+  }
+  const int k = o.topk;
+  const Device dev = logits.device;
+  auto stream = static_cast<cudaStream_t>(context.stream);
+  Routing routing;
+  routing.topk_idx = Tensor::empty({tokens, k}, DType::kI32, dev);
+  routing.topk_weights = Tensor::empty({tokens, k}, DType::kF32, dev);
+  routing.selected_idx = Tensor::empty({tokens, k}, DType::kI32, dev);
+  Tensor counts = Tensor::empty({experts}, DType::kI32, dev);
+  Tensor bad = Tensor::empty({1}, DType::kI32, dev);
+  const int32_t none = INT32_MAX;
+  throwIfCuda(cudaMemcpyAsync(bad.data(), &none, sizeof(none), cudaMemcpyHostToDevice, stream),
+              "cudaMemcpyAsync");
+  const cpu::GateParams params{
+      experts,       k, static_cast<int>(o.score), o.renormalize, o.scaling_factor, o.num_groups,
+      o.topk_groups, 0};
+  throwIfCuda(cuda::gate(logits.as<const float>(), tokens,
+                         bias != nullptr ? bias->as<const float>() : nullptr, params,
+                         routing.topk_idx.as<int32_t>(), routing.topk_weights.as<float>(), nullptr,
+                         nullptr, bad.as<int32_t>(), stream),
+              "the gate kernel");
+  throwIfCuda(cuda::countExperts(routing.topk_idx.as<int32_t>(), tokens * k, experts,
+                                 counts.as<int32_t>(), stream),
+              "the expert count");
+  throwIfCuda(cudaMemcpyAsync(routing.selected_idx.data(), routing.topk_idx.data(),
+                              routing.topk_idx.bytes(), cudaMemcpyDeviceToDevice, stream),
+              "cudaMemcpyAsync");
+  // The one wait: LoadStats and the finiteness verdict are host values.
+  std::vector<int32_t> host_counts(static_cast<size_t>(experts));
+  int32_t first_bad = none;
+  throwIfCuda(cudaMemcpyAsync(host_counts.data(), counts.data(), counts.bytes(),
+                              cudaMemcpyDeviceToHost, stream),
+              "cudaMemcpyAsync");
+  throwIfCuda(
+      cudaMemcpyAsync(&first_bad, bad.data(), sizeof(first_bad), cudaMemcpyDeviceToHost, stream),
+      "cudaMemcpyAsync");
+  throwIfCuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  if (first_bad != none) {
+    throw Error(
+        StatusCode::kInvalidArgument,
+        text::format("logits row {} (or the expert bias) holds a non-finite value; the "
+                     "router takes finite logits only (check the gate's input for overflow)",
+                     first_bad));
+  }
+  LoadStats& stats = routing.stats;
+  stats.demand_per_expert.assign(host_counts.begin(), host_counts.end());
+  stats.tokens_per_expert = stats.demand_per_expert;
+  const int64_t total = std::accumulate(host_counts.begin(), host_counts.end(), int64_t{0});
+  const int64_t max = *std::max_element(host_counts.begin(), host_counts.end());
+  stats.imbalance =
+      total > 0 ? static_cast<double>(max) * experts / static_cast<double>(total) : 1.0;
+  return routing;
+#else
+  (void)tokens;
+  (void)experts;
+  return routeStaged(router, logits, bias, context);
+#endif
+}
+
+}  // namespace moecomm

@@ -1,0 +1,340 @@
+// The public API with CUDA tensors: routing, dispatch and combine forward and backward on 1, 2, 4
+// and 8 ranks sharing one GPU (threads, each with its own stream), and the grouped GEMM, each
+// against the same call on host tensors. Outputs are poisoned first, so unwritten elements fail.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "moecomm/dispatch.hpp"
+#include "moecomm/error.hpp"
+#include "moecomm/experts.hpp"
+#include "moecomm/group.hpp"
+#include "moecomm/router.hpp"
+#include "src/core/numeric.hpp"
+#include "tests/gpu/gpu_test.hpp"
+
+namespace moecomm::gputest {
+namespace {
+
+std::mt19937& rng() {
+  static std::mt19937 engine(97);
+  return engine;
+}
+
+Tensor randomHost(std::initializer_list<int64_t> shape, DType dtype, float lo = -1.0f,
+                  float hi = 1.0f) {
+  Tensor t = Tensor::empty(shape, dtype);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const float v = dist(rng());
+    if (dtype == DType::kBF16) {
+      t.as<uint16_t>()[i] = numeric::floatToBf16(v);
+    } else {
+      t.as<float>()[i] = v;
+    }
+  }
+  return t;
+}
+
+Tensor onGpu(const Tensor& host, cudaStream_t stream = nullptr) {
+  return copyTo(host.view(), Device::cuda(0), ExecContext{stream});
+}
+
+Tensor onHost(const TensorView& view) {
+  return copyTo(view, Device::cpu());
+}
+
+// A GPU tensor of `shape` with every byte 0x7f.
+Tensor poisoned(std::initializer_list<int64_t> shape, DType dtype) {
+  Tensor t = Tensor::empty(shape, dtype, Device::cuda(0));
+  CUDA_OK(cudaMemset(t.data(), 0x7f, t.bytes()));
+  return t;
+}
+
+bool sameBytes(const TensorView& a, const TensorView& b) {
+  return a.bytes() == b.bytes() && (a.bytes() == 0 || std::memcmp(a.data, b.data, a.bytes()) == 0);
+}
+
+// ------------------------------------------------------------------------------------ router
+
+GPU_TEST(router_on_gpu_matches_cpu) {
+  struct Case {
+    const char* name;
+    RouterOptions options;
+    int experts;
+    bool bias;
+  };
+  std::vector<Case> cases;
+  RouterOptions softmax;
+  softmax.topk = 8;
+  softmax.renormalize = true;
+  cases.push_back({"softmax", softmax, 256, false});
+  RouterOptions deepseek;
+  deepseek.topk = 8;
+  deepseek.score = ScoreFunction::kSigmoid;
+  deepseek.renormalize = true;
+  deepseek.scaling_factor = 2.5f;
+  deepseek.num_groups = 8;
+  deepseek.topk_groups = 4;
+  cases.push_back({"deepseek", deepseek, 256, true});
+  RouterOptions mixtral;
+  mixtral.topk = 2;
+  mixtral.score = ScoreFunction::kTopkThenSoftmax;
+  cases.push_back({"mixtral", mixtral, 8, false});
+  RouterOptions capacity = softmax;
+  capacity.capacity_factor = 1.0;
+  capacity.overflow = OverflowPolicy::kReroute;
+  cases.push_back({"capacity reroute (staged)", capacity, 64, false});
+  for (const Case& c : cases) {
+    const int64_t tokens = 2048;
+    const Router router(c.options);
+    const Tensor logits = randomHost({tokens, c.experts}, DType::kF32, -3.0f, 3.0f);
+    const Tensor bias = randomHost({c.experts}, DType::kF32, -0.05f, 0.05f);
+    const Tensor d_logits = onGpu(logits);
+    const Tensor d_bias = onGpu(bias);
+    const Routing host = router.route(logits.view(), c.bias ? &bias.view() : nullptr);
+    const Routing dev = router.route(d_logits.view(), c.bias ? &d_bias.view() : nullptr);
+    GPU_CHECK(dev.topk_idx.device().isCuda() && dev.topk_weights.device().isCuda(),
+              c.name << ": routing of CUDA logits must stay on the GPU");
+    const Tensor idx = onHost(dev.topk_idx.view());
+    const Tensor w = onHost(dev.topk_weights.view());
+    int64_t differing = 0;
+    for (int64_t i = 0; i < tokens * c.options.topk; ++i) {
+      if (idx.as<int32_t>()[i] != host.topk_idx.as<int32_t>()[i]) {
+        ++differing;  // a near-tie decided by float rounding (test_gpu_kernels bounds these)
+        continue;
+      }
+      const float want = host.topk_weights.as<float>()[i];
+      const float got = w.as<float>()[i];
+      GPU_CHECK(std::fabs(want - got) <= 2e-5f * std::max(1.0f, std::fabs(want)),
+                c.name << " slot " << i << ": weight " << got << " want " << want);
+    }
+    GPU_CHECK(differing <= tokens * c.options.topk / 1000,
+              c.name << ": " << differing << " slots differ from the CPU router");
+    if (differing == 0) {
+      GPU_CHECK(dev.stats.tokens_per_expert == host.stats.tokens_per_expert,
+                c.name << ": load statistics differ");
+      GPU_CHECK(
+          dev.stats.dropped == host.stats.dropped && dev.stats.rerouted == host.stats.rerouted,
+          c.name << ": dropped/rerouted differ");
+    }
+    // Losses and backward on GPU tensors equal the host computation on the same routing.
+    const RouterLossOptions lo{0.01, 0, 0.001};
+    Routing dev_on_host = dev;
+    dev_on_host.topk_idx = idx;
+    dev_on_host.topk_weights = w;
+    dev_on_host.selected_idx = onHost(dev.selected_idx.view());
+    const RouterLosses l_host = router.losses(logits.view(), dev_on_host, lo);
+    const RouterLosses l_dev = router.losses(d_logits.view(), dev, lo);
+    GPU_CHECK(l_host.aux_loss == l_dev.aux_loss && l_host.z_loss == l_dev.z_loss,
+              c.name << ": losses differ");
+    const Tensor grad_w = randomHost({tokens, c.options.topk}, DType::kF32);
+    const Tensor d_grad_w = onGpu(grad_w);
+    Tensor g_host = Tensor::empty({tokens, c.experts}, DType::kF32);
+    Tensor g_dev = poisoned({tokens, c.experts}, DType::kF32);
+    router.backward(logits.view(), dev_on_host, &grad_w.view(), lo, g_host.view());
+    router.backward(d_logits.view(), dev, &d_grad_w.view(), lo, g_dev.view());
+    GPU_CHECK(sameBytes(g_host.view(), onHost(g_dev.view()).view()),
+              c.name << ": router backward differs");
+  }
+}
+
+GPU_TEST(router_on_gpu_refuses_non_finite_logits) {
+  RouterOptions o;
+  o.topk = 2;
+  const Router router(o);
+  Tensor logits = randomHost({16, 8}, DType::kF32);
+  logits.as<float>()[5 * 8 + 1] = std::numeric_limits<float>::quiet_NaN();
+  const Tensor d_logits = onGpu(logits);
+  bool threw = false;
+  try {
+    (void)router.route(d_logits.view());
+  } catch (const Error& e) {
+    threw = e.code() == StatusCode::kInvalidArgument &&
+            std::string(e.what()).find("row 5") != std::string::npos;
+  }
+  GPU_CHECK(threw, "a NaN logit on the GPU must fail naming row 5");
+}
+
+// ------------------------------------------------------------------ dispatch and combine
+
+// Runs `body(rank)` on `ranks` threads and rethrows the first failure.
+void onThreads(int ranks, const std::function<void(int)>& body) {
+  std::vector<std::thread> threads;
+  std::mutex mutex;
+  std::exception_ptr failure;
+  for (int r = 0; r < ranks; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        CUDA_OK(cudaSetDevice(0));
+        body(r);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (!failure) failure = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  if (failure) std::rethrow_exception(failure);
+}
+
+void dispatchCombineRanks(int ranks) {
+  const int experts = 16;
+  const int topk = 4;
+  const int64_t hidden = 72;
+  LocalWorld world(ranks);
+  onThreads(ranks, [&](int rank) {
+    cudaStream_t stream = nullptr;
+    CUDA_OK(cudaStreamCreate(&stream));
+    const ExecContext ctx{stream};
+    GroupConfig config;
+    config.num_experts = experts;
+    config.hidden = static_cast<int>(hidden);
+    config.dtype = DType::kBF16;
+    config.topk = topk;
+    config.transport = "local";
+    Group group = Group::create(world, rank, config);
+    DispatchOptions options;
+    options.expert_alignment = 4;
+    Dispatcher host_d(group, options);
+    Dispatcher dev_d(group, options);
+    const int64_t tokens = 50 + 13 * rank;
+    const Tensor x = randomHost({tokens, hidden}, DType::kBF16);
+    Tensor idx = Tensor::empty({tokens, topk}, DType::kI32);
+    std::vector<int32_t> perm(experts);
+    std::mt19937 local_rng(static_cast<unsigned>(rank + 1));
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int e = 0; e < experts; ++e) perm[e] = e;
+      std::shuffle(perm.begin(), perm.end(), local_rng);
+      for (int j = 0; j < topk; ++j)
+        idx.as<int32_t>()[t * topk + j] = (t + j) % 7 == 0 ? -1 : perm[j];
+    }
+    Tensor w = Tensor::empty({tokens, topk}, DType::kF32);
+    for (int64_t i = 0; i < tokens * topk; ++i)
+      w.as<float>()[i] = 0.1f + 0.01f * static_cast<float>(i % 17);
+    const Tensor dx = onGpu(x, stream), didx = onGpu(idx, stream), dw = onGpu(w, stream);
+
+    const ExpertBatch hb = host_d.dispatch(x.view(), idx.view(), w.view());
+    const ExpertBatch db = dev_d.dispatch(dx.view(), didx.view(), dw.view(), ctx);
+    GPU_CHECK(db.x.device().isCuda() && db.row_weights.device().isCuda(),
+              "rank " << rank << ": the batch of CUDA inputs must be on the GPU");
+    GPU_CHECK(sameBytes(hb.x.view(), onHost(db.x.view()).view()),
+              "ranks=" << ranks << " rank " << rank << ": dispatched rows differ");
+    GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
+              "rank " << rank << ": row weights differ");
+    GPU_CHECK(hb.expert_counts == db.expert_counts && hb.expert_offsets == db.expert_offsets &&
+                  hb.tokens_from_rank == db.tokens_from_rank,
+              "rank " << rank << ": layout differs");
+
+    // Combine with the rows themselves as the expert output.
+    const Tensor host_out = host_d.combine(hb.x.view(), hb.handle);
+    Tensor dev_out = poisoned({tokens, hidden}, DType::kBF16);
+    dev_d.combine(db.x.view(), db.handle, dev_out.view(), ctx);
+    GPU_CHECK(sameBytes(host_out.view(), onHost(dev_out.view()).view()),
+              "rank " << rank << ": combine differs");
+
+    // Backward of dispatch and of combine.
+    Tensor host_gx = Tensor::empty({tokens, hidden}, DType::kBF16);
+    Tensor dev_gx = poisoned({tokens, hidden}, DType::kBF16);
+    host_d.dispatchBackward(hb.x.view(), hb.handle, host_gx.view());
+    dev_d.dispatchBackward(db.x.view(), db.handle, dev_gx.view(), ctx);
+    GPU_CHECK(sameBytes(host_gx.view(), onHost(dev_gx.view()).view()),
+              "rank " << rank << ": dispatch backward differs");
+    const Tensor grad_out = randomHost({tokens, hidden}, DType::kBF16);
+    const Tensor d_grad_out = onGpu(grad_out, stream);
+    const int64_t rows = hb.x.dim(0);
+    Tensor host_gy = Tensor::empty({rows, hidden}, DType::kBF16);
+    Tensor host_gw = Tensor::empty({tokens, topk}, DType::kF32);
+    Tensor dev_gy = poisoned({rows, hidden}, DType::kBF16);
+    Tensor dev_gw = poisoned({tokens, topk}, DType::kF32);
+    host_d.combineBackward(grad_out.view(), hb.x.view(), hb.handle, host_gy.view(), host_gw.view());
+    dev_d.combineBackward(d_grad_out.view(), db.x.view(), db.handle, dev_gy.view(), dev_gw.view(),
+                          ctx);
+    GPU_CHECK(sameBytes(host_gy.view(), onHost(dev_gy.view()).view()),
+              "rank " << rank << ": combine backward grad_y differs");
+    GPU_CHECK(sameBytes(host_gw.view(), onHost(dev_gw.view()).view()),
+              "rank " << rank << ": combine backward grad_weights differs");
+    CUDA_OK(cudaStreamDestroy(stream));
+  });
+}
+
+GPU_TEST(dispatch_combine_cuda_tensors_on_1_2_4_8_ranks) {
+  for (int ranks : {1, 2, 4, 8}) dispatchCombineRanks(ranks);
+}
+
+// ------------------------------------------------------------------------------ grouped GEMM
+
+float valueAt(const Tensor& t, int64_t i) {
+  return t.dtype() == DType::kBF16 ? numeric::bf16ToFloat(t.as<uint16_t>()[i]) : t.as<float>()[i];
+}
+
+// The same values as f32 (the CPU grouped GEMM takes f32 weights and outputs).
+Tensor asF32(const Tensor& t) {
+  std::vector<int64_t> shape(t.view().shape, t.view().shape + t.view().ndim);
+  Tensor out = Tensor::empty(shape, DType::kF32);
+  for (int64_t i = 0; i < t.numel(); ++i) out.as<float>()[i] = valueAt(t, i);
+  return out;
+}
+
+GPU_TEST(grouped_gemm_cuda_matches_cpu) {
+  const std::vector<int64_t> counts = {5, 0, 33, 1, 17};
+  std::vector<int64_t> offsets = {0};
+  for (int64_t c : counts) offsets.push_back(offsets.back() + (c + 7) / 8 * 8);
+  const int64_t rows = offsets.back() + 3;  // rows past the last block must come out zero too
+  const int64_t E = static_cast<int64_t>(counts.size());
+  const int64_t K = 24;
+  const int64_t N = 40;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const float tol = dtype == DType::kBF16 ? 2e-2f : 1e-4f;
+    for (GemmForm form : {GemmForm::kNN, GemmForm::kNT, GemmForm::kTN}) {
+      const bool tn = form == GemmForm::kTN;
+      const Tensor a = tn ? randomHost({rows, K}, dtype)
+                          : randomHost({rows, form == GemmForm::kNN ? K : N}, dtype);
+      const Tensor b = tn ? randomHost({rows, N}, dtype) : randomHost({E, K, N}, dtype);
+      const Tensor c0 = tn ? randomHost({E, K, N}, DType::kF32)
+                           : Tensor::zeros({rows, form == GemmForm::kNN ? N : K}, DType::kF32);
+      const float beta = tn ? 0.5f : 0.0f;
+      // CPU: A as given (f32 or bf16), B and C in f32.
+      Tensor c_host = asF32(c0);
+      groupedGemm(form, a.view(), asF32(b).view(), c_host.view(), counts, offsets, beta);
+      // GPU: A and B in `dtype`, C in f32; C poisoned unless kTN accumulates into it.
+      Tensor c_dev = tn ? onGpu(c0) : poisoned({c0.dim(0), c0.dim(1)}, DType::kF32);
+      groupedGemm(form, onGpu(a).view(), onGpu(b).view(), c_dev.view(), counts, offsets, beta);
+      CUDA_OK(cudaDeviceSynchronize());
+      const Tensor got = onHost(c_dev.view());
+      for (int64_t i = 0; i < c_host.numel(); ++i) {
+        const float want = c_host.as<float>()[i];
+        const float g = got.as<float>()[i];
+        GPU_CHECK(std::fabs(g - want) <= tol * (1.0f + std::fabs(want)),
+                  "form " << static_cast<int>(form) << " dtype " << dtypeName(dtype) << " element "
+                          << i << ": want " << want << " got " << g);
+      }
+    }
+  }
+  // Operands on different devices are refused with a message naming the operand.
+  bool threw = false;
+  try {
+    const Tensor a = onGpu(randomHost({8, K}, DType::kF32));
+    const Tensor b = randomHost({1, K, N}, DType::kF32);
+    Tensor c = Tensor::empty({8, N}, DType::kF32, Device::cuda(0));
+    groupedGemm(GemmForm::kNN, a.view(), b.view(), c.view(), {8}, {0, 8});
+  } catch (const Error& e) {
+    threw = e.code() == StatusCode::kInvalidArgument;
+  }
+  GPU_CHECK(threw, "B on the host with A on the GPU must be refused");
+}
+
+}  // namespace
+}  // namespace moecomm::gputest
+
+int main(int argc, char** argv) {
+  return moecomm::gputest::runAll(argc, argv);
+}

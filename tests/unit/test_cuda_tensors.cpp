@@ -1,0 +1,114 @@
+// CUDA tensors where no GPU is usable (CI) or the library has no CUDA: every entry point fails
+// with a clear message instead of touching the pointer, and a collective call fails on every
+// rank (the rank holding the CUDA tensor with its own error, its peers with kRemoteError naming
+// it) instead of leaving the peers waiting. Skipped where a GPU is usable: tests/gpu covers that.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "common/rank_runner.hpp"
+#include "moecomm/moecomm.hpp"
+
+namespace moecomm {
+namespace {
+
+using testing::runThreads;
+
+// A view that claims to be on GPU 0 over host memory: with no usable GPU it must never be read.
+TensorView fakeCuda(std::vector<float>& host, int64_t rows, int64_t cols) {
+  TensorView v = TensorView::matrix(host.data(), DType::kF32, rows, cols);
+  v.device = Device::cuda(0);
+  return v;
+}
+
+bool gpuUsable() {
+  try {
+    (void)Tensor::empty({1}, DType::kF32, Device::cuda(0));
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+TEST(CudaTensors, AllocationWithoutAGpuSaysWhy) {
+  if (gpuUsable()) GTEST_SKIP() << "a GPU is usable here; tests/gpu covers CUDA tensors";
+  try {
+    (void)Tensor::zeros({4, 4}, DType::kBF16, Device::cuda(0));
+    FAIL() << "allocating on a missing GPU must throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), StatusCode::kInvalidUsage);
+    EXPECT_NE(std::string(e.what()).find("GPU"), std::string::npos) << e.what();
+  }
+}
+
+TEST(CudaTensors, RouterRefusesCudaLogitsWithoutAGpu) {
+  if (gpuUsable()) GTEST_SKIP() << "a GPU is usable here";
+  RouterOptions o;
+  o.topk = 2;
+  const Router router(o);
+  std::vector<float> host(8 * 16, 0.5f);
+  try {
+    (void)router.route(fakeCuda(host, 8, 16));
+    FAIL() << "routing CUDA logits without a GPU must throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), StatusCode::kInvalidUsage) << e.what();
+  }
+}
+
+TEST(CudaTensors, DispatchFailsOnEveryRankNotJustTheOneWithTheCudaTensor) {
+  if (gpuUsable()) GTEST_SKIP() << "a GPU is usable here";
+  runThreads(3, [](LocalWorld& world, int rank) {
+    GroupConfig config;
+    config.num_experts = 6;
+    config.hidden = 16;
+    config.dtype = DType::kF32;
+    config.topk = 2;
+    config.timeout_ms = 20000;
+    Group group = Group::create(world, rank, config);
+    Dispatcher dispatcher(group);
+    const int64_t tokens = 4;
+    std::vector<float> x(tokens * 16, 1.0f);
+    std::vector<int32_t> idx = {0, 1, 2, 3, 4, 5, 1, 2};
+    std::vector<float> w(tokens * 2, 0.5f);
+    TensorView xv = TensorView::matrix(x.data(), DType::kF32, tokens, 16);
+    if (rank == 1) xv.device = Device::cuda(0);  // only rank 1 passes a (missing) GPU tensor
+    const TensorView iv = TensorView::matrix(idx.data(), DType::kI32, tokens, 2);
+    const TensorView wv = TensorView::matrix(w.data(), DType::kF32, tokens, 2);
+    try {
+      (void)dispatcher.dispatch(xv, iv, wv);
+      FAIL() << "rank " << rank << ": dispatch must fail";
+    } catch (const Error& e) {
+      if (rank == 1) {
+        EXPECT_EQ(e.code(), StatusCode::kInvalidUsage) << e.what();
+      } else {
+        EXPECT_EQ(e.code(), StatusCode::kRemoteError) << e.what();
+        EXPECT_NE(std::string(e.what()).find("rank 1"), std::string::npos) << e.what();
+      }
+    }
+  });
+}
+
+TEST(CudaTensors, GroupedGemmRefusesMixedDevices) {
+  std::vector<float> a(8 * 4, 1.0f), b(1 * 4 * 3, 1.0f), c(8 * 3, 0.0f);
+  const TensorView av = fakeCuda(a, 8, 4);
+  TensorView bv = TensorView::matrix(b.data(), DType::kF32, 4, 3);
+  bv.ndim = 3;
+  bv.shape[0] = 1;
+  bv.shape[1] = 4;
+  bv.shape[2] = 3;
+  TensorView cv = TensorView::matrix(c.data(), DType::kF32, 8, 3);
+  cv.device = Device::cuda(0);
+  try {
+    groupedGemm(GemmForm::kNN, av, bv, cv, {8}, {0, 8});
+    FAIL() << "mixed devices must be refused";
+  } catch (const Error& e) {
+    // With no usable GPU the device check may speak first; either way nothing is touched.
+    EXPECT_TRUE(e.code() == StatusCode::kInvalidArgument || e.code() == StatusCode::kInvalidUsage)
+        << e.what();
+  }
+  EXPECT_EQ(c[0], 0.0f);
+}
+
+}  // namespace
+}  // namespace moecomm
