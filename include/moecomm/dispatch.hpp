@@ -44,6 +44,8 @@ class MOECOMM_API DispatchHandle {
 
   int64_t numRows() const noexcept;    // rows of the expert-major layout, padding included
   int64_t numTokens() const noexcept;  // T of the dispatching rank
+  // True when the dispatch ran GPU-native (its layout lives on the GPU; docs/cuda.md).
+  bool onDevice() const noexcept;
 
  private:
   std::shared_ptr<const Impl> impl_;

@@ -18,11 +18,15 @@ __device__ void weightedSum(const T* const* rows, const float* weight, int sourc
     float acc[Width];
     for (int i = 0; i < Width; ++i) acc[i] = 0.0f;
     for (int src = 0; src < sources; ++src) {
+      // Rounded multiply, then rounded add (no fused multiply-add): the CPU's arithmetic, so
+      // both give the same bits.
       if constexpr (Width == 1) {
-        acc[0] += weight[src] * toFloat(rows[src][s]);
+        acc[0] = __fadd_rn(acc[0], __fmul_rn(weight[src], toFloat(rows[src][s])));
       } else {
         const Vec<T> v = reinterpret_cast<const Vec<T>*>(rows[src])[s];
-        for (int i = 0; i < Width; ++i) acc[i] += weight[src] * toFloat(v.v[i]);
+        for (int i = 0; i < Width; ++i) {
+          acc[i] = __fadd_rn(acc[i], __fmul_rn(weight[src], toFloat(v.v[i])));
+        }
       }
     }
     if constexpr (Width == 1) {
@@ -49,7 +53,7 @@ __global__ void expertSideKernel(const T* y, int64_t hidden, int64_t rows_in, in
         const int32_t row = slot_row[i * topk + j];
         if (row >= 0) {
           rows[n] = y + row * hidden;
-          weight[n] = row_weights[row];
+          weight[n] = row_weights != nullptr ? row_weights[row] : 1.0f;
           ++n;
         }
       }

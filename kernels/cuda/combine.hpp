@@ -13,7 +13,8 @@ namespace moecomm::cuda {
 enum class RowType : int { kF32 = 0, kBF16 = 1 };
 
 // partial[i] = sum over j with slot_row[i, j] >= 0 of row_weights[slot_row] * y[slot_row], for
-// the rows_in received rows (zeros when none is kept). y: [layout rows, hidden].
+// the rows_in received rows (zeros when none is kept). y: [layout rows, hidden]. Null
+// row_weights means 1 (the backward of dispatch). Products and sums round like the CPU's.
 cudaError_t combineExpertSide(const void* y, RowType type, int64_t hidden, int64_t rows_in,
                               int topk, const int32_t* slot_row, const float* row_weights,
                               void* partial, cudaStream_t stream);

@@ -18,7 +18,8 @@ int blocksFor(int64_t n) {
 
 // One thread per (token, rank): does the token visit that rank?
 __global__ void markKernel(const int32_t* idx, int64_t tokens, int topk, int experts, int ranks,
-                           int32_t* flags, uint8_t* in_rank, int32_t* bad_slot) {
+                           int32_t* flags, uint8_t* in_rank, int32_t* bad_slot,
+                           int32_t* repeated_slot) {
   const int per_rank = experts / ranks;
   const int64_t n = tokens * ranks;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -32,6 +33,11 @@ __global__ void markKernel(const int32_t* idx, int64_t tokens, int topk, int exp
         if (bad_slot != nullptr && r == 0) atomicMin(bad_slot, static_cast<int32_t>(t * topk + j));
       } else if (e >= 0 && e / per_rank == r) {
         hit = 1;
+      }
+      if (repeated_slot != nullptr && r == 0 && e >= 0) {
+        for (int i = 0; i < j; ++i) {
+          if (idx[t * topk + i] == e) atomicMin(repeated_slot, static_cast<int32_t>(t * topk + j));
+        }
       }
     }
     flags[static_cast<int64_t>(r) * tokens + t] = hit;
@@ -103,7 +109,7 @@ __global__ void packRoutingKernel(const int32_t* idx, const float* weights, int6
     if (pos < 0) continue;
     const int r = static_cast<int>(i / tokens);
     const int64_t t = i % tokens;
-    send_token[pos] = static_cast<int32_t>(t);
+    if (send_token != nullptr) send_token[pos] = static_cast<int32_t>(t);
     for (int j = 0; j < topk; ++j) {
       const int32_t e = idx[t * topk + j];
       const bool mine = e >= 0 && e / per_rank == r;
@@ -128,7 +134,8 @@ cudaError_t computeLayout(const int32_t* topk_idx, int64_t tokens, int topk, int
   MOECOMM_CUDA_TRY(scratch.take(static_cast<size_t>(n), &flags));
   MOECOMM_CUDA_TRY(scratch.take(static_cast<size_t>(n), &scan));
   markKernel<<<blocksFor(n), kThreads, 0, stream>>>(topk_idx, tokens, topk, experts, ranks, flags,
-                                                    out.is_token_in_rank, out.bad_slot);
+                                                    out.is_token_in_rank, out.bad_slot,
+                                                    out.repeated_slot);
   MOECOMM_CUDA_TRY(cudaGetLastError());
   size_t temp_bytes = 0;
   void* temp = nullptr;

@@ -17,6 +17,8 @@ struct LayoutOutputs {
   int32_t* send_pos;           // [ranks, T] send-buffer row of (rank, token), -1 when not sent
   uint8_t* is_token_in_rank;   // [T, ranks]
   int32_t* bad_slot;  // [1], or null: lowered to the first slot whose id is outside [-1, E)
+  // [1], or null: lowered to the first slot naming an expert its token already names.
+  int32_t* repeated_slot = nullptr;
 };
 
 // topk_idx [T, k] i32 on the device, experts split evenly over ranks (E % ranks == 0).
@@ -35,7 +37,7 @@ cudaError_t packRows(const void* x, int64_t tokens, int64_t row_bytes, int ranks
 
 // The routing that travels with each sent row: for send row s = send_pos[r, t], the k slots of
 // token t that rank r owns as local expert ids (-1 elsewhere) with their weights (0 elsewhere),
-// and the source token id.
+// and the source token id (send_token may be null).
 cudaError_t packRouting(const int32_t* topk_idx, const float* topk_weights, int64_t tokens,
                         int topk, int experts, int ranks, const int32_t* send_pos,
                         int32_t* send_experts, float* send_weights, int32_t* send_token,

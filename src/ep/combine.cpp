@@ -7,6 +7,7 @@
 #include "src/core/host_mirror.hpp"
 #include "src/core/stopwatch.hpp"
 #include "src/core/tensor_checks.hpp"
+#include "src/ep/device_exchange.hpp"
 #include "src/ep/dispatcher_state.hpp"
 
 namespace moecomm {
@@ -239,6 +240,11 @@ Status staged(ExecContext context, const std::array<const TensorView*, In>& inpu
 
 void Dispatcher::combine(const TensorView& y, const DispatchHandle& handle, const TensorView& out,
                          ExecContext context) {
+  if (isDeviceHandle(handle)) {
+    Status status = deviceReduce(*state_, y, handle, out, true, context);
+    if (!status.isOk()) state_->group->raise(status);
+    return;
+  }
   Status status = staged<1, 1>(context, {&y}, {&out}, [&](auto& in, auto& outs, const Status& s) {
     return reduceToSources(*state_, in[0], handle, outs[0], true, WireOp::kCombine, s);
   });
@@ -254,6 +260,11 @@ Tensor Dispatcher::combine(const TensorView& y, const DispatchHandle& handle, Ex
 
 void Dispatcher::dispatchBackward(const TensorView& grad_rows, const DispatchHandle& handle,
                                   const TensorView& grad_x, ExecContext context) {
+  if (isDeviceHandle(handle)) {
+    Status status = deviceReduce(*state_, grad_rows, handle, grad_x, false, context);
+    if (!status.isOk()) state_->group->raise(status);
+    return;
+  }
   Status status =
       staged<1, 1>(context, {&grad_rows}, {&grad_x}, [&](auto& in, auto& outs, const Status& s) {
         return reduceToSources(*state_, in[0], handle, outs[0], false, WireOp::kDispatchBackward,
@@ -265,6 +276,12 @@ void Dispatcher::dispatchBackward(const TensorView& grad_rows, const DispatchHan
 void Dispatcher::combineBackward(const TensorView& grad_out, const TensorView& y,
                                  const DispatchHandle& handle, const TensorView& grad_y,
                                  const TensorView& grad_weights, ExecContext context) {
+  if (isDeviceHandle(handle)) {
+    Status status =
+        deviceCombineBackward(*state_, grad_out, y, handle, grad_y, grad_weights, context);
+    if (!status.isOk()) state_->group->raise(status);
+    return;
+  }
   Status status =
       staged<2, 2>(context, {&grad_out, &y}, {&grad_y, &grad_weights},
                    [&](auto& in, auto& outs, const Status& s) {

@@ -5,6 +5,7 @@
 #include "src/core/host_mirror.hpp"
 #include "src/core/stopwatch.hpp"
 #include "src/core/tensor_checks.hpp"
+#include "src/ep/device_exchange.hpp"
 #include "src/ep/dispatcher_state.hpp"
 #include "src/ep/routing_plan.hpp"
 
@@ -266,6 +267,10 @@ Status checkHandle(const DispatchHandle& handle, const Group::Impl& group) {
   return Status::ok();
 }
 
+bool DispatchHandle::onDevice() const noexcept {
+  return impl_ != nullptr && impl_->device != nullptr;
+}
+
 int64_t DispatchHandle::numRows() const noexcept {
   return impl_ ? impl_->num_rows : 0;
 }
@@ -293,7 +298,13 @@ ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& topk_idx
     if (!status.isOk()) state_->group->raise(status);
     return batch;
   }
-  // CUDA tensors: staged through pinned host memory (docs/cuda.md); the batch goes back to x's GPU.
+  if (deviceExchangeApplies(*state_->group, x, topk_idx, topk_weights)) {
+    Status status = deviceDispatch(*state_, x, topk_idx, topk_weights, context, &batch);
+    if (!status.isOk()) state_->group->raise(status);
+    return batch;
+  }
+  // Other CUDA tensors: staged through pinned host memory (docs/cuda.md); the batch goes back to
+  // x's GPU.
   HostMirror mirror(context);
   TensorView hx, hidx, hw;
   Status staged = mirror.input(x, &hx);

@@ -10,12 +10,15 @@
 
 namespace moecomm {
 
+struct DeviceScratch;  // the GPU-native path's reusable buffers and events
+
 struct Dispatcher::State {
   std::shared_ptr<Group::Impl> group;  // keeps the group alive while the dispatcher is
   DispatchOptions options;
   Staging staging;
   DispatchTimes times;             // of the last call
   std::vector<float> accumulator;  // combine's per-token f32 sums, reused
+  std::shared_ptr<DeviceScratch> device;
 };
 
 // Checks that `handle` came from a dispatch on `group`.

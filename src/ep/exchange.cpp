@@ -22,6 +22,14 @@ const char* wireOpName(WireOp op) {
       return "combineBackward";
     case WireOp::kAllReduce:
       return "allReduce";
+    case WireOp::kDeviceDispatch:
+      return "dispatch (CUDA tensors)";
+    case WireOp::kDeviceCombine:
+      return "combine (CUDA tensors)";
+    case WireOp::kDeviceDispatchBackward:
+      return "dispatchBackward (CUDA tensors)";
+    case WireOp::kDeviceCombineBackward:
+      return "combineBackward (CUDA tensors)";
     case WireOp::kCombineBackwardDots:
       return "combineBackward (weight gradients)";
   }

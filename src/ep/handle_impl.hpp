@@ -2,11 +2,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "moecomm/dispatch.hpp"
 
 namespace moecomm {
+
+struct DeviceHandle;  // the GPU-native path's layout (src/ep/device_exchange.cpp)
 
 struct DispatchHandle::Impl {
   const void* group = nullptr;  // the Group::Impl that made it; a handle works only there
@@ -28,6 +31,10 @@ struct DispatchHandle::Impl {
   std::vector<int64_t> recv_rows;    // [received tokens * k] expert-major row, or -1
   std::vector<float> row_weights;    // [num_rows]
   int64_t num_rows = 0;
+
+  // Set when the dispatch ran GPU-native: the layout lives on the GPU, and combine and the
+  // backward passes run there too.
+  std::shared_ptr<const DeviceHandle> device;
 
   // Payload bytes of a round that sends `bytes_per_token` per token towards the experts
   // (forward) or back to the token owners.

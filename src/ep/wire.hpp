@@ -16,6 +16,11 @@ enum class WireOp : uint32_t {
   kCombineBackwardGrad = 5,
   kCombineBackwardDots = 6,
   kAllReduce = 7,
+  // The GPU-native path (src/ep/device_exchange.cpp): rounds carry device pointers and events.
+  kDeviceDispatch = 8,
+  kDeviceCombine = 9,
+  kDeviceDispatchBackward = 10,
+  kDeviceCombineBackward = 11,
 };
 
 const char* wireOpName(WireOp op);

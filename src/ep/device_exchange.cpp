@@ -1,0 +1,701 @@
+#include "src/ep/device_exchange.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "src/core/env.hpp"
+
+#if defined(MOECOMM_HAVE_CUDA)
+#include <cuda_runtime_api.h>
+
+#include <array>
+#include <climits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "kernels/cuda/backward.hpp"
+#include "kernels/cuda/combine.hpp"
+#include "kernels/cuda/layout.hpp"
+#include "kernels/cuda/unpack.hpp"
+#include "src/core/device.hpp"
+#include "src/core/tensor_checks.hpp"
+#include "src/ep/handle_impl.hpp"
+#endif
+
+namespace moecomm {
+
+#if defined(MOECOMM_HAVE_CUDA)
+
+// What a GPU-native dispatch leaves for combine and the backward passes.
+struct DeviceHandle {
+  int device = 0;
+  int ranks = 0;
+  int topk = 0;
+  int local_experts = 0;
+  int64_t tokens = 0;
+  int64_t hidden = 0;
+  std::vector<int64_t> send_offsets;  // [ranks + 1] send-buffer rows per destination
+  std::vector<int64_t> recv_offsets;  // [ranks + 1] received rows per source, in source order
+  int64_t num_rows = 0;
+  Tensor send_pos;        // i32 [ranks, tokens]
+  Tensor slot_row;        // i32 [rows in, topk]
+  Tensor row_source;      // i32 [num_rows]
+  Tensor row_weights;     // f32 [num_rows]
+  Tensor expert_offsets;  // i32 [local experts + 1]
+
+  int64_t sent() const { return send_offsets.back(); }
+  int64_t received() const { return recv_offsets.back(); }
+};
+
+// Device buffers a Dispatcher reuses across calls (they only grow) and the events its rounds
+// publish. A buffer is reused only after the peers' copies out of it are ordered before the reuse
+// on this rank's stream (the closing round of every call waits for them).
+struct DeviceScratch {
+  struct Buffer {
+    std::shared_ptr<std::byte> memory;
+    size_t capacity = 0;
+    std::byte* data() const { return memory.get(); }
+  };
+  int device = -1;
+  Buffer send_rows, send_experts, send_weights, recv_rows, recv_experts, recv_weights, partial,
+      back, grad, small;
+  std::array<cudaEvent_t, 3> events{};  // per round: what this rank published is ready
+
+  ~DeviceScratch();
+};
+
+namespace {
+
+// Events go back to a process-wide pool instead of being destroyed: a peer may still be about to
+// wait on this rank's last event after this rank has returned and dropped its Dispatcher, and a
+// destroyed event must never reach cudaStreamWaitEvent. (A recycled event recorded again only
+// makes such a late waiter wait for work that is already queued.)
+struct EventPool {
+  std::mutex mutex;
+  std::map<int, std::vector<cudaEvent_t>> free;  // by device
+};
+
+EventPool& eventPool() {
+  static auto* pool = new EventPool;  // never destroyed: events may outlive static destruction
+  return *pool;
+}
+
+Status takeEvent(int device, cudaEvent_t* out) {
+  {
+    EventPool& pool = eventPool();
+    std::lock_guard<std::mutex> lock(pool.mutex);
+    auto& list = pool.free[device];
+    if (!list.empty()) {
+      *out = list.back();
+      list.pop_back();
+      return Status::ok();
+    }
+  }
+  const cudaError_t status = cudaEventCreateWithFlags(out, cudaEventDisableTiming);
+  if (status != cudaSuccess) {
+    return makeError(StatusCode::kSystemError, "cudaEventCreate failed: {}",
+                     cudaGetErrorString(status));
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+DeviceScratch::~DeviceScratch() {
+  EventPool& pool = eventPool();
+  std::lock_guard<std::mutex> lock(pool.mutex);
+  for (cudaEvent_t e : events) {
+    if (e != nullptr) pool.free[device].push_back(e);
+  }
+}
+
+namespace {
+
+// The message of one host round: where this rank's data for the peer sits and the event that
+// says it is there. Dispatch appends the per-expert counts of the peer's experts.
+struct PeerMessage {
+  uint64_t rows = 0;  // device pointer
+  uint64_t experts = 0;
+  uint64_t weights = 0;
+  uint64_t event = 0;  // cudaEvent_t
+  int64_t count = 0;   // rows
+};
+
+Status cudaStatus(cudaError_t status, const char* what) {
+  if (status == cudaSuccess) return Status::ok();
+  return makeError(StatusCode::kSystemError, "{} failed on the GPU: {} ({})", what,
+                   cudaGetErrorString(status), cudaGetErrorName(status));
+}
+
+Status grow(DeviceScratch::Buffer& buffer, size_t bytes, int device) {
+  if (buffer.capacity >= bytes && buffer.memory) return Status::ok();
+  size_t capacity = 4096;
+  while (capacity < bytes) capacity *= 2;
+  buffer.memory.reset();
+  MOECOMM_RETURN_IF_ERROR(device::allocate(device, capacity, &buffer.memory));
+  buffer.capacity = capacity;
+  return Status::ok();
+}
+
+Status scratchFor(Dispatcher::State& state, int device, DeviceScratch** out) {
+  if (!state.device || state.device->device != device) {
+    auto scratch = std::make_shared<DeviceScratch>();
+    scratch->device = device;
+    for (cudaEvent_t& e : scratch->events) MOECOMM_RETURN_IF_ERROR(takeEvent(device, &e));
+    state.device = std::move(scratch);
+  }
+  *out = state.device.get();
+  return Status::ok();
+}
+
+// A device tensor as a Status-returning call (Tensor::empty throws at the API edge).
+Status deviceTensor(std::vector<int64_t> shape, DType dtype, int device, Tensor* out) {
+  try {
+    *out = Tensor::empty(shape, dtype, Device::cuda(device));
+  } catch (const Error& e) {
+    return Status(e.code(), e.what());
+  }
+  return Status::ok();
+}
+
+cuda::RowType rowType(DType dtype) {
+  return dtype == DType::kBF16 ? cuda::RowType::kBF16 : cuda::RowType::kF32;
+}
+
+size_t rowBytes(int64_t hidden, DType dtype) {
+  return static_cast<size_t>(hidden) * dtypeSize(dtype);
+}
+
+Status checkOnDevice(const char* name, const TensorView& v, int device) {
+  if (!v.device.isCuda() || v.device.index != device) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "{} is {}, expected a tensor on cuda:{} like the dispatch's inputs", name,
+                     v.describe(), device);
+  }
+  return Status::ok();
+}
+
+// One host round: every rank sends each peer `message(peer)` (fixed size) and gets the same
+// from each. With a failed `local`, only the error travels.
+template <typename Fill>
+Status round(Dispatcher::State& state, WireOp op, uint64_t sequence, int phase, const Status& local,
+             size_t bytes, Fill fill) {
+  Group::Impl& group = *state.group;
+  Staging& staging = state.staging;
+  staging.prepare(group.size);
+  for (int p = 0; p < group.size; ++p) {
+    std::byte* payload = staging.sendPayload(p, bytes, op, sequence, 0);
+    std::memset(payload, 0, bytes);
+    if (local.isOk()) fill(p, payload);
+    staging.expect(p, bytes);
+  }
+  MOECOMM_RETURN_IF_ERROR(exchange(group, staging, op, sequence, phase, local));
+  for (int p = 0; p < group.size; ++p) {
+    if (staging.received[p] != sizeof(WireHeader) + bytes) {
+      return makeError(StatusCode::kInternalError,
+                       "rank {}: the {} message from rank {} has {} bytes, expected {}", group.rank,
+                       wireOpName(op), p, staging.received[p], sizeof(WireHeader) + bytes);
+    }
+  }
+  return Status::ok();
+}
+
+PeerMessage messageFrom(const Staging& staging, int peer) {
+  PeerMessage m;
+  std::memcpy(&m, staging.recvPayload(peer), sizeof(m));
+  return m;
+}
+
+// The closing round: each rank says "I have queued everything that reads your buffers" with the
+// event after its last read, and every rank orders its stream after all of them, so that its
+// buffers may be reused by its next call.
+Status closingRound(Dispatcher::State& state, WireOp op, uint64_t sequence, int phase,
+                    const Status& local, cudaEvent_t done, cudaStream_t stream) {
+  MOECOMM_RETURN_IF_ERROR(
+      round(state, op, sequence, phase, local, sizeof(PeerMessage), [&](int, std::byte* payload) {
+        PeerMessage m;
+        m.event = reinterpret_cast<uint64_t>(done);
+        std::memcpy(payload, &m, sizeof(m));
+      }));
+  for (int p = 0; p < state.group->size; ++p) {
+    const PeerMessage m = messageFrom(state.staging, p);
+    MOECOMM_RETURN_IF_ERROR(
+        cudaStatus(cudaStreamWaitEvent(stream, reinterpret_cast<cudaEvent_t>(m.event), 0),
+                   "cudaStreamWaitEvent"));
+  }
+  return Status::ok();
+}
+
+Status checkDispatchInputs(const Group::Impl& group, const TensorView& x, const TensorView& idx,
+                           const TensorView& w) {
+  const GroupConfig& c = group.config;
+  MOECOMM_RETURN_IF_ERROR(checkMatrix("x", x, -1, c.hidden, {c.dtype}, true));
+  MOECOMM_RETURN_IF_ERROR(checkMatrix("topk_idx", idx, x.shape[0], c.topk, {DType::kI32}, true));
+  MOECOMM_RETURN_IF_ERROR(checkMatrix("topk_weights", w, x.shape[0], c.topk, {DType::kF32}, true));
+  MOECOMM_RETURN_IF_ERROR(checkOnDevice("topk_idx", idx, x.device.index));
+  MOECOMM_RETURN_IF_ERROR(checkOnDevice("topk_weights", w, x.device.index));
+  if (x.shape[0] * group.size >= INT32_MAX || x.shape[0] * c.topk >= INT32_MAX) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "x has {} tokens; the GPU path indexes tokens x ranks in 32 bits", x.shape[0]);
+  }
+  return Status::ok();
+}
+
+// The source side of dispatch: layout (one wait for the counts), then the send buffer.
+Status layoutAndPack(Dispatcher::State& state, DeviceScratch& sc, const TensorView& x,
+                     const TensorView& idx, const TensorView& w, cudaStream_t stream,
+                     DeviceHandle& h, std::vector<int32_t>* tokens_per_expert) {
+  const Group::Impl& group = *state.group;
+  const int n = group.size;
+  const int E = group.config.num_experts;
+  const int64_t T = h.tokens;
+  const size_t rb = rowBytes(h.hidden, group.config.dtype);
+  MOECOMM_RETURN_IF_ERROR(deviceTensor({n, T}, DType::kI32, h.device, &h.send_pos));
+  // Small outputs side by side: per expert, per rank, rank offsets, two error slots, flags.
+  const size_t small_ints = static_cast<size_t>(E + n + (n + 1) + 2);
+  MOECOMM_RETURN_IF_ERROR(grow(sc.small, small_ints * 4 + static_cast<size_t>(T * n), h.device));
+  auto* ints = reinterpret_cast<int32_t*>(sc.small.data());
+  int32_t* tpe = ints;
+  int32_t* tpr = tpe + E;
+  int32_t* offsets = tpr + n;
+  int32_t* errors = offsets + n + 1;
+  auto* in_rank = reinterpret_cast<uint8_t*>(errors + 2);
+  const std::array<int32_t, 2> none = {INT32_MAX, INT32_MAX};
+  MOECOMM_RETURN_IF_ERROR(
+      cudaStatus(cudaMemcpyAsync(errors, none.data(), sizeof(none), cudaMemcpyHostToDevice, stream),
+                 "cudaMemcpyAsync"));
+  cuda::LayoutOutputs lo{tpe, tpr, offsets, h.send_pos.as<int32_t>(), in_rank, errors};
+  lo.repeated_slot = errors + 1;
+  MOECOMM_RETURN_IF_ERROR(cudaStatus(
+      cuda::computeLayout(idx.as<const int32_t>(), T, h.topk, E, n, lo, stream), "the layout"));
+  // The one wait of the call: the counts size every buffer that follows.
+  std::vector<int32_t> host(small_ints);
+  MOECOMM_RETURN_IF_ERROR(
+      cudaStatus(cudaMemcpyAsync(host.data(), ints, small_ints * 4, cudaMemcpyDeviceToHost, stream),
+                 "cudaMemcpyAsync"));
+  MOECOMM_RETURN_IF_ERROR(cudaStatus(cudaStreamSynchronize(stream), "cudaStreamSynchronize"));
+  const int32_t bad = host[static_cast<size_t>(E + n + n + 1)];
+  const int32_t repeated = host[static_cast<size_t>(E + n + n + 2)];
+  if (bad != INT32_MAX) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "topk_idx[{}, {}] names no expert: ids must be -1 or in [0, {})", bad / h.topk,
+                     bad % h.topk, E);
+  }
+  if (repeated != INT32_MAX) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "topk_idx[{}, {}] repeats an expert token {} already names; each token "
+                     "names an expert at most once",
+                     repeated / h.topk, repeated % h.topk, repeated / h.topk);
+  }
+  tokens_per_expert->assign(host.begin(), host.begin() + E);
+  h.send_offsets.assign(host.begin() + E + n, host.begin() + E + n + n + 1);
+  const size_t sent = static_cast<size_t>(h.sent());
+  MOECOMM_RETURN_IF_ERROR(grow(sc.send_rows, sent * rb, h.device));
+  MOECOMM_RETURN_IF_ERROR(grow(sc.send_experts, sent * h.topk * 4, h.device));
+  MOECOMM_RETURN_IF_ERROR(grow(sc.send_weights, sent * h.topk * 4 + 4, h.device));
+  MOECOMM_RETURN_IF_ERROR(
+      cudaStatus(cuda::packRows(x.data, T, static_cast<int64_t>(rb), n, h.send_pos.as<int32_t>(),
+                                sc.send_rows.data(), stream),
+                 "pack"));
+  MOECOMM_RETURN_IF_ERROR(cudaStatus(
+      cuda::packRouting(idx.as<const int32_t>(), w.as<const float>(), T, h.topk, E, n,
+                        h.send_pos.as<int32_t>(),
+                        reinterpret_cast<int32_t*>(sc.send_experts.data()),
+                        reinterpret_cast<float*>(sc.send_weights.data()), nullptr, stream),
+      "pack routing"));
+  return cudaStatus(cudaEventRecord(sc.events[0], stream), "cudaEventRecord");
+}
+
+}  // namespace
+
+bool deviceExchangeApplies(const Group::Impl& group, const TensorView& x,
+                           const TensorView& topk_idx, const TensorView& topk_weights) {
+  return envInt("MOECOMM_CUDA_NATIVE", 1) != 0 && std::string(group.transport->name()) == "local" &&
+         x.device.isCuda() && topk_idx.device.isCuda() && topk_weights.device.isCuda() &&
+         topk_idx.dtype == DType::kI32;
+}
+
+bool isDeviceHandle(const DispatchHandle& handle) {
+  return handle.valid() && handle.impl()->device != nullptr;
+}
+
+Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const TensorView& topk_idx,
+                      const TensorView& topk_weights, ExecContext context, ExpertBatch* out) {
+  Group::Impl& group = *state.group;
+  const uint64_t sequence = group.takeSequence();
+  state.times = {};
+  const int n = group.size;
+  const int k = group.config.topk;
+  const int L = group.config.num_experts / n;
+  auto stream = static_cast<cudaStream_t>(context.stream);
+  auto h = std::make_shared<DeviceHandle>();
+  h->device = x.device.index;
+  h->ranks = n;
+  h->topk = k;
+  h->local_experts = L;
+  h->tokens = x.shape[0];
+  h->hidden = group.config.hidden;
+  const size_t rb = rowBytes(h->hidden, group.config.dtype);
+  DeviceScratch* sc = nullptr;
+  std::vector<int32_t> tpe;
+  Status local = checkDispatchInputs(group, x, topk_idx, topk_weights);
+  if (local.isOk()) local = device::setDevice(h->device);
+  if (local.isOk()) local = scratchFor(state, h->device, &sc);
+  if (local.isOk()) local = layoutAndPack(state, *sc, x, topk_idx, topk_weights, stream, *h, &tpe);
+
+  // Round 1: to each destination, where its rows sit, the event after the pack, and how many
+  // rows each of its experts gets from this rank.
+  const size_t message_bytes = sizeof(PeerMessage) + static_cast<size_t>(L) * sizeof(int64_t);
+  MOECOMM_RETURN_IF_ERROR(
+      round(state, WireOp::kDeviceDispatch, sequence, 0, local, message_bytes,
+            [&](int d, std::byte* payload) {
+              PeerMessage m;
+              const int64_t first = h->send_offsets[d];
+              m.rows = reinterpret_cast<uint64_t>(sc->send_rows.data() + first * rb);
+              m.experts = reinterpret_cast<uint64_t>(sc->send_experts.data() + first * k * 4);
+              m.weights = reinterpret_cast<uint64_t>(sc->send_weights.data() + first * k * 4);
+              m.event = reinterpret_cast<uint64_t>(sc->events[0]);
+              m.count = h->send_offsets[d + 1] - first;
+              std::memcpy(payload, &m, sizeof(m));
+              for (int e = 0; e < L; ++e) {
+                const int64_t c = tpe[static_cast<size_t>(d * L + e)];
+                std::memcpy(payload + sizeof(m) + e * sizeof(int64_t), &c, sizeof(c));
+              }
+            }));
+
+  // The receiving side's layout, on the host from the counts (the same formula planUnpack uses).
+  const DispatchOptions& o = state.options;
+  std::vector<PeerMessage> from(static_cast<size_t>(n));
+  std::vector<int64_t> demand(static_cast<size_t>(L), 0);
+  h->recv_offsets.assign(1, 0);
+  for (int s = 0; s < n; ++s) {
+    from[s] = messageFrom(state.staging, s);
+    h->recv_offsets.push_back(h->recv_offsets.back() + from[s].count);
+    for (int e = 0; e < L; ++e) {
+      int64_t c = 0;
+      std::memcpy(&c, state.staging.recvPayload(s) + sizeof(PeerMessage) + e * sizeof(int64_t),
+                  sizeof(c));
+      demand[e] += c;
+    }
+  }
+  ExpertBatch batch;
+  batch.expert_demand = demand;
+  batch.expert_offsets.assign(1, 0);
+  const int64_t align = std::max(1, o.expert_alignment);
+  for (int e = 0; e < L; ++e) {
+    const int64_t cap = o.expert_capacity;
+    const int64_t count = cap > 0 ? std::min(demand[e], cap) : demand[e];
+    const int64_t span = o.pad_to_capacity ? cap : count;
+    batch.expert_counts.push_back(count);
+    batch.expert_offsets.push_back(batch.expert_offsets.back() +
+                                   (span + align - 1) / align * align);
+    batch.refused += demand[e] - count;
+  }
+  h->num_rows = batch.expert_offsets.back();
+  for (int s = 0; s < n; ++s) batch.tokens_from_rank.push_back(from[s].count);
+
+  // Pull every source's rows, then lay them out expert by expert.
+  const int64_t rows_in = h->received();
+  Status mid = deviceTensor({rows_in, k}, DType::kI32, h->device, &h->slot_row);
+  if (mid.isOk()) mid = deviceTensor({h->num_rows}, DType::kI32, h->device, &h->row_source);
+  if (mid.isOk()) mid = deviceTensor({h->num_rows}, DType::kF32, h->device, &h->row_weights);
+  if (mid.isOk()) mid = deviceTensor({L + 1}, DType::kI32, h->device, &h->expert_offsets);
+  if (mid.isOk()) {
+    mid = deviceTensor({h->num_rows, h->hidden}, group.config.dtype, h->device, &batch.x);
+  }
+  if (mid.isOk()) mid = grow(sc->recv_rows, static_cast<size_t>(rows_in) * rb, h->device);
+  if (mid.isOk()) mid = grow(sc->recv_experts, static_cast<size_t>(rows_in * k) * 4, h->device);
+  if (mid.isOk()) mid = grow(sc->recv_weights, static_cast<size_t>(rows_in * k) * 4, h->device);
+  if (mid.isOk()) mid = grow(sc->partial, static_cast<size_t>(2 * L + 2) * 4, h->device);
+  for (int s = 0; s < n && mid.isOk(); ++s) {
+    const int64_t first = h->recv_offsets[s];
+    const int64_t count = from[s].count;
+    if (count == 0) continue;
+    mid = cudaStatus(cudaStreamWaitEvent(stream, reinterpret_cast<cudaEvent_t>(from[s].event), 0),
+                     "cudaStreamWaitEvent");
+    const std::array<std::pair<size_t, std::pair<std::byte*, uint64_t>>, 3> copies = {{
+        {rb, {sc->recv_rows.data(), from[s].rows}},
+        {static_cast<size_t>(k) * 4, {sc->recv_experts.data(), from[s].experts}},
+        {static_cast<size_t>(k) * 4, {sc->recv_weights.data(), from[s].weights}},
+    }};
+    for (const auto& [unit, where] : copies) {
+      if (!mid.isOk()) break;
+      mid = cudaStatus(
+          cudaMemcpyAsync(where.first + first * unit, reinterpret_cast<const void*>(where.second),
+                          static_cast<size_t>(count) * unit, cudaMemcpyDefault, stream),
+          "cudaMemcpyAsync");
+    }
+  }
+  if (mid.isOk()) {
+    auto* table = reinterpret_cast<int32_t*>(sc->partial.data());
+    cuda::UnpackOptions uo;
+    uo.local_experts = L;
+    uo.alignment = static_cast<int>(align);
+    uo.capacity = o.expert_capacity;
+    uo.pad_to_capacity = o.pad_to_capacity;
+    uo.max_rows = h->num_rows;
+    const cuda::UnpackPlan plan{table,
+                                table + L,
+                                h->expert_offsets.as<int32_t>(),
+                                h->slot_row.as<int32_t>(),
+                                h->row_source.as<int32_t>(),
+                                table + 2 * L,
+                                table + 2 * L + 1};
+    mid = cudaStatus(cuda::planUnpack(reinterpret_cast<const int32_t*>(sc->recv_experts.data()),
+                                      rows_in, k, uo, plan, stream),
+                     "the unpack plan");
+    if (mid.isOk()) {
+      mid = cudaStatus(
+          cuda::unpackRows(sc->recv_rows.data(), reinterpret_cast<float*>(sc->recv_weights.data()),
+                           k, static_cast<int64_t>(rb), plan, L, h->num_rows, batch.x.data(),
+                           h->row_weights.as<float>(), stream),
+          "unpack");
+    }
+  }
+  if (mid.isOk()) mid = cudaStatus(cudaEventRecord(sc->events[1], stream), "cudaEventRecord");
+  MOECOMM_RETURN_IF_ERROR(
+      closingRound(state, WireOp::kDeviceDispatch, sequence, 1, mid, sc->events[1], stream));
+
+  batch.row_weights = h->row_weights;
+  auto impl = std::make_shared<DispatchHandle::Impl>();
+  impl->group = &group;
+  impl->ranks = n;
+  impl->topk = k;
+  impl->hidden = h->hidden;
+  impl->tokens = h->tokens;
+  impl->num_rows = h->num_rows;
+  impl->device = h;
+  batch.handle = DispatchHandle(impl);
+  *out = std::move(batch);
+  return Status::ok();
+}
+
+namespace {
+
+Status checkDeviceHandle(const DispatchHandle& handle, const Group::Impl& group) {
+  MOECOMM_RETURN_IF_ERROR(checkHandle(handle, group));
+  if (!isDeviceHandle(handle)) {
+    return makeError(StatusCode::kInternalError, "a host handle reached the GPU-native path");
+  }
+  return Status::ok();
+}
+
+// Expert-side rows come back to their sources: round 1 publishes where each source's rows sit;
+// each source pulls its rows into `back` (send-buffer order) and runs `finish` on them.
+template <typename Finish>
+Status rowsHome(Dispatcher::State& state, WireOp op, uint64_t sequence, Status local,
+                const DeviceHandle* h, size_t unit, DeviceScratch* sc, cudaStream_t stream,
+                Finish finish) {
+  MOECOMM_RETURN_IF_ERROR(
+      round(state, op, sequence, 2, local, sizeof(PeerMessage), [&](int s, std::byte* payload) {
+        PeerMessage m;
+        m.rows = reinterpret_cast<uint64_t>(sc->partial.data() + h->recv_offsets[s] * unit);
+        m.event = reinterpret_cast<uint64_t>(sc->events[1]);
+        m.count = h->recv_offsets[s + 1] - h->recv_offsets[s];
+        std::memcpy(payload, &m, sizeof(m));
+      }));
+  Status mid = grow(sc->back, static_cast<size_t>(h->sent()) * unit, h->device);
+  for (int d = 0; d < h->ranks && mid.isOk(); ++d) {
+    const PeerMessage m = messageFrom(state.staging, d);
+    const int64_t first = h->send_offsets[d];
+    if (m.count != h->send_offsets[d + 1] - first) {
+      mid = makeError(StatusCode::kInternalError,
+                      "rank {}: rank {} returns {} rows, but {} were sent to it", state.group->rank,
+                      d, m.count, h->send_offsets[d + 1] - first);
+      break;
+    }
+    if (m.count == 0) continue;
+    mid = cudaStatus(cudaStreamWaitEvent(stream, reinterpret_cast<cudaEvent_t>(m.event), 0),
+                     "cudaStreamWaitEvent");
+    if (mid.isOk()) {
+      mid = cudaStatus(
+          cudaMemcpyAsync(sc->back.data() + first * unit, reinterpret_cast<const void*>(m.rows),
+                          static_cast<size_t>(m.count) * unit, cudaMemcpyDefault, stream),
+          "cudaMemcpyAsync");
+    }
+  }
+  if (mid.isOk()) mid = finish();
+  if (mid.isOk()) mid = cudaStatus(cudaEventRecord(sc->events[2], stream), "cudaEventRecord");
+  return closingRound(state, op, sequence, 3, mid, sc->events[2], stream);
+}
+
+}  // namespace
+
+Status deviceReduce(Dispatcher::State& state, const TensorView& rows, const DispatchHandle& handle,
+                    const TensorView& out, bool weighted, ExecContext context) {
+  Group::Impl& group = *state.group;
+  const uint64_t sequence = group.takeSequence();
+  state.times = {};
+  const WireOp op = weighted ? WireOp::kDeviceCombine : WireOp::kDeviceDispatchBackward;
+  auto stream = static_cast<cudaStream_t>(context.stream);
+  Status local = checkDeviceHandle(handle, group);
+  const DeviceHandle* h = local.isOk() ? handle.impl()->device.get() : nullptr;
+  const char* rows_name = weighted ? "y" : "grad_rows";
+  const char* out_name = weighted ? "out" : "grad_x";
+  if (local.isOk()) {
+    local = checkMatrix(rows_name, rows, h->num_rows, h->hidden, {DType::kF32, DType::kBF16}, true);
+  }
+  if (local.isOk()) local = checkMatrix(out_name, out, h->tokens, h->hidden, {rows.dtype}, true);
+  if (local.isOk()) local = checkOnDevice(rows_name, rows, h->device);
+  if (local.isOk()) local = checkOnDevice(out_name, out, h->device);
+  DeviceScratch* sc = nullptr;
+  if (local.isOk()) local = device::setDevice(h->device);
+  if (local.isOk()) local = scratchFor(state, h->device, &sc);
+  const size_t unit = local.isOk() ? rowBytes(h->hidden, rows.dtype) : 0;
+  // The expert side: one partial row per received row, into the shared partial buffer.
+  if (local.isOk()) local = grow(sc->partial, static_cast<size_t>(h->received()) * unit, h->device);
+  if (local.isOk()) {
+    local = cudaStatus(cuda::combineExpertSide(rows.data, rowType(rows.dtype), h->hidden,
+                                               h->received(), h->topk, h->slot_row.as<int32_t>(),
+                                               weighted ? h->row_weights.as<float>() : nullptr,
+                                               sc->partial.data(), stream),
+                       "the expert-side reduction");
+  }
+  if (local.isOk()) local = cudaStatus(cudaEventRecord(sc->events[1], stream), "cudaEventRecord");
+  return rowsHome(state, op, sequence, local, h, unit, sc, stream, [&] {
+    return cudaStatus(
+        cuda::combineReduce(sc->back.data(), rowType(rows.dtype), h->hidden, h->tokens, h->ranks,
+                            h->send_pos.as<int32_t>(), out.data, stream),
+        "the reduction over ranks");
+  });
+}
+
+Status deviceCombineBackward(Dispatcher::State& state, const TensorView& grad_out,
+                             const TensorView& y, const DispatchHandle& handle,
+                             const TensorView& grad_y, const TensorView& grad_weights,
+                             ExecContext context) {
+  Group::Impl& group = *state.group;
+  const uint64_t sequence = group.takeSequence();
+  state.times = {};
+  const WireOp op = WireOp::kDeviceCombineBackward;
+  auto stream = static_cast<cudaStream_t>(context.stream);
+  Status local = checkDeviceHandle(handle, group);
+  const DeviceHandle* h = local.isOk() ? handle.impl()->device.get() : nullptr;
+  if (local.isOk()) {
+    local =
+        checkMatrix("grad_out", grad_out, h->tokens, h->hidden, {DType::kF32, DType::kBF16}, true);
+  }
+  if (local.isOk()) local = checkMatrix("y", y, h->num_rows, h->hidden, {grad_out.dtype}, true);
+  if (local.isOk()) {
+    local = checkMatrix("grad_y", grad_y, h->num_rows, h->hidden, {grad_out.dtype}, true);
+  }
+  if (local.isOk()) {
+    local = checkMatrix("grad_weights", grad_weights, h->tokens, h->topk, {DType::kF32}, true);
+  }
+  for (const auto& [name, view] : {std::pair<const char*, const TensorView*>{"grad_out", &grad_out},
+                                   {"y", &y},
+                                   {"grad_y", &grad_y},
+                                   {"grad_weights", &grad_weights}}) {
+    if (local.isOk()) local = checkOnDevice(name, *view, h->device);
+  }
+  DeviceScratch* sc = nullptr;
+  if (local.isOk()) local = device::setDevice(h->device);
+  if (local.isOk()) local = scratchFor(state, h->device, &sc);
+  const size_t rb = local.isOk() ? rowBytes(h->hidden, grad_out.dtype) : 0;
+  const size_t dot_unit = local.isOk() ? static_cast<size_t>(h->topk) * 4 : 0;
+  // Round 1: grad_out travels to the experts like a dispatch of x.
+  if (local.isOk()) local = grow(sc->send_rows, static_cast<size_t>(h->sent()) * rb, h->device);
+  if (local.isOk()) {
+    local = cudaStatus(cuda::packRows(grad_out.data, h->tokens, static_cast<int64_t>(rb), h->ranks,
+                                      h->send_pos.as<int32_t>(), sc->send_rows.data(), stream),
+                       "pack");
+  }
+  if (local.isOk()) local = cudaStatus(cudaEventRecord(sc->events[0], stream), "cudaEventRecord");
+  MOECOMM_RETURN_IF_ERROR(
+      round(state, op, sequence, 0, local, sizeof(PeerMessage), [&](int d, std::byte* payload) {
+        PeerMessage m;
+        const int64_t first = h->send_offsets[d];
+        m.rows = reinterpret_cast<uint64_t>(sc->send_rows.data() + first * rb);
+        m.event = reinterpret_cast<uint64_t>(sc->events[0]);
+        m.count = h->send_offsets[d + 1] - first;
+        std::memcpy(payload, &m, sizeof(m));
+      }));
+  // The expert side: grad_y (into scratch, copied out once the call has succeeded) and the slots'
+  // dot products.
+  const int64_t rows_in = h->received();
+  const size_t grad_y_bytes = static_cast<size_t>(h->num_rows) * rb;
+  Status mid = grow(sc->recv_rows, static_cast<size_t>(rows_in) * rb, h->device);
+  if (mid.isOk()) mid = grow(sc->partial, static_cast<size_t>(rows_in) * dot_unit, h->device);
+  if (mid.isOk()) mid = grow(sc->grad, grad_y_bytes, h->device);
+  for (int s = 0; s < h->ranks && mid.isOk(); ++s) {
+    const PeerMessage m = messageFrom(state.staging, s);
+    const int64_t first = h->recv_offsets[s];
+    if (m.count != h->recv_offsets[s + 1] - first) {
+      mid = makeError(StatusCode::kInternalError, "rank {}: rank {} sends {} rows, expected {}",
+                      group.rank, s, m.count, h->recv_offsets[s + 1] - first);
+      break;
+    }
+    if (m.count == 0) continue;
+    mid = cudaStatus(cudaStreamWaitEvent(stream, reinterpret_cast<cudaEvent_t>(m.event), 0),
+                     "cudaStreamWaitEvent");
+    if (mid.isOk()) {
+      mid = cudaStatus(
+          cudaMemcpyAsync(sc->recv_rows.data() + first * rb, reinterpret_cast<const void*>(m.rows),
+                          static_cast<size_t>(m.count) * rb, cudaMemcpyDefault, stream),
+          "cudaMemcpyAsync");
+    }
+  }
+  if (mid.isOk()) {
+    mid = cudaStatus(
+        cuda::scaleIntoLayout(sc->recv_rows.data(), rowType(grad_out.dtype), h->hidden, h->topk,
+                              h->row_source.as<int32_t>(), h->row_weights.as<float>(),
+                              h->expert_offsets.as<int32_t>() + h->local_experts, h->num_rows,
+                              sc->grad.data(), stream),
+        "the expert-side gradient");
+  }
+  if (mid.isOk()) {
+    mid = cudaStatus(cuda::slotDots(sc->recv_rows.data(), y.data, rowType(grad_out.dtype),
+                                    h->hidden, rows_in, h->topk, h->slot_row.as<int32_t>(),
+                                    reinterpret_cast<float*>(sc->partial.data()), stream),
+                     "the weight-gradient dot products");
+  }
+  if (mid.isOk()) mid = cudaStatus(cudaEventRecord(sc->events[1], stream), "cudaEventRecord");
+  // Round 2: the dots go home (rowsHome also closes the call), and only then the outputs.
+  MOECOMM_RETURN_IF_ERROR(rowsHome(state, op, sequence, mid, h, dot_unit, sc, stream, [&] {
+    Status s = cudaStatus(cuda::gatherSlotValues(
+                              reinterpret_cast<const float*>(sc->back.data()), h->tokens, h->ranks,
+                              h->topk, h->send_pos.as<int32_t>(), grad_weights.as<float>(), stream),
+                          "the weight gradients");
+    if (s.isOk()) {
+      s = cudaStatus(cudaMemcpyAsync(grad_y.data, sc->grad.data(), grad_y_bytes,
+                                     cudaMemcpyDeviceToDevice, stream),
+                     "cudaMemcpyAsync");
+    }
+    return s;
+  }));
+  return Status::ok();
+}
+
+#else
+
+bool deviceExchangeApplies(const Group::Impl&, const TensorView&, const TensorView&,
+                           const TensorView&) {
+  return false;
+}
+
+bool isDeviceHandle(const DispatchHandle&) {
+  return false;
+}
+
+Status deviceDispatch(Dispatcher::State&, const TensorView&, const TensorView&, const TensorView&,
+                      ExecContext, ExpertBatch*) {
+  return Status(StatusCode::kInternalError, "the GPU-native path needs a CUDA build");
+}
+
+Status deviceReduce(Dispatcher::State&, const TensorView&, const DispatchHandle&, const TensorView&,
+                    bool, ExecContext) {
+  return Status(StatusCode::kInternalError, "the GPU-native path needs a CUDA build");
+}
+
+Status deviceCombineBackward(Dispatcher::State&, const TensorView&, const TensorView&,
+                             const DispatchHandle&, const TensorView&, const TensorView&,
+                             ExecContext) {
+  return Status(StatusCode::kInternalError, "the GPU-native path needs a CUDA build");
+}
+
+#endif
+
+}  // namespace moecomm
