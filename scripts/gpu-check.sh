@@ -42,8 +42,8 @@ fi
 export CUDACXX=${CUDACXX:-$(command -v nvcc || true)}
 generator=()
 if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
-# NCCL: the toolkit's, or the one inside Python's nvidia-nccl package (recorded for the NCCL
-# transport; the kernels themselves do not need it).
+# NCCL for the nccl transport: the toolkit's or the system's, or the one inside Python's
+# nvidia-nccl package.
 nccl_dir=""
 for candidate in /usr/local/cuda /usr; do
   [ -f "$candidate/include/nccl.h" ] && nccl_dir=$candidate && break
@@ -63,7 +63,8 @@ echo "cores: $(nproc)"
 
 step configure 120 cmake -S "$root" -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90 -DMOECOMM_WITH_CUDA=ON -DMOECOMM_WITH_MPI=OFF \
-  -DMOECOMM_WITH_UCX=OFF -DMOECOMM_WARNINGS_AS_ERRORS=OFF -DMOECOMM_BUILD_EXAMPLES=OFF
+  -DMOECOMM_WITH_UCX=OFF -DMOECOMM_WARNINGS_AS_ERRORS=OFF -DMOECOMM_BUILD_EXAMPLES=OFF \
+  ${nccl_dir:+-DMOECOMM_NCCL_ROOT="$nccl_dir"}
 # Two builds, so that a failure in the engine's build still leaves the kernels' tests to run.
 step build 300 cmake --build "$dir" -j "$(nproc)" --target test_gpu_kernels bench_gpu_kernels
 step build-engine 300 cmake --build "$dir" -j "$(nproc)" --target test_gpu_engine bench_gpu_engine

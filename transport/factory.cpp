@@ -18,13 +18,16 @@ uint32_t builtTransports() {
 #ifdef MOECOMM_HAVE_MPI
   bits |= kTransportMpi;
 #endif
+#ifdef MOECOMM_HAVE_NCCL
+  bits |= kTransportNccl;
+#endif
   return bits;
 }
 
 std::string transportList(uint32_t bits) {
   std::string out;
   for (auto [bit, name] : {std::pair{kTransportLocal, "local"}, std::pair{kTransportUcx, "ucx"},
-                           std::pair{kTransportMpi, "mpi"}}) {
+                           std::pair{kTransportMpi, "mpi"}, std::pair{kTransportNccl, "nccl"}}) {
     if ((bits & bit) == 0) continue;
     if (!out.empty()) out += ", ";
     out += name;
@@ -36,6 +39,7 @@ uint32_t transportBit(const std::string& name) {
   if (name == "local") return kTransportLocal;
   if (name == "ucx") return kTransportUcx;
   if (name == "mpi") return kTransportMpi;
+  if (name == "nccl") return kTransportNccl;
   return 0;
 }
 

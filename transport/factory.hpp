@@ -10,7 +10,14 @@ namespace moecomm {
 
 // Bit per transport built into this library, gathered at group creation so that "auto" picks
 // one that every rank has.
-enum TransportBit : uint32_t { kTransportLocal = 1, kTransportUcx = 2, kTransportMpi = 4 };
+// nccl moves GPU memory only: a group on nccl also makes a host transport (picked as for "auto")
+// for its control rounds.
+enum TransportBit : uint32_t {
+  kTransportLocal = 1,
+  kTransportUcx = 2,
+  kTransportMpi = 4,
+  kTransportNccl = 8,
+};
 uint32_t builtTransports();
 std::string transportList(uint32_t bits);        // "local, ucx"
 uint32_t transportBit(const std::string& name);  // 0 for an unknown name

@@ -16,8 +16,10 @@ struct GroupConfig {
   DType dtype = DType::kBF16;  // dispatch payload dtype: f32 or bf16
   int topk = 0;                // slots per token, 1..num_experts
   int64_t timeout_ms = 0;      // deadline of every wait; 0: MOECOMM_TIMEOUT_MS or 300000
-  // "auto", "local", "ucx" or "mpi". "auto" reads MOECOMM_TRANSPORT, then picks "local" when every
-  // rank is a thread of one process, else "ucx" when built, else "mpi" (see docs/transports.md).
+  // "auto", "local", "ucx", "mpi" or "nccl". "auto" reads MOECOMM_TRANSPORT, then picks "local"
+  // when every rank is a thread of one process, else "ucx" when built, else "mpi" (see
+  // docs/transports.md). "nccl" moves CUDA tensors over NCCL (one GPU per rank, the calling
+  // thread's current device at creation) and the control rounds over what "auto" picks.
   std::string transport = "auto";
 };
 

@@ -229,6 +229,35 @@ Status closingRound(Dispatcher::State& state, WireOp op, uint64_t sequence, int 
   return Status::ok();
 }
 
+// Over a device transport (NCCL): to every peer p the rows [out_offsets[p], out_offsets[p + 1])
+// of `out`, and from it the rows [in_offsets[p], in_offsets[p + 1]) of `in`; rows are `unit`
+// bytes.
+Status moveOverDeviceTransport(const Group::Impl& group, const std::byte* out,
+                               const std::vector<int64_t>& out_offsets, std::byte* in,
+                               const std::vector<int64_t>& in_offsets, size_t unit,
+                               cudaStream_t stream) {
+  const int n = group.size;
+  std::vector<const void*> send(static_cast<size_t>(n));
+  std::vector<void*> recv(static_cast<size_t>(n));
+  std::vector<size_t> send_bytes(static_cast<size_t>(n)), recv_bytes(static_cast<size_t>(n));
+  for (int p = 0; p < n; ++p) {
+    send[p] = out + out_offsets[p] * unit;
+    send_bytes[p] = static_cast<size_t>(out_offsets[p + 1] - out_offsets[p]) * unit;
+    recv[p] = in + in_offsets[p] * unit;
+    recv_bytes[p] = static_cast<size_t>(in_offsets[p + 1] - in_offsets[p]) * unit;
+  }
+  return group.device_transport->allToAllV(send, send_bytes, recv, recv_bytes, stream,
+                                           group.deadline());
+}
+
+// Over NCCL a rank that fails after the peers have posted their transfers would leave them
+// waiting on the GPU, so every step that can fail runs before this round, which tells each rank
+// whether all are ready.
+Status readyRound(Dispatcher::State& state, WireOp op, uint64_t sequence, int phase,
+                  const Status& local) {
+  return round(state, op, sequence, phase, local, sizeof(PeerMessage), [](int, std::byte*) {});
+}
+
 Status checkDispatchInputs(const Group::Impl& group, const TensorView& x, const TensorView& idx,
                            const TensorView& w) {
   const GroupConfig& c = group.config;
@@ -237,6 +266,12 @@ Status checkDispatchInputs(const Group::Impl& group, const TensorView& x, const 
   MOECOMM_RETURN_IF_ERROR(checkMatrix("topk_weights", w, x.shape[0], c.topk, {DType::kF32}, true));
   MOECOMM_RETURN_IF_ERROR(checkOnDevice("topk_idx", idx, x.device.index));
   MOECOMM_RETURN_IF_ERROR(checkOnDevice("topk_weights", w, x.device.index));
+  if (group.device_transport != nullptr && group.device_transport->device() != x.device.index) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "x is on cuda:{} but this rank's NCCL communicator is on cuda:{}; pass "
+                     "tensors on the GPU that was current when the group was created",
+                     x.device.index, group.device_transport->device());
+  }
   if (x.shape[0] * group.size >= INT32_MAX || x.shape[0] * c.topk >= INT32_MAX) {
     return makeError(StatusCode::kInvalidArgument,
                      "x has {} tokens; the GPU path indexes tokens x ranks in 32 bits", x.shape[0]);
@@ -313,9 +348,10 @@ Status layoutAndPack(Dispatcher::State& state, DeviceScratch& sc, const TensorVi
 
 bool deviceExchangeApplies(const Group::Impl& group, const TensorView& x,
                            const TensorView& topk_idx, const TensorView& topk_weights) {
-  return envInt("MOECOMM_CUDA_NATIVE", 1) != 0 && std::string(group.transport->name()) == "local" &&
-         x.device.isCuda() && topk_idx.device.isCuda() && topk_weights.device.isCuda() &&
-         topk_idx.dtype == DType::kI32;
+  const bool device_capable =
+      group.device_transport != nullptr || std::string(group.transport->name()) == "local";
+  return envInt("MOECOMM_CUDA_NATIVE", 1) != 0 && device_capable && x.device.isCuda() &&
+         topk_idx.device.isCuda() && topk_weights.device.isCuda() && topk_idx.dtype == DType::kI32;
 }
 
 bool isDeviceHandle(const DispatchHandle& handle) {
@@ -410,7 +446,23 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
   if (mid.isOk()) mid = grow(sc->recv_experts, static_cast<size_t>(rows_in * k) * 4, h->device);
   if (mid.isOk()) mid = grow(sc->recv_weights, static_cast<size_t>(rows_in * k) * 4, h->device);
   if (mid.isOk()) mid = grow(sc->partial, static_cast<size_t>(2 * L + 2) * 4, h->device);
-  for (int s = 0; s < n && mid.isOk(); ++s) {
+  const bool over_nccl = group.device_transport != nullptr;
+  if (over_nccl) {
+    MOECOMM_RETURN_IF_ERROR(readyRound(state, WireOp::kDeviceDispatch, sequence, 1, mid));
+    const std::vector<int64_t>& so = h->send_offsets;
+    const std::vector<int64_t>& ro = h->recv_offsets;
+    mid = moveOverDeviceTransport(group, sc->send_rows.data(), so, sc->recv_rows.data(), ro, rb,
+                                  stream);
+    if (mid.isOk()) {
+      mid = moveOverDeviceTransport(group, sc->send_experts.data(), so, sc->recv_experts.data(), ro,
+                                    static_cast<size_t>(k) * 4, stream);
+    }
+    if (mid.isOk()) {
+      mid = moveOverDeviceTransport(group, sc->send_weights.data(), so, sc->recv_weights.data(), ro,
+                                    static_cast<size_t>(k) * 4, stream);
+    }
+  }
+  for (int s = 0; s < n && mid.isOk() && !over_nccl; ++s) {
     const int64_t first = h->recv_offsets[s];
     const int64_t count = from[s].count;
     if (count == 0) continue;
@@ -455,9 +507,13 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
           "unpack");
     }
   }
-  if (mid.isOk()) mid = cudaStatus(cudaEventRecord(sc->events[1], stream), "cudaEventRecord");
-  MOECOMM_RETURN_IF_ERROR(
-      closingRound(state, WireOp::kDeviceDispatch, sequence, 1, mid, sc->events[1], stream));
+  if (over_nccl) {
+    MOECOMM_RETURN_IF_ERROR(mid);  // NCCL orders reuse of the buffers on the stream by itself
+  } else {
+    if (mid.isOk()) mid = cudaStatus(cudaEventRecord(sc->events[1], stream), "cudaEventRecord");
+    MOECOMM_RETURN_IF_ERROR(
+        closingRound(state, WireOp::kDeviceDispatch, sequence, 1, mid, sc->events[1], stream));
+  }
 
   batch.row_weights = h->row_weights;
   auto impl = std::make_shared<DispatchHandle::Impl>();
@@ -489,6 +545,7 @@ template <typename Finish>
 Status rowsHome(Dispatcher::State& state, WireOp op, uint64_t sequence, Status local,
                 const DeviceHandle* h, size_t unit, DeviceScratch* sc, cudaStream_t stream,
                 Finish finish) {
+  if (local.isOk()) local = grow(sc->back, static_cast<size_t>(h->sent()) * unit, h->device);
   MOECOMM_RETURN_IF_ERROR(
       round(state, op, sequence, 2, local, sizeof(PeerMessage), [&](int s, std::byte* payload) {
         PeerMessage m;
@@ -497,14 +554,21 @@ Status rowsHome(Dispatcher::State& state, WireOp op, uint64_t sequence, Status l
         m.count = h->recv_offsets[s + 1] - h->recv_offsets[s];
         std::memcpy(payload, &m, sizeof(m));
       }));
-  Status mid = grow(sc->back, static_cast<size_t>(h->sent()) * unit, h->device);
+  const Group::Impl& group = *state.group;
+  if (group.device_transport != nullptr) {
+    Status moved = moveOverDeviceTransport(group, sc->partial.data(), h->recv_offsets,
+                                           sc->back.data(), h->send_offsets, unit, stream);
+    if (moved.isOk()) moved = finish();
+    return moved;
+  }
+  Status mid;
   for (int d = 0; d < h->ranks && mid.isOk(); ++d) {
     const PeerMessage m = messageFrom(state.staging, d);
     const int64_t first = h->send_offsets[d];
     if (m.count != h->send_offsets[d + 1] - first) {
       mid = makeError(StatusCode::kInternalError,
-                      "rank {}: rank {} returns {} rows, but {} were sent to it", state.group->rank,
-                      d, m.count, h->send_offsets[d + 1] - first);
+                      "rank {}: rank {} returns {} rows, but {} were sent to it", group.rank, d,
+                      m.count, h->send_offsets[d + 1] - first);
       break;
     }
     if (m.count == 0) continue;
@@ -596,8 +660,14 @@ Status deviceCombineBackward(Dispatcher::State& state, const TensorView& grad_ou
   if (local.isOk()) local = scratchFor(state, h->device, &sc);
   const size_t rb = local.isOk() ? rowBytes(h->hidden, grad_out.dtype) : 0;
   const size_t dot_unit = local.isOk() ? static_cast<size_t>(h->topk) * 4 : 0;
-  // Round 1: grad_out travels to the experts like a dispatch of x.
+  // Round 1: grad_out travels to the experts like a dispatch of x. Every buffer is sized
+  // before the round, so that nothing fails between it and the transfer.
+  const int64_t rows_in = local.isOk() ? h->received() : 0;
+  const size_t grad_y_bytes = local.isOk() ? static_cast<size_t>(h->num_rows) * rb : 0;
   if (local.isOk()) local = grow(sc->send_rows, static_cast<size_t>(h->sent()) * rb, h->device);
+  if (local.isOk()) local = grow(sc->recv_rows, static_cast<size_t>(rows_in) * rb, h->device);
+  if (local.isOk()) local = grow(sc->partial, static_cast<size_t>(rows_in) * dot_unit, h->device);
+  if (local.isOk()) local = grow(sc->grad, grad_y_bytes, h->device);
   if (local.isOk()) {
     local = cudaStatus(cuda::packRows(grad_out.data, h->tokens, static_cast<int64_t>(rb), h->ranks,
                                       h->send_pos.as<int32_t>(), sc->send_rows.data(), stream),
@@ -615,12 +685,12 @@ Status deviceCombineBackward(Dispatcher::State& state, const TensorView& grad_ou
       }));
   // The expert side: grad_y (into scratch, copied out once the call has succeeded) and the slots'
   // dot products.
-  const int64_t rows_in = h->received();
-  const size_t grad_y_bytes = static_cast<size_t>(h->num_rows) * rb;
-  Status mid = grow(sc->recv_rows, static_cast<size_t>(rows_in) * rb, h->device);
-  if (mid.isOk()) mid = grow(sc->partial, static_cast<size_t>(rows_in) * dot_unit, h->device);
-  if (mid.isOk()) mid = grow(sc->grad, grad_y_bytes, h->device);
-  for (int s = 0; s < h->ranks && mid.isOk(); ++s) {
+  Status mid;
+  if (group.device_transport != nullptr) {
+    mid = moveOverDeviceTransport(group, sc->send_rows.data(), h->send_offsets,
+                                  sc->recv_rows.data(), h->recv_offsets, rb, stream);
+  }
+  for (int s = 0; s < h->ranks && mid.isOk() && group.device_transport == nullptr; ++s) {
     const PeerMessage m = messageFrom(state.staging, s);
     const int64_t first = h->recv_offsets[s];
     if (m.count != h->recv_offsets[s + 1] - first) {

@@ -1,8 +1,9 @@
-// Dispatch and combine of CUDA tensors without leaving the GPU, for groups whose ranks share one
-// process (the local transport): the layout, pack, unpack and reductions run as CUDA kernels on
-// the caller's stream, and rows move between ranks' buffers by device-to-device copies. The host
-// rounds carry only counts, device pointers and CUDA events, through the same framed exchange as
-// the CPU engine (so errors, sequence checks and deadlines behave the same).
+// Dispatch and combine of CUDA tensors without leaving the GPU: the layout, pack, unpack and
+// reductions run as CUDA kernels on the caller's stream. Between ranks of one process (the local
+// transport) rows move by device-to-device copies ordered by CUDA events; on the nccl transport,
+// by NCCL all-to-alls. The host rounds carry only counts (and, between threads, device pointers
+// and events) through the same framed exchange as the CPU engine, so errors, sequence checks and
+// deadlines behave the same.
 #pragma once
 
 #include "moecomm/dispatch.hpp"
@@ -11,8 +12,9 @@
 namespace moecomm {
 
 // True when dispatch of these tensors runs GPU-native: this build has CUDA, MOECOMM_CUDA_NATIVE is
-// not 0, the group's transport is `local`, and x, topk_idx (i32) and topk_weights are CUDA
-// tensors. Otherwise CUDA tensors are staged through pinned host memory.
+// not 0, the group's transport is `local` (pointers shared between threads) or `nccl`, and x,
+// topk_idx (i32) and topk_weights are CUDA tensors. Otherwise CUDA tensors are staged through
+// pinned host memory.
 bool deviceExchangeApplies(const Group::Impl& group, const TensorView& x,
                            const TensorView& topk_idx, const TensorView& topk_weights);
 

@@ -122,9 +122,10 @@ Status createGroup(std::shared_ptr<Bootstrap> bootstrap, const GroupConfig& conf
   std::snprintf(mine.transport, sizeof(mine.transport), "%s", requested.c_str());
   Status own = validateGroupConfig(config, impl->size);
   if (own.isOk() && requested != "auto" && transportBit(requested) == 0) {
-    own = makeError(StatusCode::kInvalidArgument,
-                    "transport '{}' is unknown; choose auto, local, ucx or mpi (built here: {})",
-                    requested, transportList(builtTransports()));
+    own = makeError(
+        StatusCode::kInvalidArgument,
+        "transport '{}' is unknown; choose auto, local, ucx, mpi or nccl (built here: {})",
+        requested, transportList(builtTransports()));
   }
   if (!own.isOk()) {
     mine.status = static_cast<int32_t>(own.code());
@@ -139,13 +140,21 @@ Status createGroup(std::shared_ptr<Bootstrap> bootstrap, const GroupConfig& conf
   MOECOMM_RETURN_IF_ERROR(resolveTransport(requested, all, &transport));
 
   impl->local_experts = config.num_experts / impl->size;
+  if (transport == "nccl") {
+    // GPU buffers move over NCCL; the control rounds take the transport "auto" would.
+    MOECOMM_RETURN_IF_ERROR(resolveTransport("auto", all, &transport));
+#if defined(MOECOMM_HAVE_NCCL)
+    MOECOMM_RETURN_IF_ERROR(createNcclTransport(*bootstrap, deadline, &impl->device_transport));
+#endif
+  }
   MOECOMM_RETURN_IF_ERROR(createTransport(transport, *bootstrap, deadline, &impl->transport));
   impl->bootstrap = std::move(bootstrap);
   MOECOMM_LOG(LogLevel::kInfo,
               "rank {}/{}: group ready: {} experts ({} local), hidden {}, {}, "
-              "top-{}, transport {} (asked: {}), bootstrap {}, timeout {} ms",
+              "top-{}, transport {}{} (asked: {}), bootstrap {}, timeout {} ms",
               impl->rank, impl->size, config.num_experts, impl->local_experts, config.hidden,
-              dtypeName(config.dtype), config.topk, impl->transport->name(), requested,
+              dtypeName(config.dtype), config.topk, impl->transport->name(),
+              impl->device_transport ? " + nccl for GPU buffers" : "", requested,
               impl->bootstrap->kind(), impl->timeout_ms);
   *out = std::move(impl);
   return Status::ok();

@@ -10,6 +10,7 @@
 #include "src/core/bootstrap.hpp"
 #include "src/core/deadline.hpp"
 #include "src/core/status.hpp"
+#include "transport/device_transport.hpp"
 #include "transport/transport.hpp"
 
 namespace moecomm {
@@ -22,6 +23,9 @@ struct Group::Impl {
   int64_t timeout_ms = 0;
   std::shared_ptr<Bootstrap> bootstrap;
   std::unique_ptr<Transport> transport;
+  // Set on a group whose transport is nccl: moves GPU buffers; `transport` carries the control
+  // rounds.
+  std::unique_ptr<DeviceTransport> device_transport;
   uint64_t next_sequence = 1;
 
   mutable std::mutex error_mutex;

@@ -167,15 +167,16 @@ GPU_TEST(router_on_gpu_refuses_non_finite_logits) {
 
 // ------------------------------------------------------------------ dispatch and combine
 
-// Runs `body(rank)` on `ranks` threads and rethrows the first failure.
-void onThreads(int ranks, const std::function<void(int)>& body) {
+// Runs `body(rank)` on `ranks` threads and rethrows the first failure. With spread_gpus, rank r
+// runs on GPU r (NCCL's one GPU per rank); otherwise every rank shares GPU 0.
+void onThreads(int ranks, const std::function<void(int)>& body, bool spread_gpus = false) {
   std::vector<std::thread> threads;
   std::mutex mutex;
   std::exception_ptr failure;
   for (int r = 0; r < ranks; ++r) {
     threads.emplace_back([&, r] {
       try {
-        CUDA_OK(cudaSetDevice(0));
+        CUDA_OK(cudaSetDevice(spread_gpus ? r : 0));
         body(r);
       } catch (...) {
         std::lock_guard<std::mutex> lock(mutex);
@@ -185,6 +186,12 @@ void onThreads(int ranks, const std::function<void(int)>& body) {
   }
   for (auto& t : threads) t.join();
   if (failure) std::rethrow_exception(failure);
+}
+
+int gpuCount() {
+  int count = 0;
+  CUDA_OK(cudaGetDeviceCount(&count));
+  return count;
 }
 
 bool closeFloats(const TensorView& want, const TensorView& got, float tol) {
@@ -199,13 +206,15 @@ bool closeFloats(const TensorView& want, const TensorView& got, float tol) {
 
 struct EngineCase {
   int ranks;
-  DType idx_dtype;  // i32 runs GPU-native on the local transport; i64 is staged through the host
+  DType idx_dtype;  // i32 runs GPU-native on local and nccl; i64 is staged through the host
   DispatchOptions options;
+  const char* transport = "local";  // nccl: one rank per GPU
 };
 
 void dispatchCombineRanks(const EngineCase& c) {
   const int ranks = c.ranks;
-  std::printf("         ranks=%d %s capacity=%lld pad=%d\n", ranks,
+  const bool nccl = std::string(c.transport) == "nccl";
+  std::printf("         %s ranks=%d %s capacity=%lld pad=%d\n", c.transport, ranks,
               c.idx_dtype == DType::kI32 ? "native" : "staged",
               static_cast<long long>(c.options.expert_capacity), c.options.pad_to_capacity ? 1 : 0);
   std::fflush(stdout);
@@ -213,91 +222,96 @@ void dispatchCombineRanks(const EngineCase& c) {
   const int topk = 4;
   const int64_t hidden = 72;
   LocalWorld world(ranks);
-  onThreads(ranks, [&](int rank) {
-    cudaStream_t stream = nullptr;
-    CUDA_OK(cudaStreamCreate(&stream));
-    const ExecContext ctx{stream};
-    GroupConfig config;
-    config.num_experts = experts;
-    config.hidden = static_cast<int>(hidden);
-    config.dtype = DType::kBF16;
-    config.topk = topk;
-    config.transport = "local";
-    Group group = Group::create(world, rank, config);
-    Dispatcher host_d(group, c.options);
-    Dispatcher dev_d(group, c.options);
-    const int64_t tokens = rank == 1 ? 0 : 50 + 13 * rank;  // rank 1 sends nothing
-    const Tensor x = randomHost({tokens, hidden}, DType::kBF16);
-    Tensor idx = Tensor::empty({tokens, topk}, c.idx_dtype);
-    std::vector<int32_t> perm(experts);
-    std::mt19937 local_rng(static_cast<unsigned>(rank + 1));
-    for (int64_t t = 0; t < tokens; ++t) {
-      for (int e = 0; e < experts; ++e) perm[e] = e;
-      std::shuffle(perm.begin(), perm.end(), local_rng);
-      if (t % 5 == 0) std::swap(perm[0], *std::find(perm.begin(), perm.end(), 0));  // a hot expert
-      for (int j = 0; j < topk; ++j) {
-        const int32_t e = (t + j) % 7 == 0 ? -1 : perm[j];
-        if (c.idx_dtype == DType::kI32) {
-          idx.as<int32_t>()[t * topk + j] = e;
-        } else {
-          idx.as<int64_t>()[t * topk + j] = e;
+  onThreads(
+      ranks,
+      [&](int rank) {
+        cudaStream_t stream = nullptr;
+        CUDA_OK(cudaStreamCreate(&stream));
+        const ExecContext ctx{stream};
+        GroupConfig config;
+        config.num_experts = experts;
+        config.hidden = static_cast<int>(hidden);
+        config.dtype = DType::kBF16;
+        config.topk = topk;
+        config.transport = c.transport;
+        Group group = Group::create(world, rank, config);
+        Dispatcher host_d(group, c.options);
+        Dispatcher dev_d(group, c.options);
+        const int64_t tokens = rank == 1 ? 0 : 50 + 13 * rank;  // rank 1 sends nothing
+        const Tensor x = randomHost({tokens, hidden}, DType::kBF16);
+        Tensor idx = Tensor::empty({tokens, topk}, c.idx_dtype);
+        std::vector<int32_t> perm(experts);
+        std::mt19937 local_rng(static_cast<unsigned>(rank + 1));
+        for (int64_t t = 0; t < tokens; ++t) {
+          for (int e = 0; e < experts; ++e) perm[e] = e;
+          std::shuffle(perm.begin(), perm.end(), local_rng);
+          if (t % 5 == 0)
+            std::swap(perm[0], *std::find(perm.begin(), perm.end(), 0));  // a hot expert
+          for (int j = 0; j < topk; ++j) {
+            const int32_t e = (t + j) % 7 == 0 ? -1 : perm[j];
+            if (c.idx_dtype == DType::kI32) {
+              idx.as<int32_t>()[t * topk + j] = e;
+            } else {
+              idx.as<int64_t>()[t * topk + j] = e;
+            }
+          }
         }
-      }
-    }
-    Tensor w = Tensor::empty({tokens, topk}, DType::kF32);
-    for (int64_t i = 0; i < tokens * topk; ++i) {
-      w.as<float>()[i] = 0.1f + 0.01f * static_cast<float>(i % 17);
-    }
-    const Tensor dx = onGpu(x, stream), didx = onGpu(idx, stream), dw = onGpu(w, stream);
-    const std::string tag = "ranks=" + std::to_string(ranks) + " rank " + std::to_string(rank) +
-                            (c.idx_dtype == DType::kI32 ? " native" : " staged");
+        Tensor w = Tensor::empty({tokens, topk}, DType::kF32);
+        for (int64_t i = 0; i < tokens * topk; ++i) {
+          w.as<float>()[i] = 0.1f + 0.01f * static_cast<float>(i % 17);
+        }
+        const Tensor dx = onGpu(x, stream), didx = onGpu(idx, stream), dw = onGpu(w, stream);
+        const std::string tag = "ranks=" + std::to_string(ranks) + " rank " + std::to_string(rank) +
+                                (c.idx_dtype == DType::kI32 ? " native" : " staged");
 
-    const ExpertBatch hb = host_d.dispatch(x.view(), idx.view(), w.view());
-    const ExpertBatch db = dev_d.dispatch(dx.view(), didx.view(), dw.view(), ctx);
-    GPU_CHECK(db.handle.onDevice() == (c.idx_dtype == DType::kI32),
-              tag << ": the wrong path ran (onDevice " << db.handle.onDevice() << ")");
-    GPU_CHECK(db.x.device().isCuda() && db.row_weights.device().isCuda(),
-              tag << ": the batch of CUDA inputs must be on the GPU");
-    GPU_CHECK(sameBytes(hb.x.view(), onHost(db.x.view()).view()),
-              tag << ": dispatched rows differ");
-    GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
-              tag << ": row weights differ");
-    GPU_CHECK(hb.expert_counts == db.expert_counts && hb.expert_offsets == db.expert_offsets &&
-                  hb.tokens_from_rank == db.tokens_from_rank &&
-                  hb.expert_demand == db.expert_demand && hb.refused == db.refused,
-              tag << ": layout differs");
+        const ExpertBatch hb = host_d.dispatch(x.view(), idx.view(), w.view());
+        const ExpertBatch db = dev_d.dispatch(dx.view(), didx.view(), dw.view(), ctx);
+        GPU_CHECK(db.handle.onDevice() == (c.idx_dtype == DType::kI32),
+                  tag << ": the wrong path ran (onDevice " << db.handle.onDevice() << ")");
+        GPU_CHECK(db.x.device().isCuda() && db.row_weights.device().isCuda(),
+                  tag << ": the batch of CUDA inputs must be on the GPU");
+        GPU_CHECK(sameBytes(hb.x.view(), onHost(db.x.view()).view()),
+                  tag << ": dispatched rows differ");
+        GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
+                  tag << ": row weights differ");
+        GPU_CHECK(hb.expert_counts == db.expert_counts && hb.expert_offsets == db.expert_offsets &&
+                      hb.tokens_from_rank == db.tokens_from_rank &&
+                      hb.expert_demand == db.expert_demand && hb.refused == db.refused,
+                  tag << ": layout differs");
 
-    // Combine with the rows themselves as the expert output.
-    const Tensor host_out = host_d.combine(hb.x.view(), hb.handle);
-    Tensor dev_out = poisoned({tokens, hidden}, DType::kBF16);
-    dev_d.combine(db.x.view(), db.handle, dev_out.view(), ctx);
-    GPU_CHECK(sameBytes(host_out.view(), onHost(dev_out.view()).view()),
-              tag << ": combine differs");
+        // Combine with the rows themselves as the expert output.
+        const Tensor host_out = host_d.combine(hb.x.view(), hb.handle);
+        Tensor dev_out = poisoned({tokens, hidden}, DType::kBF16);
+        dev_d.combine(db.x.view(), db.handle, dev_out.view(), ctx);
+        GPU_CHECK(sameBytes(host_out.view(), onHost(dev_out.view()).view()),
+                  tag << ": combine differs");
 
-    // Backward of dispatch and of combine.
-    Tensor host_gx = Tensor::empty({tokens, hidden}, DType::kBF16);
-    Tensor dev_gx = poisoned({tokens, hidden}, DType::kBF16);
-    host_d.dispatchBackward(hb.x.view(), hb.handle, host_gx.view());
-    dev_d.dispatchBackward(db.x.view(), db.handle, dev_gx.view(), ctx);
-    GPU_CHECK(sameBytes(host_gx.view(), onHost(dev_gx.view()).view()),
-              tag << ": dispatch backward differs");
-    const Tensor grad_out = randomHost({tokens, hidden}, DType::kBF16);
-    const Tensor d_grad_out = onGpu(grad_out, stream);
-    const int64_t rows = hb.x.dim(0);
-    Tensor host_gy = Tensor::empty({rows, hidden}, DType::kBF16);
-    Tensor host_gw = Tensor::empty({tokens, topk}, DType::kF32);
-    Tensor dev_gy = poisoned({rows, hidden}, DType::kBF16);
-    Tensor dev_gw = poisoned({tokens, topk}, DType::kF32);
-    host_d.combineBackward(grad_out.view(), hb.x.view(), hb.handle, host_gy.view(), host_gw.view());
-    dev_d.combineBackward(d_grad_out.view(), db.x.view(), db.handle, dev_gy.view(), dev_gw.view(),
-                          ctx);
-    GPU_CHECK(sameBytes(host_gy.view(), onHost(dev_gy.view()).view()),
-              tag << ": combine backward grad_y differs");
-    // The dots sum in f64 in another order on the GPU: equal up to the last f32 bit.
-    GPU_CHECK(closeFloats(host_gw.view(), onHost(dev_gw.view()).view(), 1e-6f),
-              tag << ": combine backward grad_weights differs");
-    CUDA_OK(cudaStreamDestroy(stream));
-  });
+        // Backward of dispatch and of combine.
+        Tensor host_gx = Tensor::empty({tokens, hidden}, DType::kBF16);
+        Tensor dev_gx = poisoned({tokens, hidden}, DType::kBF16);
+        host_d.dispatchBackward(hb.x.view(), hb.handle, host_gx.view());
+        dev_d.dispatchBackward(db.x.view(), db.handle, dev_gx.view(), ctx);
+        GPU_CHECK(sameBytes(host_gx.view(), onHost(dev_gx.view()).view()),
+                  tag << ": dispatch backward differs");
+        const Tensor grad_out = randomHost({tokens, hidden}, DType::kBF16);
+        const Tensor d_grad_out = onGpu(grad_out, stream);
+        const int64_t rows = hb.x.dim(0);
+        Tensor host_gy = Tensor::empty({rows, hidden}, DType::kBF16);
+        Tensor host_gw = Tensor::empty({tokens, topk}, DType::kF32);
+        Tensor dev_gy = poisoned({rows, hidden}, DType::kBF16);
+        Tensor dev_gw = poisoned({tokens, topk}, DType::kF32);
+        host_d.combineBackward(grad_out.view(), hb.x.view(), hb.handle, host_gy.view(),
+                               host_gw.view());
+        dev_d.combineBackward(d_grad_out.view(), db.x.view(), db.handle, dev_gy.view(),
+                              dev_gw.view(), ctx);
+        GPU_CHECK(sameBytes(host_gy.view(), onHost(dev_gy.view()).view()),
+                  tag << ": combine backward grad_y differs");
+        // The dots sum in f64 in another order on the GPU: equal up to the last f32 bit.
+        GPU_CHECK(closeFloats(host_gw.view(), onHost(dev_gw.view()).view(), 1e-6f),
+                  tag << ": combine backward grad_weights differs");
+        CUDA_OK(cudaStreamDestroy(stream));
+      },
+      nccl);
 }
 
 GPU_TEST(dispatch_combine_cuda_tensors_on_1_2_4_8_ranks) {
@@ -315,6 +329,23 @@ GPU_TEST(dispatch_combine_cuda_tensors_on_1_2_4_8_ranks) {
     dispatchCombineRanks({ranks, DType::kI32, capped});
     dispatchCombineRanks({ranks, DType::kI32, padded});
   }
+}
+
+// The nccl transport with one rank per GPU (as many as this machine has), against the CPU engine.
+GPU_TEST(dispatch_combine_over_nccl_one_rank_per_gpu) {
+#if !defined(MOECOMM_TEST_NCCL)
+  std::printf("         skipped: this build has no NCCL\n");
+  return;
+#endif
+  DispatchOptions aligned;
+  aligned.expert_alignment = 4;
+  DispatchOptions capped = aligned;
+  capped.expert_capacity = 6;
+  const int ranks = gpuCount();
+  for (const DispatchOptions& o : {aligned, capped}) {
+    dispatchCombineRanks({ranks, DType::kI32, o, "nccl"});
+  }
+  dispatchCombineRanks({ranks, DType::kI64, aligned, "nccl"});  // staged on an nccl group
 }
 
 // Bad routing on one rank fails the GPU-native dispatch on every rank: that rank with its own
