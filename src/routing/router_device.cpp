@@ -11,8 +11,10 @@
 #if defined(MOECOMM_HAVE_CUDA)
 #include <cuda_runtime_api.h>
 
+#include "kernels/cuda/capacity.hpp"
 #include "kernels/cuda/gate.hpp"
 #include "kernels/cuda/layout.hpp"
+#include "src/routing/capacity.hpp"
 #endif
 
 namespace moecomm {
@@ -54,9 +56,12 @@ Routing routeOnDevice(const Router& router, const TensorView& logits, const Tens
   const int64_t tokens = logits.shape[0];
   const int experts = static_cast<int>(logits.shape[1]);
 #if defined(MOECOMM_HAVE_CUDA)
-  if (o.capacity_factor > 0.0 || experts > cuda::kGateMaxExperts) {
+  // Rerouting is sequential by definition (each reroute takes room the next may want): CPU.
+  if ((o.capacity_factor > 0.0 && o.overflow == OverflowPolicy::kReroute) ||
+      experts > cuda::kGateMaxExperts) {
     return routeStaged(router, logits, bias, context);
   }
+  const int64_t capacity = expertCapacity(o, tokens, experts);
   const int k = o.topk;
   const Device dev = logits.device;
   auto stream = static_cast<cudaStream_t>(context.stream);
@@ -77,21 +82,39 @@ Routing routeOnDevice(const Router& router, const TensorView& logits, const Tens
                          routing.topk_idx.as<int32_t>(), routing.topk_weights.as<float>(), nullptr,
                          nullptr, bad.as<int32_t>(), stream),
               "the gate kernel");
-  throwIfCuda(cuda::countExperts(routing.topk_idx.as<int32_t>(), tokens * k, experts,
-                                 counts.as<int32_t>(), stream),
-              "the expert count");
   throwIfCuda(cudaMemcpyAsync(routing.selected_idx.data(), routing.topk_idx.data(),
                               routing.topk_idx.bytes(), cudaMemcpyDeviceToDevice, stream),
               "cudaMemcpyAsync");
+  // Capacity: the drop policies on the GPU; kError only looks for the first overflow.
+  Tensor first_overflow = Tensor::empty({1}, DType::kI32, dev);
+  throwIfCuda(
+      cudaMemcpyAsync(first_overflow.data(), &none, sizeof(none), cudaMemcpyHostToDevice, stream),
+      "cudaMemcpyAsync");
+  if (capacity > 0) {
+    throwIfCuda(cuda::applyCapacity(routing.topk_idx.as<int32_t>(),
+                                    routing.topk_weights.as<float>(), tokens * k, experts, capacity,
+                                    o.drop_policy == DropPolicy::kProbability,
+                                    o.overflow == OverflowPolicy::kDrop,
+                                    {counts.as<int32_t>(), first_overflow.as<int32_t>()}, stream),
+                "capacity");
+  } else {
+    throwIfCuda(cuda::countExperts(routing.topk_idx.as<int32_t>(), tokens * k, experts,
+                                   counts.as<int32_t>(), stream),
+                "the expert count");
+  }
   // The one wait: LoadStats and the finiteness verdict are host values.
   std::vector<int32_t> host_counts(static_cast<size_t>(experts));
   int32_t first_bad = none;
+  int32_t overflow_slot = none;
   throwIfCuda(cudaMemcpyAsync(host_counts.data(), counts.data(), counts.bytes(),
                               cudaMemcpyDeviceToHost, stream),
               "cudaMemcpyAsync");
   throwIfCuda(
       cudaMemcpyAsync(&first_bad, bad.data(), sizeof(first_bad), cudaMemcpyDeviceToHost, stream),
       "cudaMemcpyAsync");
+  throwIfCuda(cudaMemcpyAsync(&overflow_slot, first_overflow.data(), sizeof(overflow_slot),
+                              cudaMemcpyDeviceToHost, stream),
+              "cudaMemcpyAsync");
   throwIfCuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   if (first_bad != none) {
     throw Error(
@@ -100,11 +123,32 @@ Routing routeOnDevice(const Router& router, const TensorView& logits, const Tens
                      "router takes finite logits only (check the gate's input for overflow)",
                      first_bad));
   }
+  if (overflow_slot != none && o.overflow == OverflowPolicy::kError) {
+    int32_t e = 0;
+    throwIfCuda(cudaMemcpy(&e, routing.topk_idx.as<int32_t>() + overflow_slot, sizeof(e),
+                           cudaMemcpyDeviceToHost),
+                "cudaMemcpy");
+    throw Error(StatusCode::kInvalidArgument,
+                text::format("expert {} is over capacity: {} assignments for a capacity of {} "
+                             "(capacity_factor={}, {} tokens, top-{}); raise capacity_factor or "
+                             "use OverflowPolicy::kDrop or kReroute",
+                             e, host_counts[static_cast<size_t>(e)], capacity, o.capacity_factor,
+                             tokens, k));
+  }
   LoadStats& stats = routing.stats;
+  stats.capacity = capacity;
   stats.demand_per_expert.assign(host_counts.begin(), host_counts.end());
   stats.tokens_per_expert = stats.demand_per_expert;
-  const int64_t total = std::accumulate(host_counts.begin(), host_counts.end(), int64_t{0});
-  const int64_t max = *std::max_element(host_counts.begin(), host_counts.end());
+  if (capacity > 0) {
+    for (int64_t& load : stats.tokens_per_expert) {
+      stats.dropped += std::max<int64_t>(0, load - capacity);
+      load = std::min(load, capacity);
+    }
+  }
+  const int64_t total =
+      std::accumulate(stats.tokens_per_expert.begin(), stats.tokens_per_expert.end(), int64_t{0});
+  const int64_t max =
+      *std::max_element(stats.tokens_per_expert.begin(), stats.tokens_per_expert.end());
   stats.imbalance =
       total > 0 ? static_cast<double>(max) * experts / static_cast<double>(total) : 1.0;
   return routing;

@@ -14,12 +14,14 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/cuda/capacity.hpp"
 #include "moecomm/dispatch.hpp"
 #include "moecomm/error.hpp"
 #include "moecomm/experts.hpp"
 #include "moecomm/group.hpp"
 #include "moecomm/router.hpp"
 #include "src/core/numeric.hpp"
+#include "src/routing/capacity.hpp"
 #include "tests/gpu/gpu_test.hpp"
 
 namespace moecomm::gputest {
@@ -94,6 +96,14 @@ GPU_TEST(router_on_gpu_matches_cpu) {
   capacity.capacity_factor = 1.0;
   capacity.overflow = OverflowPolicy::kReroute;
   cases.push_back({"capacity reroute (staged)", capacity, 64, false});
+  RouterOptions drop_position = softmax;
+  drop_position.capacity_factor = 0.8;
+  drop_position.drop_policy = DropPolicy::kPosition;
+  cases.push_back({"capacity drop by position (GPU)", drop_position, 64, false});
+  RouterOptions drop_probability = deepseek;
+  drop_probability.capacity_factor = 0.9;
+  drop_probability.drop_policy = DropPolicy::kProbability;
+  cases.push_back({"capacity drop by probability (GPU)", drop_probability, 256, true});
   for (const Case& c : cases) {
     const int64_t tokens = 2048;
     const Router router(c.options);
@@ -145,6 +155,90 @@ GPU_TEST(router_on_gpu_matches_cpu) {
     router.backward(d_logits.view(), dev, &d_grad_w.view(), lo, g_dev.view());
     GPU_CHECK(sameBytes(g_host.view(), onHost(g_dev.view()).view()),
               c.name << ": router backward differs");
+  }
+}
+
+// The capacity kernel against the CPU's applyCapacity on the same gate output, bit for bit:
+// which assignments are dropped, the statistics, and the first overflow kError reports.
+GPU_TEST(capacity_kernel_matches_cpu) {
+  for (DropPolicy policy : {DropPolicy::kPosition, DropPolicy::kProbability}) {
+    for (double factor : {0.5, 1.0, 2.0}) {
+      RouterOptions o;
+      o.topk = 4;
+      o.capacity_factor = factor;
+      o.drop_policy = policy;
+      const int64_t tokens = 3000;
+      const int experts = 32;
+      const Tensor logits = randomHost({tokens, experts}, DType::kF32, -2.0f, 2.0f);
+      // Skew: expert 3 is everyone's favourite, so it overflows at every factor.
+      for (int64_t t = 0; t < tokens; ++t) logits.as<float>()[t * experts + 3] += 3.0f;
+      RouterOptions dropless = o;
+      dropless.capacity_factor = 0.0;
+      const Routing gate = Router(dropless).route(logits.view());
+      const int64_t capacity = expertCapacity(o, tokens, experts);
+      // CPU.
+      std::vector<int32_t> idx(gate.topk_idx.as<int32_t>(),
+                               gate.topk_idx.as<int32_t>() + tokens * 4);
+      std::vector<float> w(gate.topk_weights.as<float>(),
+                           gate.topk_weights.as<float>() + tokens * 4);
+      LoadStats cpu_stats;
+      if (!applyCapacity(o, tokens, experts, capacity, idx.data(), w.data(), nullptr, nullptr,
+                         &cpu_stats)
+               .isOk()) {
+        throw Failure("the CPU capacity pass failed");
+      }
+      // GPU, twice: dropping, and only detecting (kError).
+      for (bool drop : {true, false}) {
+        const Tensor d_idx = onGpu(gate.topk_idx);
+        const Tensor d_w = onGpu(gate.topk_weights);
+        Tensor demand = poisoned({experts}, DType::kI32);
+        Tensor first = onGpu([&] {
+          Tensor t = Tensor::empty({1}, DType::kI32);
+          t.as<int32_t>()[0] = INT32_MAX;
+          return t;
+        }());
+        CUDA_OK(cuda::applyCapacity(d_idx.as<int32_t>(), d_w.as<float>(), tokens * 4, experts,
+                                    capacity, policy == DropPolicy::kProbability, drop,
+                                    {demand.as<int32_t>(), first.as<int32_t>()}, nullptr));
+        const Tensor g_idx = onHost(d_idx.view());
+        const Tensor g_w = onHost(d_w.view());
+        const Tensor g_demand = onHost(demand.view());
+        const std::string tag =
+            std::string(policy == DropPolicy::kPosition ? "position" : "probability") + " factor " +
+            std::to_string(factor) + (drop ? " drop" : " detect");
+        for (int e = 0; e < experts; ++e) {
+          GPU_CHECK(g_demand.as<int32_t>()[e] == cpu_stats.demand_per_expert[e],
+                    tag << ": demand of expert " << e);
+        }
+        const bool overflowed = cpu_stats.dropped > 0;
+        const int32_t first_slot = onHost(first.view()).as<int32_t>()[0];
+        GPU_CHECK(overflowed == (first_slot != INT32_MAX), tag << ": overflow detection");
+        if (drop) {
+          GPU_CHECK(std::memcmp(g_idx.data(), idx.data(), idx.size() * 4) == 0,
+                    tag << ": kept assignments differ from the CPU's");
+          GPU_CHECK(std::memcmp(g_w.data(), w.data(), w.size() * 4) == 0,
+                    tag << ": weights differ from the CPU's");
+        } else {
+          GPU_CHECK(sameBytes(g_idx.view(), gate.topk_idx.view()), tag << ": detect changed idx");
+          if (overflowed) {
+            // The CPU's error names the expert of its first overflowing claim.
+            RouterOptions strict = o;
+            strict.overflow = OverflowPolicy::kError;
+            std::string cpu_message;
+            try {
+              (void)Router(strict).route(logits.view());
+            } catch (const Error& e) {
+              cpu_message = e.what();
+            }
+            const int32_t e = gate.topk_idx.as<int32_t>()[first_slot];
+            GPU_CHECK(
+                cpu_message.find("expert " + std::to_string(e) + " is over capacity") !=
+                    std::string::npos,
+                tag << ": GPU's first overflow is expert " << e << ", CPU says: " << cpu_message);
+          }
+        }
+      }
+    }
   }
 }
 
