@@ -5,8 +5,6 @@ namespace moecomm::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
-
 int gridFor(int64_t rows) {
   return static_cast<int>(rows < (1 << 20) ? (rows > 0 ? rows : 1) : (1 << 20));
 }

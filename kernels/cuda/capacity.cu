@@ -3,18 +3,12 @@
 
 #include "kernels/cuda/capacity.hpp"
 #include "kernels/cuda/layout.hpp"
+#include "kernels/cuda/rows.cuh"
 #include "kernels/cuda/scratch.hpp"
 
 namespace moecomm::cuda {
 
 namespace {
-
-constexpr int kThreads = 256;
-
-int blocksFor(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(blocks < (1 << 20) ? (blocks > 0 ? blocks : 1) : (1 << 20));
-}
 
 __global__ void iotaKernel(int32_t* values, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;

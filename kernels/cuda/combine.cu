@@ -5,7 +5,6 @@ namespace moecomm::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int kMaxSources = 1024;  // slots per row (k) or ranks per token gathered in shared memory
 
 // out_row = sum_s weight[s] * rows[s], f32 accumulation, `Width` elements per thread step

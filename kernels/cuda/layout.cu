@@ -9,13 +9,6 @@ namespace moecomm::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
-
-int blocksFor(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(blocks < (1 << 20) ? (blocks > 0 ? blocks : 1) : (1 << 20));
-}
-
 // One thread per (token, rank): does the token visit that rank?
 __global__ void markKernel(const int32_t* idx, int64_t tokens, int topk, int experts, int ranks,
                            int32_t* flags, uint8_t* in_rank, int32_t* bad_slot,

@@ -10,6 +10,14 @@
 
 namespace moecomm::cuda {
 
+// Threads per block of the grid-stride kernels, and their grid: enough blocks for n items, at
+// least one, capped (the loops stride over the rest).
+inline constexpr int kThreads = 256;
+inline int blocksFor(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(blocks < (1 << 20) ? (blocks > 0 ? blocks : 1) : (1 << 20));
+}
+
 // The widest unit (16, 4 or 1 bytes) that divides `bytes` and the given addresses.
 inline int copyUnit(int64_t bytes, const void* a, const void* b) {
   const auto bits = static_cast<uint64_t>(bytes) | reinterpret_cast<uintptr_t>(a) |

@@ -8,13 +8,6 @@ namespace moecomm::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
-
-int blocksFor(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(blocks < (1 << 20) ? (blocks > 0 ? blocks : 1) : (1 << 20));
-}
-
 // Sort keys: the local expert, or L for slots of other ranks (they sort last); values: slot ids.
 __global__ void keysKernel(const int32_t* recv_experts, int64_t slots, int local_experts,
                            uint32_t* keys, int32_t* values, int32_t* slot_row) {

@@ -250,6 +250,31 @@ Status moveOverDeviceTransport(const Group::Impl& group, const std::byte* out,
                                            group.deadline());
 }
 
+// Between threads, after a round whose messages say where each peer's rows for this rank sit:
+// waits on each peer's event and copies its rows to dst + offsets[p] rows of `unit` bytes.
+Status pullFromPeers(const Dispatcher::State& state, const std::vector<int64_t>& offsets,
+                     size_t unit, std::byte* dst, cudaStream_t stream) {
+  Status status;
+  for (int p = 0; p < state.group->size && status.isOk(); ++p) {
+    const PeerMessage m = messageFrom(state.staging, p);
+    const int64_t expected = offsets[p + 1] - offsets[p];
+    if (m.count != expected) {
+      return makeError(StatusCode::kInternalError, "rank {}: rank {} offers {} rows, expected {}",
+                       state.group->rank, p, m.count, expected);
+    }
+    if (m.count == 0) continue;
+    status = cudaStatus(cudaStreamWaitEvent(stream, reinterpret_cast<cudaEvent_t>(m.event), 0),
+                        "cudaStreamWaitEvent");
+    if (status.isOk()) {
+      status = cudaStatus(
+          cudaMemcpyAsync(dst + offsets[p] * unit, reinterpret_cast<const void*>(m.rows),
+                          static_cast<size_t>(m.count) * unit, cudaMemcpyDefault, stream),
+          "cudaMemcpyAsync");
+    }
+  }
+  return status;
+}
+
 // Over NCCL a rank that fails after the peers have posted their transfers would leave them
 // waiting on the GPU, so every step that can fail runs before this round, which tells each rank
 // whether all are ready.
@@ -561,26 +586,7 @@ Status rowsHome(Dispatcher::State& state, WireOp op, uint64_t sequence, Status l
     if (moved.isOk()) moved = finish();
     return moved;
   }
-  Status mid;
-  for (int d = 0; d < h->ranks && mid.isOk(); ++d) {
-    const PeerMessage m = messageFrom(state.staging, d);
-    const int64_t first = h->send_offsets[d];
-    if (m.count != h->send_offsets[d + 1] - first) {
-      mid = makeError(StatusCode::kInternalError,
-                      "rank {}: rank {} returns {} rows, but {} were sent to it", group.rank, d,
-                      m.count, h->send_offsets[d + 1] - first);
-      break;
-    }
-    if (m.count == 0) continue;
-    mid = cudaStatus(cudaStreamWaitEvent(stream, reinterpret_cast<cudaEvent_t>(m.event), 0),
-                     "cudaStreamWaitEvent");
-    if (mid.isOk()) {
-      mid = cudaStatus(
-          cudaMemcpyAsync(sc->back.data() + first * unit, reinterpret_cast<const void*>(m.rows),
-                          static_cast<size_t>(m.count) * unit, cudaMemcpyDefault, stream),
-          "cudaMemcpyAsync");
-    }
-  }
+  Status mid = pullFromPeers(state, h->send_offsets, unit, sc->back.data(), stream);
   if (mid.isOk()) mid = finish();
   if (mid.isOk()) mid = cudaStatus(cudaEventRecord(sc->events[2], stream), "cudaEventRecord");
   return closingRound(state, op, sequence, 3, mid, sc->events[2], stream);
@@ -690,23 +696,8 @@ Status deviceCombineBackward(Dispatcher::State& state, const TensorView& grad_ou
     mid = moveOverDeviceTransport(group, sc->send_rows.data(), h->send_offsets,
                                   sc->recv_rows.data(), h->recv_offsets, rb, stream);
   }
-  for (int s = 0; s < h->ranks && mid.isOk() && group.device_transport == nullptr; ++s) {
-    const PeerMessage m = messageFrom(state.staging, s);
-    const int64_t first = h->recv_offsets[s];
-    if (m.count != h->recv_offsets[s + 1] - first) {
-      mid = makeError(StatusCode::kInternalError, "rank {}: rank {} sends {} rows, expected {}",
-                      group.rank, s, m.count, h->recv_offsets[s + 1] - first);
-      break;
-    }
-    if (m.count == 0) continue;
-    mid = cudaStatus(cudaStreamWaitEvent(stream, reinterpret_cast<cudaEvent_t>(m.event), 0),
-                     "cudaStreamWaitEvent");
-    if (mid.isOk()) {
-      mid = cudaStatus(
-          cudaMemcpyAsync(sc->recv_rows.data() + first * rb, reinterpret_cast<const void*>(m.rows),
-                          static_cast<size_t>(m.count) * rb, cudaMemcpyDefault, stream),
-          "cudaMemcpyAsync");
-    }
+  if (group.device_transport == nullptr) {
+    mid = pullFromPeers(state, h->recv_offsets, rb, sc->recv_rows.data(), stream);
   }
   if (mid.isOk()) {
     mid = cudaStatus(
