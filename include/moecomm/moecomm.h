@@ -117,7 +117,9 @@ MOECOMM_C_API moecommResult_t moecommGroupRank(moecommGroup_t group, int* rank);
 MOECOMM_C_API moecommResult_t moecommGroupSize(moecommGroup_t group, int* size);
 
 /* x [T, hidden]; topk_idx [T, topk] int32/int64; topk_weights [T, topk] float32. *handle is set
- * only on success and owns the expert batch until moecommHandleDestroy. stream: NULL on CPU. */
+ * only on success and owns the expert batch until moecommHandleDestroy. stream: a cudaStream_t
+ * for CUDA tensors (NULL: the default stream), ignored on CPU; docs/cuda.md says which paths wait
+ * for it. */
 MOECOMM_C_API moecommResult_t moecommDispatch(moecommGroup_t group, const moecommTensor_t* x,
                                               const moecommTensor_t* topk_idx,
                                               const moecommTensor_t* topk_weights,
