@@ -44,6 +44,40 @@ TEST(CudaTensors, AllocationWithoutAGpuSaysWhy) {
   }
 }
 
+// The host halves of the device API work everywhere: shapes from a vector, host copies, and a
+// CPU dispatch's handle saying it did not run GPU-native.
+TEST(CudaTensors, HostCopiesAndHandlesWithoutAGpu) {
+  const Tensor a = Tensor::empty(std::vector<int64_t>{3, 5}, DType::kF32);
+  ASSERT_EQ(a.dim(0), 3);
+  ASSERT_EQ(a.dim(1), 5);
+  EXPECT_FALSE(a.device().isCuda());
+  for (int64_t i = 0; i < a.numel(); ++i) a.as<float>()[i] = static_cast<float>(i) * 0.5f;
+  const Tensor b = copyTo(a.view(), Device::cpu());
+  ASSERT_NE(b.data(), a.data()) << "copyTo must copy, not alias";
+  for (int64_t i = 0; i < a.numel(); ++i) EXPECT_EQ(b.as<float>()[i], a.as<float>()[i]);
+  EXPECT_NE(a.view().describe().find("cpu"), std::string::npos);
+  TensorView on_gpu = a.view();
+  on_gpu.device = Device::cuda(1);
+  EXPECT_NE(on_gpu.describe().find("cuda:1"), std::string::npos) << on_gpu.describe();
+
+  runThreads(2, [](LocalWorld& world, int rank) {
+    GroupConfig config;
+    config.num_experts = 4;
+    config.hidden = 8;
+    config.dtype = DType::kF32;
+    config.topk = 1;
+    Group group = Group::create(world, rank, config);
+    Dispatcher dispatcher(group);
+    std::vector<float> x(2 * 8, 1.0f), w(2, 1.0f);
+    std::vector<int32_t> idx = {rank, 3};
+    const ExpertBatch batch = dispatcher.dispatch(TensorView::matrix(x.data(), DType::kF32, 2, 8),
+                                                  TensorView::matrix(idx.data(), DType::kI32, 2, 1),
+                                                  TensorView::matrix(w.data(), DType::kF32, 2, 1));
+    EXPECT_FALSE(batch.handle.onDevice());
+    EXPECT_FALSE(batch.x.device().isCuda());
+  });
+}
+
 TEST(CudaTensors, RouterRefusesCudaLogitsWithoutAGpu) {
   if (gpuUsable()) GTEST_SKIP() << "a GPU is usable here";
   RouterOptions o;
