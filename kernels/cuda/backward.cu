@@ -5,10 +5,6 @@ namespace moecomm::cuda {
 
 namespace {
 
-int gridFor(int64_t rows) {
-  return static_cast<int>(rows < (1 << 20) ? (rows > 0 ? rows : 1) : (1 << 20));
-}
-
 template <typename T>
 __global__ void scaleKernel(const T* incoming, int64_t hidden, int topk, const int32_t* row_source,
                             const float* row_weights, const int32_t* total_rows, int64_t max_rows,
@@ -85,11 +81,11 @@ cudaError_t scaleIntoLayout(const void* incoming, RowType type, int64_t hidden, 
   if (topk < 1 || hidden < 0) return cudaErrorInvalidValue;
   if (max_rows == 0 || hidden == 0) return cudaSuccess;
   if (type == RowType::kBF16) {
-    scaleKernel<uint16_t><<<gridFor(max_rows), kThreads, 0, stream>>>(
+    scaleKernel<uint16_t><<<rowBlocks(max_rows), kThreads, 0, stream>>>(
         static_cast<const uint16_t*>(incoming), hidden, topk, row_source, row_weights, total_rows,
         max_rows, static_cast<uint16_t*>(grad_y));
   } else {
-    scaleKernel<float><<<gridFor(max_rows), kThreads, 0, stream>>>(
+    scaleKernel<float><<<rowBlocks(max_rows), kThreads, 0, stream>>>(
         static_cast<const float*>(incoming), hidden, topk, row_source, row_weights, total_rows,
         max_rows, static_cast<float*>(grad_y));
   }
@@ -102,11 +98,11 @@ cudaError_t slotDots(const void* incoming, const void* y, RowType type, int64_t 
   if (topk < 1 || hidden < 0) return cudaErrorInvalidValue;
   if (rows_in == 0) return cudaSuccess;
   if (type == RowType::kBF16) {
-    dotsKernel<uint16_t><<<gridFor(rows_in), kThreads, 0, stream>>>(
+    dotsKernel<uint16_t><<<rowBlocks(rows_in), kThreads, 0, stream>>>(
         static_cast<const uint16_t*>(incoming), static_cast<const uint16_t*>(y), hidden, rows_in,
         topk, slot_row, dots);
   } else {
-    dotsKernel<float><<<gridFor(rows_in), kThreads, 0, stream>>>(
+    dotsKernel<float><<<rowBlocks(rows_in), kThreads, 0, stream>>>(
         static_cast<const float*>(incoming), static_cast<const float*>(y), hidden, rows_in, topk,
         slot_row, dots);
   }

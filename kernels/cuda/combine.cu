@@ -88,10 +88,6 @@ __global__ void reduceKernel(const T* back, int64_t hidden, int64_t tokens, int 
   }
 }
 
-int gridFor(int64_t rows) {
-  return static_cast<int>(rows < (1 << 20) ? rows : (1 << 20));
-}
-
 template <typename T>
 bool vectorizable(int64_t hidden, const void* a, const void* b) {
   return copyUnit(hidden * static_cast<int64_t>(sizeof(T)), a, b) == 16;
@@ -104,11 +100,11 @@ cudaError_t launchExpertSide(const void* y, int64_t hidden, int64_t rows_in, int
   const T* yt = static_cast<const T*>(y);
   T* pt = static_cast<T*>(partial);
   if (vectorizable<T>(hidden, y, partial)) {
-    expertSideKernel<T, kLanes<T>><<<gridFor(rows_in), kThreads, 0, stream>>>(
+    expertSideKernel<T, kLanes<T>><<<rowBlocks(rows_in), kThreads, 0, stream>>>(
         yt, hidden, rows_in, topk, slot_row, row_weights, pt);
   } else {
-    expertSideKernel<T, 1><<<gridFor(rows_in), kThreads, 0, stream>>>(yt, hidden, rows_in, topk,
-                                                                      slot_row, row_weights, pt);
+    expertSideKernel<T, 1><<<rowBlocks(rows_in), kThreads, 0, stream>>>(yt, hidden, rows_in, topk,
+                                                                        slot_row, row_weights, pt);
   }
   return cudaGetLastError();
 }
@@ -120,10 +116,10 @@ cudaError_t launchReduce(const void* back, int64_t hidden, int64_t tokens, int r
   T* ot = static_cast<T*>(out);
   if (vectorizable<T>(hidden, back, out)) {
     reduceKernel<T, kLanes<T>>
-        <<<gridFor(tokens), kThreads, 0, stream>>>(bt, hidden, tokens, ranks, send_pos, ot);
+        <<<rowBlocks(tokens), kThreads, 0, stream>>>(bt, hidden, tokens, ranks, send_pos, ot);
   } else {
     reduceKernel<T, 1>
-        <<<gridFor(tokens), kThreads, 0, stream>>>(bt, hidden, tokens, ranks, send_pos, ot);
+        <<<rowBlocks(tokens), kThreads, 0, stream>>>(bt, hidden, tokens, ranks, send_pos, ot);
   }
   return cudaGetLastError();
 }

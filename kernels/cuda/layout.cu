@@ -166,7 +166,7 @@ cudaError_t packRows(const void* x, int64_t tokens, int64_t row_bytes, int ranks
                      const int32_t* send_pos, void* send, cudaStream_t stream) {
   if (ranks < 1 || ranks > kMaxPackRanks) return cudaErrorInvalidValue;
   if (tokens == 0 || row_bytes == 0) return cudaSuccess;
-  const int blocks = static_cast<int>(tokens < (1 << 20) ? tokens : (1 << 20));
+  const int blocks = rowBlocks(tokens);
   switch (copyUnit(row_bytes, x, send)) {
     case 16:
       packKernel<int4>

@@ -18,6 +18,11 @@ inline int blocksFor(int64_t n) {
   return static_cast<int>(blocks < (1 << 20) ? (blocks > 0 ? blocks : 1) : (1 << 20));
 }
 
+// The grid of the one-block-per-row kernels: a block per row, capped (the loops stride on).
+inline int rowBlocks(int64_t rows) {
+  return static_cast<int>(rows < (1 << 20) ? (rows > 0 ? rows : 1) : (1 << 20));
+}
+
 // The widest unit (16, 4 or 1 bytes) that divides `bytes` and the given addresses.
 inline int copyUnit(int64_t bytes, const void* a, const void* b) {
   const auto bits = static_cast<uint64_t>(bytes) | reinterpret_cast<uintptr_t>(a) |

@@ -150,7 +150,7 @@ cudaError_t unpackRows(const void* recv, const float* recv_weights, int topk, in
                        const UnpackPlan& plan, int local_experts, int64_t max_rows, void* out,
                        float* row_weights, cudaStream_t stream) {
   if (max_rows == 0) return cudaSuccess;
-  const int blocks = static_cast<int>(max_rows < (1 << 20) ? max_rows : (1 << 20));
+  const int blocks = rowBlocks(max_rows);
   const int32_t* total = plan.expert_offsets + local_experts;
   switch (copyUnit(row_bytes, recv, out)) {
     case 16:

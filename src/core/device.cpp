@@ -25,10 +25,6 @@ cudaStream_t asStream(void* stream) {
 
 }  // namespace
 
-bool built() noexcept {
-  return true;
-}
-
 Status requireDevice(int index) {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
@@ -55,18 +51,6 @@ Status allocate(int index, size_t bytes, std::shared_ptr<std::byte>* out) {
                      index, cudaGetErrorString(status));
   }
   *out = std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [](std::byte* q) { cudaFree(q); });
-  return Status::ok();
-}
-
-Status allocatePinned(size_t bytes, std::shared_ptr<std::byte>* out) {
-  void* p = nullptr;
-  const cudaError_t status = cudaMallocHost(&p, bytes > 0 ? bytes : 1);
-  if (status != cudaSuccess) {
-    return makeError(StatusCode::kSystemError, "cudaMallocHost of {} bytes failed: {}", bytes,
-                     cudaGetErrorString(status));
-  }
-  *out =
-      std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [](std::byte* q) { cudaFreeHost(q); });
   return Status::ok();
 }
 
@@ -152,16 +136,10 @@ Status notBuilt() {
 
 }  // namespace
 
-bool built() noexcept {
-  return false;
-}
 Status requireDevice(int) {
   return notBuilt();
 }
 Status allocate(int, size_t, std::shared_ptr<std::byte>*) {
-  return notBuilt();
-}
-Status allocatePinned(size_t, std::shared_ptr<std::byte>*) {
   return notBuilt();
 }
 Status acquirePinned(size_t, std::shared_ptr<std::byte>*) {

@@ -11,9 +11,6 @@
 
 namespace moecomm::device {
 
-// True when this library was built with CUDA.
-bool built() noexcept;
-
 // Fails unless a CUDA device is usable; the message says why (driver, no device, index).
 Status requireDevice(int index);
 
@@ -21,10 +18,8 @@ Status requireDevice(int index);
 Status allocate(int index, size_t bytes, std::shared_ptr<std::byte>* out);
 
 // Pinned (page-locked) host memory, so that copies to and from the GPU run at full speed and
-// asynchronously.
-Status allocatePinned(size_t bytes, std::shared_ptr<std::byte>* out);
-// The same from a process-wide cache: cudaMallocHost costs milliseconds, so released blocks are
-// kept (by power-of-two size) and reused.
+// asynchronously. From a process-wide cache: cudaMallocHost costs milliseconds, so released
+// blocks are kept (by power-of-two size) and reused.
 Status acquirePinned(size_t bytes, std::shared_ptr<std::byte>* out);
 
 enum class Direction { kToHost, kToDevice, kDeviceToDevice };

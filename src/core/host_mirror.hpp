@@ -4,6 +4,7 @@
 // so a failed call leaves the caller's outputs untouched. CPU views pass through unchanged.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <initializer_list>
 #include <memory>
@@ -46,5 +47,26 @@ class HostMirror {
   std::vector<std::shared_ptr<std::byte>> blocks_;
   std::vector<Pending> outputs_;
 };
+
+// Runs work(host_inputs, host_outputs, staging_status) on host views of `inputs` and `outputs`
+// (pinned copies of the CUDA ones; CPU views pass through), then writes the outputs back to the
+// GPU only when it succeeded. A staging failure reaches `work` as its status, so a collective can
+// still tell the peers instead of leaving them waiting.
+template <size_t In, size_t Out, typename Work>
+Status runMirrored(ExecContext context, const std::array<const TensorView*, In>& inputs,
+                   const std::array<const TensorView*, Out>& outputs, Work work) {
+  HostMirror mirror(context);
+  std::array<TensorView, In> host_in;
+  std::array<TensorView, Out> host_out;
+  Status status;
+  for (size_t i = 0; i < In && status.isOk(); ++i) status = mirror.input(*inputs[i], &host_in[i]);
+  for (size_t i = 0; i < Out && status.isOk(); ++i) {
+    status = mirror.output(*outputs[i], &host_out[i]);
+  }
+  if (status.isOk()) status = mirror.ready();
+  status = work(host_in, host_out, status);
+  if (status.isOk()) status = mirror.writeBack();
+  return status;
+}
 
 }  // namespace moecomm

@@ -1,5 +1,4 @@
 // Combine and the backward passes, all reusing the layout a dispatch recorded in its handle.
-#include <array>
 #include <cstring>
 #include <vector>
 
@@ -217,25 +216,6 @@ Status runCombineBackward(Dispatcher::State& state, const TensorView& grad_out, 
   return Status::ok();
 }
 
-// Runs `work` on host views of the CUDA tensors among `inputs` and `outputs` (pinned copies),
-// writing the outputs back to the GPU only when it succeeded; CPU views pass through.
-template <size_t In, size_t Out, typename Work>
-Status staged(ExecContext context, const std::array<const TensorView*, In>& inputs,
-              const std::array<const TensorView*, Out>& outputs, Work work) {
-  HostMirror mirror(context);
-  std::array<TensorView, In> host_in;
-  std::array<TensorView, Out> host_out;
-  Status status;
-  for (size_t i = 0; i < In && status.isOk(); ++i) status = mirror.input(*inputs[i], &host_in[i]);
-  for (size_t i = 0; i < Out && status.isOk(); ++i) {
-    status = mirror.output(*outputs[i], &host_out[i]);
-  }
-  if (status.isOk()) status = mirror.ready();
-  status = work(host_in, host_out, status);
-  if (status.isOk()) status = mirror.writeBack();
-  return status;
-}
-
 }  // namespace
 
 void Dispatcher::combine(const TensorView& y, const DispatchHandle& handle, const TensorView& out,
@@ -245,9 +225,10 @@ void Dispatcher::combine(const TensorView& y, const DispatchHandle& handle, cons
     if (!status.isOk()) state_->group->raise(status);
     return;
   }
-  Status status = staged<1, 1>(context, {&y}, {&out}, [&](auto& in, auto& outs, const Status& s) {
-    return reduceToSources(*state_, in[0], handle, outs[0], true, WireOp::kCombine, s);
-  });
+  Status status =
+      runMirrored<1, 1>(context, {&y}, {&out}, [&](auto& in, auto& outs, const Status& s) {
+        return reduceToSources(*state_, in[0], handle, outs[0], true, WireOp::kCombine, s);
+      });
   if (!status.isOk()) state_->group->raise(status);
 }
 
@@ -265,11 +246,11 @@ void Dispatcher::dispatchBackward(const TensorView& grad_rows, const DispatchHan
     if (!status.isOk()) state_->group->raise(status);
     return;
   }
-  Status status =
-      staged<1, 1>(context, {&grad_rows}, {&grad_x}, [&](auto& in, auto& outs, const Status& s) {
-        return reduceToSources(*state_, in[0], handle, outs[0], false, WireOp::kDispatchBackward,
-                               s);
-      });
+  Status status = runMirrored<1, 1>(context, {&grad_rows}, {&grad_x},
+                                    [&](auto& in, auto& outs, const Status& s) {
+                                      return reduceToSources(*state_, in[0], handle, outs[0], false,
+                                                             WireOp::kDispatchBackward, s);
+                                    });
   if (!status.isOk()) state_->group->raise(status);
 }
 
@@ -282,11 +263,11 @@ void Dispatcher::combineBackward(const TensorView& grad_out, const TensorView& y
     if (!status.isOk()) state_->group->raise(status);
     return;
   }
-  Status status =
-      staged<2, 2>(context, {&grad_out, &y}, {&grad_y, &grad_weights},
-                   [&](auto& in, auto& outs, const Status& s) {
-                     return runCombineBackward(*state_, in[0], in[1], handle, outs[0], outs[1], s);
-                   });
+  Status status = runMirrored<2, 2>(context, {&grad_out, &y}, {&grad_y, &grad_weights},
+                                    [&](auto& in, auto& outs, const Status& s) {
+                                      return runCombineBackward(*state_, in[0], in[1], handle,
+                                                                outs[0], outs[1], s);
+                                    });
   if (!status.isOk()) state_->group->raise(status);
 }
 

@@ -22,6 +22,7 @@
 #include "kernels/cuda/unpack.hpp"
 #include "src/core/device.hpp"
 #include "src/core/tensor_checks.hpp"
+#include "src/ep/expert_layout.hpp"
 #include "src/ep/handle_impl.hpp"
 #endif
 
@@ -373,10 +374,14 @@ Status layoutAndPack(Dispatcher::State& state, DeviceScratch& sc, const TensorVi
 
 bool deviceExchangeApplies(const Group::Impl& group, const TensorView& x,
                            const TensorView& topk_idx, const TensorView& topk_weights) {
+  // Host tensors, the common case, are told apart before anything costlier.
+  if (!x.device.isCuda() || !topk_idx.device.isCuda() || !topk_weights.device.isCuda() ||
+      topk_idx.dtype != DType::kI32) {
+    return false;
+  }
   const bool device_capable =
       group.device_transport != nullptr || std::string(group.transport->name()) == "local";
-  return envInt("MOECOMM_CUDA_NATIVE", 1) != 0 && device_capable && x.device.isCuda() &&
-         topk_idx.device.isCuda() && topk_weights.device.isCuda() && topk_idx.dtype == DType::kI32;
+  return device_capable && envInt("MOECOMM_CUDA_NATIVE", 1) != 0;
 }
 
 bool isDeviceHandle(const DispatchHandle& handle) {
@@ -402,7 +407,8 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
   const size_t rb = rowBytes(h->hidden, group.config.dtype);
   DeviceScratch* sc = nullptr;
   std::vector<int32_t> tpe;
-  Status local = checkDispatchInputs(group, x, topk_idx, topk_weights);
+  Status local = checkDispatchOptions(state.options);
+  if (local.isOk()) local = checkDispatchInputs(group, x, topk_idx, topk_weights);
   if (local.isOk()) local = device::setDevice(h->device);
   if (local.isOk()) local = scratchFor(state, h->device, &sc);
   if (local.isOk()) local = layoutAndPack(state, *sc, x, topk_idx, topk_weights, stream, *h, &tpe);
@@ -443,19 +449,7 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
     }
   }
   ExpertBatch batch;
-  batch.expert_demand = demand;
-  batch.expert_offsets.assign(1, 0);
-  const int64_t align = std::max(1, o.expert_alignment);
-  for (int e = 0; e < L; ++e) {
-    const int64_t cap = o.expert_capacity;
-    const int64_t count = cap > 0 ? std::min(demand[e], cap) : demand[e];
-    const int64_t span = o.pad_to_capacity ? cap : count;
-    batch.expert_counts.push_back(count);
-    batch.expert_offsets.push_back(batch.expert_offsets.back() +
-                                   (span + align - 1) / align * align);
-    batch.refused += demand[e] - count;
-  }
-  h->num_rows = batch.expert_offsets.back();
+  h->num_rows = layoutExperts(o, demand, &batch);
   for (int s = 0; s < n; ++s) batch.tokens_from_rank.push_back(from[s].count);
 
   // Pull every source's rows, then lay them out expert by expert.
@@ -510,7 +504,7 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
     auto* table = reinterpret_cast<int32_t*>(sc->partial.data());
     cuda::UnpackOptions uo;
     uo.local_experts = L;
-    uo.alignment = static_cast<int>(align);
+    uo.alignment = o.expert_alignment;
     uo.capacity = o.expert_capacity;
     uo.pad_to_capacity = o.pad_to_capacity;
     uo.max_rows = h->num_rows;

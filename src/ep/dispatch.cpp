@@ -7,6 +7,7 @@
 #include "src/core/tensor_checks.hpp"
 #include "src/ep/device_exchange.hpp"
 #include "src/ep/dispatcher_state.hpp"
+#include "src/ep/expert_layout.hpp"
 #include "src/ep/routing_plan.hpp"
 
 namespace moecomm {
@@ -20,20 +21,7 @@ ExpertPlacement placementOf(const Group::Impl& group) {
 Status checkDispatchInputs(const Group::Impl& group, const DispatchOptions& options,
                            const TensorView& x, const TensorView& topk_idx,
                            const TensorView& topk_weights, RoutingPlan* plan) {
-  if (options.expert_alignment < 1) {
-    return makeError(StatusCode::kInvalidArgument,
-                     "expert_alignment must be >= 1 (1 means no padding), got {}",
-                     options.expert_alignment);
-  }
-  if (options.expert_capacity < 0) {
-    return makeError(StatusCode::kInvalidArgument,
-                     "expert_capacity must be >= 0 (0 = unlimited), got {}",
-                     options.expert_capacity);
-  }
-  if (options.pad_to_capacity && options.expert_capacity == 0) {
-    return makeError(StatusCode::kInvalidArgument,
-                     "pad_to_capacity needs expert_capacity > 0 (the static size of each expert)");
-  }
+  MOECOMM_RETURN_IF_ERROR(checkDispatchOptions(options));
   const GroupConfig& config = group.config;
   MOECOMM_RETURN_IF_ERROR(checkMatrix("x", x, -1, config.hidden, {config.dtype}));
   const int64_t tokens = x.shape[0];
@@ -76,12 +64,10 @@ void packForRank(const Group::Impl& group, const RoutingPlan& plan, const Tensor
 // Lays the received tokens out expert-major and fills the receive side of the handle.
 Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOptions& options,
               DispatchHandle::Impl& handle, ExpertBatch& batch) {
-  const int64_t alignment = options.expert_alignment;
-  const int64_t capacity = options.expert_capacity;
   const int k = group.config.topk;
   const int local = group.local_experts;
   const size_t row_bytes = static_cast<size_t>(group.config.hidden) * dtypeSize(group.config.dtype);
-  batch.expert_counts.assign(static_cast<size_t>(local), 0);
+  std::vector<int64_t> demand(static_cast<size_t>(local), 0);
   // Pass 1: rows per local expert, and a check that the ids we got make sense.
   for (int p = 0; p < group.size; ++p) {
     const int64_t n = handle.recv_tokens[p];
@@ -92,23 +78,10 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
                          "rank {}: rank {} sent local expert id {} >= {}", group.rank, p, ids[i],
                          local);
       }
-      if (ids[i] >= 0) ++batch.expert_counts[ids[i]];
+      if (ids[i] >= 0) ++demand[ids[i]];
     }
   }
-  batch.expert_demand = batch.expert_counts;
-  for (int64_t& count : batch.expert_counts) {
-    if (capacity > 0 && count > capacity) {
-      batch.refused += count - capacity;
-      count = capacity;
-    }
-  }
-  batch.expert_offsets.assign(static_cast<size_t>(local) + 1, 0);
-  for (int e = 0; e < local; ++e) {
-    const int64_t rows = options.pad_to_capacity ? capacity : batch.expert_counts[e];
-    const int64_t padded = (rows + alignment - 1) / alignment * alignment;
-    batch.expert_offsets[e + 1] = batch.expert_offsets[e] + padded;
-  }
-  const int64_t rows = batch.expert_offsets[local];
+  const int64_t rows = layoutExperts(options, demand, &batch);
   handle.num_rows = rows;
   // Only padding rows need zeros; every other row is written once below.
   batch.x = Tensor::empty({rows, group.config.hidden}, group.config.dtype);
@@ -293,27 +266,18 @@ Dispatcher& Dispatcher::operator=(Dispatcher&&) noexcept = default;
 ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& topk_idx,
                                  const TensorView& topk_weights, ExecContext context) {
   ExpertBatch batch;
-  if (!anyCuda({&x, &topk_idx, &topk_weights})) {
-    Status status = runDispatch(*state_, x, topk_idx, topk_weights, &batch, Status::ok());
-    if (!status.isOk()) state_->group->raise(status);
-    return batch;
-  }
+  Status status;
   if (deviceExchangeApplies(*state_->group, x, topk_idx, topk_weights)) {
-    Status status = deviceDispatch(*state_, x, topk_idx, topk_weights, context, &batch);
-    if (!status.isOk()) state_->group->raise(status);
-    return batch;
+    status = deviceDispatch(*state_, x, topk_idx, topk_weights, context, &batch);
+  } else {
+    // Host tensors as they are; other CUDA tensors staged through pinned host memory.
+    status = runMirrored<3, 0>(context, {&x, &topk_idx, &topk_weights}, {},
+                               [&](auto& in, auto&, const Status& staged) {
+                                 return runDispatch(*state_, in[0], in[1], in[2], &batch, staged);
+                               });
   }
-  // Other CUDA tensors: staged through pinned host memory (docs/cuda.md); the batch goes back to
-  // x's GPU.
-  HostMirror mirror(context);
-  TensorView hx, hidx, hw;
-  Status staged = mirror.input(x, &hx);
-  if (staged.isOk()) staged = mirror.input(topk_idx, &hidx);
-  if (staged.isOk()) staged = mirror.input(topk_weights, &hw);
-  if (staged.isOk()) staged = mirror.ready();
-  Status status = runDispatch(*state_, hx, hidx, hw, &batch, staged);
   if (!status.isOk()) state_->group->raise(status);
-  if (x.device.isCuda()) {
+  if (x.device.isCuda() && !batch.handle.onDevice()) {  // a staged batch goes back to x's GPU
     batch.x = copyTo(batch.x.view(), x.device, context);
     batch.row_weights = copyTo(batch.row_weights.view(), x.device, context);
   }
