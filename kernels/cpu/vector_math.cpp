@@ -2,17 +2,11 @@
 // (the router checks logits first); nothing here compares against infinity or NaN.
 #include "kernels/cpu/vector_math.hpp"
 
+#include "kernels/cpu/vector_clones.hpp"
+
 #include <cmath>
 
 namespace moecomm::cpu {
-
-// An AVX2 clone (8-wide libmvec expf) beside the baseline SSE one, picked at load time by the
-// CPU's features, so the binary still runs on any x86-64.
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
-#define MOECOMM_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define MOECOMM_VECTOR_CLONES
-#endif
 
 MOECOMM_VECTOR_CLONES
 void expShifted(const float* in, float shift, float* out, int n) {

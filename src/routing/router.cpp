@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/finite.hpp"
 #include "kernels/cpu/gating.hpp"
 #include "src/core/host_mirror.hpp"
 #include "src/core/tensor_checks.hpp"
@@ -88,11 +89,9 @@ Status checkRouterInputs(const RouterOptions& o, const TensorView& logits, const
   MOECOMM_RETURN_IF_ERROR(checkMatrix("logits", logits, -1, -1, {DType::kF32}));
   MOECOMM_RETURN_IF_ERROR(checkRouterShapes(o, logits, bias));
   const int64_t experts = logits.shape[1];
-  // One branch-free pass (it vectorizes); the slow search for the culprit runs only on failure.
   const auto* data = logits.as<const float>();
   const int64_t count = logits.numel();
-  int bad = 0;
-  for (int64_t i = 0; i < count; ++i) bad |= !(std::fabs(data[i]) <= 3.4028234663852886e38f);
+  const bool bad = !cpu::allFinite(data, count);
   for (int64_t i = 0; bad && i < count; ++i) {
     if (!std::isfinite(data[i])) {
       return makeError(StatusCode::kInvalidArgument,

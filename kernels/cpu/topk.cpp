@@ -1,0 +1,229 @@
+#include "kernels/cpu/topk.hpp"
+
+#include <algorithm>
+#include <limits>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace moecomm::cpu {
+
+namespace {
+
+constexpr float kExcluded = -std::numeric_limits<float>::infinity();
+
+#if defined(__x86_64__)
+// Left-packing permutations: entry m lists the set bits of m, lowest first.
+struct PackTable {
+  alignas(32) int32_t lanes[256][8];
+  constexpr PackTable() : lanes{} {
+    for (int m = 0; m < 256; ++m) {
+      int k = 0;
+      for (int bit = 0; bit < 8; ++bit) {
+        if ((m >> bit & 1) != 0) lanes[m][k++] = bit;
+      }
+    }
+  }
+};
+constexpr PackTable kPack;
+
+// The n-th largest of `count` values (a multiple of 8), ties counted: the smallest value that
+// fewer than n others exceed.
+__attribute__((target("avx2"))) float nthLargest(const float* values, int count, int n) {
+  const __m256i limit = _mm256_set1_epi32(n);
+  __m256 floor = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  for (int a = 0; a < count; a += 8) {
+    const __m256 mine = _mm256_loadu_ps(values + a);
+    __m256i above = _mm256_setzero_si256();
+    for (int b = 0; b < count; ++b) {
+      const __m256 other = _mm256_broadcast_ss(values + b);
+      above = _mm256_sub_epi32(above, _mm256_castps_si256(_mm256_cmp_ps(other, mine, _CMP_GT_OQ)));
+    }
+    const __m256 in_top = _mm256_castsi256_ps(_mm256_cmpgt_epi32(limit, above));
+    floor = _mm256_min_ps(floor, _mm256_blendv_ps(floor, mine, in_top));
+  }
+  __m128 h = _mm_min_ps(_mm256_castps256_ps128(floor), _mm256_extractf128_ps(floor, 1));
+  h = _mm_min_ps(h, _mm_shuffle_ps(h, h, _MM_SHUFFLE(1, 0, 3, 2)));
+  h = _mm_min_ps(h, _mm_shuffle_ps(h, h, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtss_f32(h);
+}
+
+// The candidates for the top n, left-packed into `index`: the values at or above a floor, for rows
+// of whole 8-float vectors, at least 2n of them. The vectors are split into `sets` runs; the
+// lane-wise maximum of each run is the maximum of a disjoint set of values (one lane of each of
+// its vectors), so the n-th largest of these 8 * sets maxima has at least n values at or above
+// it: it bounds the n-th largest value from below. With 8 * sets >= 2n it is tight: about n + 2
+// values pass it on normal logits. Returns -1 when the floor is an excluded entry (-inf) or more
+// than `limit` values pass (many ties at the top).
+__attribute__((target("avx2,popcnt"))) int candidatesAboveFloor(const float* values, int count,
+                                                                int n, int limit, int32_t* index,
+                                                                TopScratch& scratch) {
+  const int vectors = count / 8;
+  const int sets = std::max(2, (2 * n + 7) / 8);
+  std::vector<float>& maxima = scratch.maxima;
+  maxima.resize(static_cast<size_t>(8 * sets));
+  int begin = 0;
+  for (int g = 0; g < sets; ++g) {
+    const int end = static_cast<int>(int64_t{vectors} * (g + 1) / sets);
+    __m256 m = _mm256_loadu_ps(values + 8 * begin);
+    for (int v = begin + 1; v < end; ++v) m = _mm256_max_ps(m, _mm256_loadu_ps(values + 8 * v));
+    _mm256_storeu_ps(maxima.data() + 8 * g, m);
+    begin = end;
+  }
+  const float floor = nthLargest(maxima.data(), 8 * sets, n);
+  if (floor == kExcluded) return -1;
+  const __m256 low = _mm256_set1_ps(floor);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  int found = 0;
+  for (int b = 0; b < vectors; ++b) {
+    const auto mask = static_cast<unsigned>(
+        _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + 8 * b), low, _CMP_GE_OQ)));
+    const __m256i picked = _mm256_add_epi32(
+        _mm256_permutevar8x32_epi32(
+            lane, _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[mask]))),
+        _mm256_set1_epi32(8 * b));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(index + found), picked);
+    found += _mm_popcnt_u32(mask);
+  }
+  return found <= limit ? found : -1;
+}
+
+// The top n of `found` candidates by rank, eight candidates at a time: a candidate's rank is the
+// number of candidates with a larger value, plus those with an equal value and a lower index
+// (earlier in `index`, which is ascending). Ranks are a permutation of [0, found), so every write
+// is unconditional; out gets the first min(n, found).
+__attribute__((target("avx2"))) void rankCandidates(const float* values, const int32_t* index,
+                                                    int found, int n, int* out,
+                                                    TopScratch& scratch) {
+  std::vector<float>& picked = scratch.picked;
+  std::vector<int32_t>& ordered = scratch.ordered;
+  picked.resize(static_cast<size_t>(found) + 8);
+  ordered.resize(static_cast<size_t>(found));
+  for (int i = 0; i < found; ++i) picked[i] = values[index[i]];
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int a = 0; a < found; a += 8) {
+    const __m256 mine = _mm256_loadu_ps(picked.data() + a);
+    const __m256i position = _mm256_add_epi32(lane, _mm256_set1_epi32(a));
+    __m256i rank = _mm256_setzero_si256();
+    for (int b = 0; b < found; ++b) {
+      const __m256 other = _mm256_broadcast_ss(picked.data() + b);
+      const __m256 earlier =
+          _mm256_castsi256_ps(_mm256_cmpgt_epi32(position, _mm256_set1_epi32(b)));
+      const __m256 beats =
+          _mm256_or_ps(_mm256_cmp_ps(other, mine, _CMP_GT_OQ),
+                       _mm256_and_ps(_mm256_cmp_ps(other, mine, _CMP_EQ_OQ), earlier));
+      rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
+    }
+    alignas(32) int32_t ranks[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(ranks), rank);
+    const int lanes = std::min(8, found - a);
+    for (int j = 0; j < lanes; ++j) ordered[ranks[j]] = index[a + j];
+  }
+  std::copy_n(ordered.data(), std::min(n, found), out);
+}
+#endif
+
+// The general path: insertion into a sorted array of n, with blocks skipped by their maxima.
+int rankByInsertion(const float* values, int count, int n, int* out, TopScratch& scratch) {
+  // The held values, sorted like `out`: comparisons stay in this small array, not behind `out`.
+  std::vector<float>& held = scratch.held;
+  if (held.size() < static_cast<size_t>(n)) held.resize(static_cast<size_t>(n));
+  float* best = held.data();
+  int filled = 0;
+  float threshold = kExcluded;  // the n-th best so far, once n are held
+  auto consider = [&](int i) {
+    const float v = values[i];
+    if (v == kExcluded || (filled == n && !(v > threshold))) return;
+    int pos = filled < n ? filled++ : n - 1;
+    while (pos > 0 && v > best[pos - 1]) {
+      out[pos] = out[pos - 1];
+      best[pos] = best[pos - 1];
+      --pos;
+    }
+    out[pos] = i;
+    best[pos] = v;
+    if (filled == n) threshold = best[n - 1];
+  };
+  int i = 0;
+#if defined(__SSE2__)
+  // Nothing below the n-th largest block maximum can be among the n largest values (the n largest
+  // block maxima are n distinct values), so blocks whose maximum is below it are skipped whole,
+  // and elements below it are never inserted. Blocks are still walked in index order, so ties go
+  // to the lower index as before.
+  constexpr int kBlock = 8;
+  const int blocks = count / kBlock;
+  if (blocks >= 2 * n) {
+    std::vector<float>& maxima = scratch.maxima;
+    std::vector<float>& order = scratch.order;
+    maxima.resize(static_cast<size_t>(blocks));
+    for (int b = 0; b < blocks; ++b) {
+      const float* x = values + b * kBlock;
+      __m128 m = _mm_max_ps(_mm_loadu_ps(x), _mm_loadu_ps(x + 4));
+      m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
+      m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
+      maxima[b] = _mm_cvtss_f32(m);
+    }
+    // The n-th largest block maximum, by insertion into a descending array of n.
+    order.assign(static_cast<size_t>(n), kExcluded);
+    for (int b = 0; b < blocks; ++b) {
+      const float v = maxima[b];
+      if (!(v > order[n - 1])) continue;
+      int pos = n - 1;
+      while (pos > 0 && v > order[pos - 1]) {
+        order[pos] = order[pos - 1];
+        --pos;
+      }
+      order[pos] = v;
+    }
+    const float floor = order[n - 1];
+    const __m128 low = _mm_set1_ps(floor);
+    for (int b = 0; b < blocks; ++b) {
+      if (maxima[b] < floor) continue;
+      // Only the elements at or above the floor, in index order.
+      const float* x = values + b * kBlock;
+      unsigned mask = static_cast<unsigned>(_mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x), low))) |
+                      static_cast<unsigned>(_mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(x + 4), low)))
+                          << 4;
+      while (mask != 0) {
+        consider(b * kBlock + __builtin_ctz(mask));
+        mask &= mask - 1;
+      }
+    }
+    i = blocks * kBlock;
+  }
+#endif
+  for (; i < count; ++i) consider(i);
+  return filled;
+}
+
+}  // namespace
+
+int selectTop(const float* values, int count, int n, int* out, TopScratch& scratch) {
+  if (n <= 0) return 0;
+#if defined(__x86_64__)
+  // Short rows rank every entry that is not excluded; long ones only those above a floor.
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+  constexpr int kShortRow = 64;
+  std::vector<int32_t>& index = scratch.index;
+  int found = -1;
+  if (avx2 && count <= kShortRow) {
+    index.resize(static_cast<size_t>(count));
+    found = 0;
+    for (int i = 0; i < count; ++i) {  // branch-free compaction
+      index[found] = i;
+      found += values[i] != kExcluded ? 1 : 0;
+    }
+  } else if (avx2 && count % 8 == 0 && count >= 16 * n) {
+    index.resize(static_cast<size_t>(count) + 8);
+    found =
+        candidatesAboveFloor(values, count, n, std::max(kShortRow, 4 * n), index.data(), scratch);
+  }
+  if (found >= 0) {
+    rankCandidates(values, index.data(), found, n, out, scratch);
+    return std::min(found, n);
+  }
+#endif
+  return rankByInsertion(values, count, n, out, scratch);
+}
+
+}  // namespace moecomm::cpu

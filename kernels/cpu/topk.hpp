@@ -1,0 +1,20 @@
+// Top-n selection of a row of floats: the indices of the n largest values, descending, ties to the
+// lower index. -inf marks an excluded entry, never chosen, so fewer than n may come back.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace moecomm::cpu {
+
+// Reused buffers: one per gate call, so the per-token selections allocate nothing.
+struct TopScratch {
+  std::vector<int32_t> index;
+  std::vector<int32_t> ordered;
+  std::vector<float> picked, held, maxima, order;
+};
+
+// Returns how many indices were written to out[0, n).
+int selectTop(const float* values, int count, int n, int* out, TopScratch& scratch);
+
+}  // namespace moecomm::cpu

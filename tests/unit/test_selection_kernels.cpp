@@ -1,0 +1,159 @@
+// The CPU selection kernels (top-n, group scores, finiteness) against plain references, on random
+// rows and on the inputs that push them off their fast paths: ties at the top, excluded (-inf)
+// entries, signed zeros, short rows and rows that are not whole vectors.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/finite.hpp"
+#include "kernels/cpu/group_scores.hpp"
+#include "kernels/cpu/topk.hpp"
+
+namespace moecomm::cpu {
+namespace {
+
+constexpr float kExcluded = -std::numeric_limits<float>::infinity();
+
+// Indices by value descending, then index ascending; excluded entries dropped; first n.
+std::vector<int> referenceTop(const std::vector<float>& v, int n) {
+  std::vector<int> order(v.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return v[a] > v[b]; });
+  std::vector<int> out;
+  for (int i : order) {
+    if (static_cast<int>(out.size()) == n) break;
+    if (v[i] != kExcluded) out.push_back(i);
+  }
+  return out;
+}
+
+void expectSameTop(const std::vector<float>& v, int n, TopScratch& scratch, const char* what) {
+  std::vector<int> got(static_cast<size_t>(n), -7);
+  const int found = selectTop(v.data(), static_cast<int>(v.size()), n, got.data(), scratch);
+  const std::vector<int> want = referenceTop(v, n);
+  ASSERT_EQ(found, static_cast<int>(want.size())) << what << " count=" << v.size() << " n=" << n;
+  got.resize(static_cast<size_t>(found));
+  EXPECT_EQ(got, want) << what << " count=" << v.size() << " n=" << n;
+}
+
+TEST(SelectTop, MatchesReferenceOnRandomRows) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  TopScratch scratch;  // one scratch across shapes, as the gate reuses it
+  for (int count : {1, 3, 8, 13, 64, 65, 128, 200, 256, 512, 1024}) {
+    for (int n : {1, 2, 4, 8, 12, 24, 40}) {
+      if (n > count) continue;
+      for (int row = 0; row < 40; ++row) {
+        std::vector<float> v(static_cast<size_t>(count));
+        for (float& x : v) x = normal(rng);
+        expectSameTop(v, n, scratch, "normal");
+      }
+    }
+  }
+}
+
+TEST(SelectTop, TiesSignedZerosAndExclusions) {
+  std::mt19937 rng(11);
+  TopScratch scratch;
+  for (int count : {8, 40, 128, 256}) {
+    for (int n : {1, 4, 8, 9}) {
+      if (n > count) continue;
+      for (int row = 0; row < 60; ++row) {
+        std::vector<float> v(static_cast<size_t>(count));
+        // A coarse grid: many exact ties at the top, often more than the fast path takes.
+        const int levels = 2 + row % 6;
+        for (float& x : v) x = static_cast<float>(static_cast<int>(rng() % levels)) * 0.5f;
+        expectSameTop(v, n, scratch, "ties");
+        // Signed zeros tie like equal floats: the lower index wins.
+        for (float& x : v) x = (rng() % 2 != 0) ? 0.0f : -0.0f;
+        expectSameTop(v, n, scratch, "signed zeros");
+        // Excluded entries: scattered, a whole leading run, and nearly all of the row.
+        for (float& x : v) x = (rng() % 3 == 0) ? kExcluded : static_cast<float>(rng() % 1000);
+        expectSameTop(v, n, scratch, "scattered -inf");
+        std::fill(v.begin(), v.begin() + count / 2, kExcluded);
+        expectSameTop(v, n, scratch, "first half -inf");
+        std::fill(v.begin(), v.end(), kExcluded);
+        v[static_cast<size_t>(rng() % count)] = 1.0f;
+        expectSameTop(v, n, scratch, "one left");
+      }
+    }
+  }
+}
+
+TEST(SelectTop, OneHotAndDominantRows) {
+  TopScratch scratch;
+  std::vector<float> v(256, -3.0f);
+  v[200] = 50.0f;  // one dominant expert, the rest tied far below
+  expectSameTop(v, 8, scratch, "dominant");
+  for (int i = 0; i < 256; ++i) v[static_cast<size_t>(i)] = static_cast<float>(i % 16);
+  expectSameTop(v, 8, scratch, "repeating ramp");
+  for (int i = 0; i < 256; ++i) v[static_cast<size_t>(i)] = -static_cast<float>(i);
+  expectSameTop(v, 8, scratch, "descending");
+  for (int i = 0; i < 256; ++i) v[static_cast<size_t>(i)] = static_cast<float>(i);
+  expectSameTop(v, 8, scratch, "ascending");
+}
+
+float referenceTopTwoSum(const float* v, int n) {
+  std::vector<float> sorted(v, v + n);
+  std::sort(sorted.begin(), sorted.end(), std::greater<>());
+  return n >= 2 ? sorted[0] + sorted[1] : sorted[0];
+}
+
+TEST(GroupScores, MatchReference) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int per_group : {1, 2, 4, 8, 12, 16, 32, 64}) {
+    for (int groups : {1, 3, 8}) {
+      for (int row = 0; row < 50; ++row) {
+        std::vector<float> v(static_cast<size_t>(groups * per_group));
+        for (float& x : v) x = row % 3 == 0 ? static_cast<float>(rng() % 4) : normal(rng);
+        std::vector<float> got(static_cast<size_t>(groups));
+        groupTopTwoSums(v.data(), groups, per_group, got.data());
+        for (int g = 0; g < groups; ++g) {
+          EXPECT_EQ(got[g], referenceTopTwoSum(v.data() + g * per_group, per_group))
+              << "groups=" << groups << " per_group=" << per_group << " group " << g;
+        }
+      }
+    }
+  }
+}
+
+TEST(GroupScores, RepeatedBestCountsTwice) {
+  std::vector<float> v(32, 1.0f);
+  v[5] = 9.0f;
+  v[29] = 9.0f;  // the best value twice, in different lanes
+  float score = 0.0f;
+  groupTopTwoSums(v.data(), 1, 32, &score);
+  EXPECT_EQ(score, 18.0f);
+  v[29] = 1.0f;
+  v[13] = 9.0f;  // twice in the same lane (5 and 13 are 8 apart)
+  groupTopTwoSums(v.data(), 1, 32, &score);
+  EXPECT_EQ(score, 18.0f);
+  v[13] = 4.0f;
+  groupTopTwoSums(v.data(), 1, 32, &score);
+  EXPECT_EQ(score, 13.0f);
+}
+
+TEST(AllFinite, FindsEveryKindOfNonFinite) {
+  std::vector<float> v(1003, 1.5f);
+  EXPECT_TRUE(allFinite(v.data(), static_cast<int64_t>(v.size())));
+  v[1] = std::numeric_limits<float>::max();
+  v[2] = std::numeric_limits<float>::denorm_min();
+  EXPECT_TRUE(allFinite(v.data(), static_cast<int64_t>(v.size())));
+  for (float bad : {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                    std::numeric_limits<float>::quiet_NaN()}) {
+    for (size_t at : {size_t{0}, size_t{500}, v.size() - 1}) {
+      std::vector<float> w = v;
+      w[at] = bad;
+      EXPECT_FALSE(allFinite(w.data(), static_cast<int64_t>(w.size()))) << bad << " at " << at;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moecomm::cpu
