@@ -1,16 +1,18 @@
 #include "kernels/cpu/gating.hpp"
 
+#include "kernels/cpu/finite.hpp"
 #include "kernels/cpu/group_scores.hpp"
 #include "kernels/cpu/topk.hpp"
 #include "kernels/cpu/vector_math.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <vector>
 
 namespace moecomm::cpu {
 
-void gate(const float* logits, int64_t tokens, const float* bias, const GateParams& p, int32_t* idx,
+int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateParams& p, int32_t* idx,
           float* weights, int32_t* candidate_idx, float* candidate_weights) {
   const int E = p.experts;
   const int ranked_max = p.topk + p.candidates;
@@ -39,8 +41,10 @@ void gate(const float* logits, int64_t tokens, const float* bias, const GatePara
       }
     }
   };
+  int64_t non_finite = -1;
   for (int64_t t = 0; t < tokens && ranks_logits; ++t) {
     const float* row = logits + t * E;
+    if (non_finite < 0 && !allFinite(row, E)) non_finite = t;
     const int found = selectTop(row, E, ranked_max, ranked.data(), scratch);
     const float top = found > 0 ? row[ranked[0]] : 0.0f;
     float norm = 0.0f;
@@ -54,9 +58,10 @@ void gate(const float* logits, int64_t tokens, const float* bias, const GatePara
   for (int64_t t = 0; t < tokens && !ranks_logits; ++t) {
     const float* row = logits + t * E;
     // raw: the quantity weights are made of; select: what is ranked (raw + bias).
-    if (p.score == 1) {
-      sigmoid(row, raw.data(), E);
-    } else {
+    const bool finite = p.score == 1 ? sigmoid(row, bias, raw.data(), select.data(), E)
+                                     : allFinite(row, E);
+    if (non_finite < 0 && !finite) non_finite = t;
+    if (p.score != 1) {
       const float max = *std::max_element(row, row + E);
       expShifted(row, max, raw.data(), E);
       if (p.score == 0) {
@@ -66,23 +71,25 @@ void gate(const float* logits, int64_t tokens, const float* bias, const GatePara
         for (int e = 0; e < E; ++e) raw[e] *= inverse;
       }
     }
-    // select = (logit for top-k-then-softmax, else raw) + bias, one branch-free pass.
-    const float* base = p.score == 2 ? row : raw.data();
-    if (bias != nullptr) {
-      for (int e = 0; e < E; ++e) select[e] = base[e] + bias[e];
-    } else {
-      std::copy_n(base, E, select.data());
+    // select = (logit for top-k-then-softmax, else raw) + bias, one branch-free pass (the sigmoid
+    // pass writes it itself).
+    if (p.score != 1) {
+      const float* base = p.score == 2 ? row : raw.data();
+      if (bias != nullptr) {
+        for (int e = 0; e < E; ++e) select[e] = base[e] + bias[e];
+      } else {
+        std::copy_n(base, E, select.data());
+      }
     }
     int found = 0;
     if (p.num_groups > 1) {
       // Group score: the sum of its two best select values (all finite here).
       const int per_group = E / p.num_groups;
       groupTopTwoSums(select.data(), p.num_groups, per_group, group_score.data());
-      const int kept_groups =
-          selectTop(group_score.data(), p.num_groups, p.topk_groups, groups.data(), scratch);
       // Rank only the kept groups' experts, laid side by side in ascending group order so that
       // ties still go to the lower expert id.
-      std::sort(groups.begin(), groups.begin() + kept_groups);
+      const int kept_groups =
+          keptGroups(group_score.data(), p.num_groups, p.topk_groups, groups.data());
       compact.resize(static_cast<size_t>(kept_groups) * per_group);
       for (int i = 0; i < kept_groups; ++i) {
         std::copy_n(select.data() + groups[i] * per_group, per_group,
@@ -90,8 +97,13 @@ void gate(const float* logits, int64_t tokens, const float* bias, const GatePara
       }
       found =
           selectTop(compact.data(), kept_groups * per_group, ranked_max, ranked.data(), scratch);
+      // Back from compact positions to expert ids; a shift where the group size allows it (an
+      // integer division per slot would cost as much as the selection).
+      const bool pow2 = (per_group & (per_group - 1)) == 0;
+      const int shift = std::countr_zero(static_cast<unsigned>(per_group));
       for (int j = 0; j < found; ++j) {
-        ranked[j] = groups[ranked[j] / per_group] * per_group + ranked[j] % per_group;
+        const int slot = pow2 ? ranked[j] >> shift : ranked[j] / per_group;
+        ranked[j] += (groups[slot] - slot) * per_group;
       }
     } else {
       found = selectTop(select.data(), E, ranked_max, ranked.data(), scratch);
@@ -104,6 +116,7 @@ void gate(const float* logits, int64_t tokens, const float* bias, const GatePara
     write(
         t, found, [&](int j) { return raw[ranked[j]]; }, norm);
   }
+  return non_finite;
 }
 
 }  // namespace moecomm::cpu

@@ -16,10 +16,12 @@ struct GateParams {
   int candidates;  // extra ranked experts past the top-k, for rerouting
 };
 
-// logits [tokens, experts]; bias null or [experts]. Writes per token: idx/weights [topk] and
-// candidate idx/weights [candidates] (-1 / 0 where fewer eligible experts exist). Candidates carry
-// the weight they would have had in the token's top-k (same normalizer).
-void gate(const float* logits, int64_t tokens, const float* bias, const GateParams& params,
+// logits [tokens, experts]; bias null or [experts], finite. Writes per token: idx/weights [topk]
+// and candidate idx/weights [candidates] (-1 / 0 where fewer eligible experts exist). Candidates
+// carry the weight they would have had in the token's top-k (same normalizer). Returns the first
+// token with a non-finite logit, or -1: the logits are checked as they are read, and when one is
+// not finite the whole output is meaningless (indices stay in range) and must be discarded.
+int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateParams& params,
           int32_t* idx, float* weights, int32_t* candidate_idx, float* candidate_weights);
 
 }  // namespace moecomm::cpu

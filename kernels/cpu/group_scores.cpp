@@ -101,4 +101,55 @@ void groupTopTwoSums(const float* values, int groups, int per_group, float* scor
   }
 }
 
+#if defined(__x86_64__)
+// Eight groups' ranks at a time against every group, then the kept ones by mask, in order.
+__attribute__((target("avx2,bmi"))) int keptGroupsAvx2(const float* scores, int groups, int keep,
+                                                     int* kept) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i limit = _mm256_set1_epi32(keep);
+  int count = 0;
+  for (int g = 0; g < groups; g += 8) {
+    const __m256 mine = _mm256_loadu_ps(scores + g);
+    const __m256i position = _mm256_add_epi32(lane, _mm256_set1_epi32(g));
+    __m256i rank = _mm256_setzero_si256();
+    for (int h = 0; h < groups; ++h) {
+      const __m256 other = _mm256_broadcast_ss(scores + h);
+      const __m256 earlier =
+          _mm256_castsi256_ps(_mm256_cmpgt_epi32(position, _mm256_set1_epi32(h)));
+      const __m256 beats =
+          _mm256_or_ps(_mm256_cmp_ps(other, mine, _CMP_GT_OQ),
+                       _mm256_and_ps(_mm256_cmp_ps(other, mine, _CMP_EQ_OQ), earlier));
+      rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
+    }
+    auto mask = static_cast<unsigned>(
+        _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(limit, rank))));
+    while (mask != 0) {
+      kept[count++] = g + static_cast<int>(_tzcnt_u32(mask));
+      mask &= mask - 1;
+    }
+  }
+  return count;
+}
+#endif
+
+int keptGroups(const float* scores, int groups, int keep, int* kept) {
+#if defined(__x86_64__)
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi");
+  if (avx2 && groups % 8 == 0) return keptGroupsAvx2(scores, groups, keep, kept);
+#endif
+  // A group's rank is the number of groups that beat it: a higher score, or the same score and a
+  // lower index. Branch-free; groups are few (tens at most).
+  int count = 0;
+  for (int g = 0; g < groups; ++g) {
+    int rank = 0;
+    for (int h = 0; h < groups; ++h) {
+      rank += static_cast<int>(scores[h] > scores[g]) +
+              (static_cast<int>(scores[h] == scores[g]) & static_cast<int>(h < g));
+    }
+    kept[count] = g;
+    count += rank < keep ? 1 : 0;
+  }
+  return count;
+}
+
 }  // namespace moecomm::cpu

@@ -12,6 +12,12 @@ namespace {
 
 constexpr float kExcluded = -std::numeric_limits<float>::infinity();
 
+// Scratch only grows: shrinking and regrowing would value-initialize on every row.
+template <typename T>
+void growTo(std::vector<T>& v, size_t size) {
+  if (v.size() < size) v.resize(size);
+}
+
 #if defined(__x86_64__)
 // Left-packing permutations: entry m lists the set bits of m, lowest first.
 struct PackTable {
@@ -61,7 +67,7 @@ __attribute__((target("avx2,popcnt"))) int candidatesAboveFloor(const float* val
   const int vectors = count / 8;
   const int sets = std::max(2, (2 * n + 7) / 8);
   std::vector<float>& maxima = scratch.maxima;
-  maxima.resize(static_cast<size_t>(8 * sets));
+  growTo(maxima, static_cast<size_t>(8 * sets));
   int begin = 0;
   for (int g = 0; g < sets; ++g) {
     const int end = static_cast<int>(int64_t{vectors} * (g + 1) / sets);
@@ -97,8 +103,8 @@ __attribute__((target("avx2"))) void rankCandidates(const float* values, const i
                                                     TopScratch& scratch) {
   std::vector<float>& picked = scratch.picked;
   std::vector<int32_t>& ordered = scratch.ordered;
-  picked.resize(static_cast<size_t>(found) + 8);
-  ordered.resize(static_cast<size_t>(found));
+  growTo(picked, static_cast<size_t>(found) + 8);
+  growTo(ordered, static_cast<size_t>(found));
   for (int i = 0; i < found; ++i) picked[i] = values[index[i]];
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int a = 0; a < found; a += 8) {
@@ -207,14 +213,14 @@ int selectTop(const float* values, int count, int n, int* out, TopScratch& scrat
   std::vector<int32_t>& index = scratch.index;
   int found = -1;
   if (avx2 && count <= kShortRow) {
-    index.resize(static_cast<size_t>(count));
+    growTo(index, static_cast<size_t>(count));
     found = 0;
     for (int i = 0; i < count; ++i) {  // branch-free compaction
       index[found] = i;
       found += values[i] != kExcluded ? 1 : 0;
     }
   } else if (avx2 && count % 8 == 0 && count >= 16 * n) {
-    index.resize(static_cast<size_t>(count) + 8);
+    growTo(index, static_cast<size_t>(count) + 8);
     found =
         candidatesAboveFloor(values, count, n, std::max(kShortRow, 4 * n), index.data(), scratch);
   }

@@ -1,9 +1,11 @@
-// Elementwise exp and sigmoid over arrays of finite floats, vectorized through glibc's libmvec.
+// Elementwise exp and sigmoid over arrays of floats, vectorized.
 #pragma once
 
 namespace moecomm::cpu {
 
 void expShifted(const float* in, float shift, float* out, int n);  // out = exp(in - shift)
-void sigmoid(const float* in, float* out, int n);                  // out = 1 / (1 + exp(-in))
+// out = 1 / (1 + exp(-in)); biased = out + bias (bias may be null: biased = out). Returns whether
+// every input was finite (checked in the same pass; the outputs are meaningless when not).
+bool sigmoid(const float* in, const float* bias, float* out, float* biased, int n);
 
 }  // namespace moecomm::cpu

@@ -85,14 +85,28 @@ Status checkRouterShapes(const RouterOptions& o, const TensorView& logits, const
   return Status::ok();
 }
 
-Status checkRouterInputs(const RouterOptions& o, const TensorView& logits, const TensorView* bias) {
+namespace {
+
+// The host inputs' metadata and the bias values: everything but the logits' values.
+Status checkHostRouterInputs(const RouterOptions& o, const TensorView& logits,
+                             const TensorView* bias) {
   MOECOMM_RETURN_IF_ERROR(checkMatrix("logits", logits, -1, -1, {DType::kF32}));
   MOECOMM_RETURN_IF_ERROR(checkRouterShapes(o, logits, bias));
+  if (bias != nullptr) {
+    for (int64_t e = 0; e < bias->shape[0]; ++e) {
+      if (!std::isfinite(bias->as<const float>()[e])) {
+        return makeError(StatusCode::kInvalidArgument, "expert_bias[{}] is not finite", e);
+      }
+    }
+  }
+  return Status::ok();
+}
+
+// The first non-finite logit at or after token `from`, named in the error (ok if there is none).
+Status nonFiniteLogit(const TensorView& logits, int64_t from) {
   const int64_t experts = logits.shape[1];
   const auto* data = logits.as<const float>();
-  const int64_t count = logits.numel();
-  const bool bad = !cpu::allFinite(data, count);
-  for (int64_t i = 0; bad && i < count; ++i) {
+  for (int64_t i = from * experts; i < logits.numel(); ++i) {
     if (!std::isfinite(data[i])) {
       return makeError(StatusCode::kInvalidArgument,
                        "logits[{}, {}] = {} is not finite; the router takes finite logits only "
@@ -100,13 +114,15 @@ Status checkRouterInputs(const RouterOptions& o, const TensorView& logits, const
                        i / experts, i % experts, data[i]);
     }
   }
-  if (bias != nullptr) {
-    for (int64_t e = 0; e < experts; ++e) {
-      if (!std::isfinite(bias->as<const float>()[e])) {
-        return makeError(StatusCode::kInvalidArgument, "expert_bias[{}] is not finite", e);
-      }
-    }
-  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Status checkRouterInputs(const RouterOptions& o, const TensorView& logits, const TensorView* bias) {
+  MOECOMM_RETURN_IF_ERROR(checkHostRouterInputs(o, logits, bias));
+  // One branch-free pass; the search for the culprit runs only on failure.
+  if (!cpu::allFinite(logits.as<const float>(), logits.numel())) return nonFiniteLogit(logits, 0);
   return Status::ok();
 }
 
@@ -117,7 +133,9 @@ Router::Router(const RouterOptions& options) : options_(options) {
 Routing Router::route(const TensorView& logits, const TensorView* expert_bias,
                       ExecContext context) const {
   if (anyCuda({&logits, expert_bias})) return routeOnDevice(*this, logits, expert_bias, context);
-  throwIfError(checkRouterInputs(options_, logits, expert_bias));
+  // The logits' finiteness is checked inside the gate, row by row, so that they are read from
+  // memory once, not twice.
+  throwIfError(checkHostRouterInputs(options_, logits, expert_bias));
   const int64_t tokens = logits.shape[0];
   const int experts = static_cast<int>(logits.shape[1]);
   const int k = options_.topk;
@@ -138,10 +156,11 @@ Routing Router::route(const TensorView& logits, const TensorView* expert_bias,
                          options_.num_groups,
                          options_.topk_groups,
                          c};
-  cpu::gate(logits.as<const float>(), tokens,
-            expert_bias ? expert_bias->as<const float>() : nullptr, params,
-            routing.topk_idx.as<int32_t>(), routing.topk_weights.as<float>(), candidate_idx.data(),
-            candidate_weights.data());
+  const int64_t non_finite = cpu::gate(
+      logits.as<const float>(), tokens, expert_bias ? expert_bias->as<const float>() : nullptr,
+      params, routing.topk_idx.as<int32_t>(), routing.topk_weights.as<float>(),
+      candidate_idx.data(), candidate_weights.data());
+  if (non_finite >= 0) throwIfError(nonFiniteLogit(logits, non_finite));
   routing.selected_idx = Tensor::empty({tokens, k}, DType::kI32);
   if (tokens > 0) {
     std::copy_n(routing.topk_idx.as<int32_t>(), tokens * k, routing.selected_idx.as<int32_t>());

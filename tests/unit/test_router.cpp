@@ -10,6 +10,7 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <sstream>
 #include <vector>
 
 #include "common/rank_runner.hpp"
@@ -540,6 +541,64 @@ TEST(RouterBadInput, ClearErrors) {
   logits[2 * 8 + 5] = INFINITY;
   expectError([&] { Router(opts(2, ScoreFunction::kSigmoid, false)).route(view); },
               "is not finite");
+}
+
+// The gate checks finiteness as it reads each row: every score function, row width (whole
+// vectors or not) and position of the bad value must still be named exactly.
+TEST(RouterBadInput, NonFiniteLogitsNamedForEveryGate) {
+  struct Gate {
+    const char* name;
+    RouterOptions options;
+    bool bias;
+  };
+  for (int experts : {8, 13, 64, 256}) {
+    RouterOptions deepseek = opts(4, ScoreFunction::kSigmoid, true);
+    if (experts % 4 == 0) deepseek = grouped(deepseek, 4, 2);
+    const Gate gates[] = {
+        {"softmax renormalized", opts(4, ScoreFunction::kSoftmax, true), false},
+        {"softmax with bias", opts(4, ScoreFunction::kSoftmax, false), true},
+        {"sigmoid", opts(4, ScoreFunction::kSigmoid, false), false},
+        {"deepseek", deepseek, true},
+        {"topk then softmax", opts(2, ScoreFunction::kTopkThenSoftmax, false), false},
+    };
+    const int tokens = 37;
+    std::vector<float> bias(static_cast<size_t>(experts), 0.01f);
+    auto bias_view = TensorView::vector(bias.data(), DType::kF32, experts);
+    for (const Gate& g : gates) {
+      const Router router(g.options);
+      for (float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+        for (auto [t, e] :
+             {std::pair{0, 0}, std::pair{17, experts / 2}, std::pair{36, experts - 1}}) {
+          std::vector<float> logits(static_cast<size_t>(tokens * experts), 0.5f);
+          logits[static_cast<size_t>(t * experts + e)] = bad;
+          logits[static_cast<size_t>(tokens * experts - 1)] =
+              t == 36 ? bad : INFINITY;  // a later one
+          auto view = TensorView::matrix(logits.data(), DType::kF32, tokens, experts);
+          std::ostringstream want;
+          want << "logits[" << t << ", " << e << "] = ";
+          try {
+            router.route(view, g.bias ? &bias_view : nullptr);
+            ADD_FAILURE() << g.name << " E=" << experts << ": accepted " << bad;
+          } catch (const Error& error) {
+            EXPECT_EQ(error.code(), StatusCode::kInvalidArgument);
+            EXPECT_NE(std::string(error.what()).find(want.str()), std::string::npos)
+                << g.name << " E=" << experts << ": " << error.what();
+          }
+        }
+      }
+    }
+  }
+  std::vector<float> logits(4 * 8, 0.0f), bias(8, 0.0f);
+  bias[3] = std::nanf("");
+  auto view = TensorView::matrix(logits.data(), DType::kF32, 4, 8);
+  auto bias_view = TensorView::vector(bias.data(), DType::kF32, 8);
+  try {
+    Router(opts(2, ScoreFunction::kSigmoid, false)).route(view, &bias_view);
+    ADD_FAILURE() << "a NaN bias was accepted";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("expert_bias[3] is not finite"), std::string::npos)
+        << error.what();
+  }
 }
 
 TEST(Router, ZeroTokensGiveEmptyRouting) {

@@ -1,6 +1,7 @@
-// The CPU selection kernels (top-n, group scores, finiteness) against plain references, on random
-// rows and on the inputs that push them off their fast paths: ties at the top, excluded (-inf)
-// entries, signed zeros, short rows and rows that are not whole vectors.
+// The CPU gate's kernels (top-n selection, group scores, kept groups, finiteness, exp and sigmoid)
+// against plain references, on random rows and on the inputs that push them off their fast paths:
+// ties at the top, excluded (-inf) entries, signed zeros, short rows and rows that are not whole
+// vectors.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include "kernels/cpu/finite.hpp"
 #include "kernels/cpu/group_scores.hpp"
 #include "kernels/cpu/topk.hpp"
+#include "kernels/cpu/vector_math.hpp"
 
 namespace moecomm::cpu {
 namespace {
@@ -153,6 +155,55 @@ TEST(AllFinite, FindsEveryKindOfNonFinite) {
       EXPECT_FALSE(allFinite(w.data(), static_cast<int64_t>(w.size()))) << bad << " at " << at;
     }
   }
+}
+
+TEST(GroupScores, KeptGroupsAreTheBestInAscendingOrder) {
+  std::mt19937 rng(5);
+  for (int groups : {1, 2, 5, 8, 16}) {
+    for (int keep = 1; keep <= groups; ++keep) {
+      for (int row = 0; row < 30; ++row) {
+        std::vector<float> scores(static_cast<size_t>(groups));
+        for (float& x : scores) x = static_cast<float>(rng() % 5);  // many ties
+        std::vector<int> want = referenceTop(scores, keep);
+        std::sort(want.begin(), want.end());
+        std::vector<int> got(static_cast<size_t>(groups), -1);
+        got.resize(static_cast<size_t>(keptGroups(scores.data(), groups, keep, got.data())));
+        EXPECT_EQ(got, want) << "groups=" << groups << " keep=" << keep;
+      }
+    }
+  }
+}
+
+// exp and sigmoid within a few float ulps of an f64 reference, over the whole finite range the
+// gate meets (saturated sigmoids included), for lengths with and without a vector tail.
+TEST(VectorMath, ExpAndSigmoidMatchDoublePrecision) {
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<float> wide(-100.0f, 100.0f), narrow(-8.0f, 8.0f);
+  for (int n : {1, 7, 8, 29, 256}) {
+    for (int row = 0; row < 200; ++row) {
+      std::vector<float> in(static_cast<size_t>(n)), bias(static_cast<size_t>(n));
+      for (float& x : in) x = row % 2 == 0 ? narrow(rng) : wide(rng);
+      for (float& b : bias) b = narrow(rng) * 0.01f;
+      std::vector<float> out(in.size()), biased(in.size()), exps(in.size());
+      ASSERT_TRUE(sigmoid(in.data(), bias.data(), out.data(), biased.data(), n));
+      const float shift = *std::max_element(in.begin(), in.end());
+      expShifted(in.data(), shift, exps.data(), n);
+      for (int i = 0; i < n; ++i) {
+        const double s = 1.0 / (1.0 + std::exp(-static_cast<double>(in[i])));
+        EXPECT_NEAR(out[i], s, 4e-7 * s + 1e-37) << "sigmoid(" << in[i] << ")";
+        EXPECT_EQ(biased[i], out[i] + bias[i]);
+        const double e = std::exp(static_cast<double>(in[i] - shift));  // the float argument
+        EXPECT_NEAR(exps[i], e, 4e-7 * e + 2e-38) << "exp(" << in[i] << " - " << shift << ")";
+      }
+    }
+  }
+  std::vector<float> in(40, 1.0f), out(40), biased(40);
+  for (int at : {0, 13, 39}) {
+    in[static_cast<size_t>(at)] = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_FALSE(sigmoid(in.data(), nullptr, out.data(), biased.data(), 40)) << at;
+    in[static_cast<size_t>(at)] = 1.0f;
+  }
+  EXPECT_TRUE(sigmoid(in.data(), nullptr, out.data(), biased.data(), 40));
 }
 
 }  // namespace
