@@ -8,16 +8,18 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace moecomm::cpu {
 
-int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateParams& p, int32_t* idx,
-          float* weights, int32_t* candidate_idx, float* candidate_weights) {
+int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateParams& p,
+             int32_t* idx, float* weights, int32_t* candidate_idx, float* candidate_weights) {
   const int E = p.experts;
   const int ranked_max = p.topk + p.candidates;
   TopScratch scratch;
-  std::vector<float> raw(E), select(E), group_score(std::max(p.num_groups, 1));
+  std::vector<float> raw(E), select(E), group_score(std::max(p.num_groups, 1)),
+      group_second(group_score.size());
   std::vector<int> ranked(ranked_max), groups(std::max(p.num_groups, 1));
   std::vector<float> compact;
   // Renormalized softmax without bias or groups: softmax is monotonic, so rank the logits as they
@@ -42,8 +44,19 @@ int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateP
     }
   };
   int64_t non_finite = -1;
+  // Rows a page ahead are requested early: the hardware prefetcher stops at page boundaries,
+  // and a row's compute is long enough to hide the memory latency of a later one.
+  const int64_t ahead = std::max<int64_t>(1, 4096 / (static_cast<int64_t>(E) * 4));
+  auto prefetch = [&](int64_t t) {
+    if (t + ahead >= tokens) return;
+    const char* next = reinterpret_cast<const char*>(logits + (t + ahead) * E);
+    for (int64_t off = 0; off < static_cast<int64_t>(E) * 4; off += 64) {
+      __builtin_prefetch(next + off);
+    }
+  };
   for (int64_t t = 0; t < tokens && ranks_logits; ++t) {
     const float* row = logits + t * E;
+    prefetch(t);
     if (non_finite < 0 && !allFinite(row, E)) non_finite = t;
     const int found = selectTop(row, E, ranked_max, ranked.data(), scratch);
     const float top = found > 0 ? row[ranked[0]] : 0.0f;
@@ -57,9 +70,10 @@ int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateP
   }
   for (int64_t t = 0; t < tokens && !ranks_logits; ++t) {
     const float* row = logits + t * E;
+    prefetch(t);
     // raw: the quantity weights are made of; select: what is ranked (raw + bias).
-    const bool finite = p.score == 1 ? sigmoid(row, bias, raw.data(), select.data(), E)
-                                     : allFinite(row, E);
+    const bool finite =
+        p.score == 1 ? sigmoid(row, bias, raw.data(), select.data(), E) : allFinite(row, E);
     if (non_finite < 0 && !finite) non_finite = t;
     if (p.score != 1) {
       const float max = *std::max_element(row, row + E);
@@ -85,7 +99,8 @@ int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateP
     if (p.num_groups > 1) {
       // Group score: the sum of its two best select values (all finite here).
       const int per_group = E / p.num_groups;
-      groupTopTwoSums(select.data(), p.num_groups, per_group, group_score.data());
+      groupTopTwoSums(select.data(), p.num_groups, per_group, group_score.data(),
+                      group_second.data());
       // Rank only the kept groups' experts, laid side by side in ascending group order so that
       // ties still go to the lower expert id.
       const int kept_groups =
@@ -95,8 +110,16 @@ int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateP
         std::copy_n(select.data() + groups[i] * per_group, per_group,
                     compact.data() + i * per_group);
       }
-      found =
-          selectTop(compact.data(), kept_groups * per_group, ranked_max, ranked.data(), scratch);
+      // Each kept group has two values at or above its second best, so when the kept groups
+      // hold at least ranked_max such values, the smallest of their second bests is a floor
+      // for the selection, known without another pass.
+      float floor = -std::numeric_limits<float>::infinity();
+      if (ranked_max <= 2 * kept_groups) {
+        floor = std::numeric_limits<float>::infinity();
+        for (int i = 0; i < kept_groups; ++i) floor = std::min(floor, group_second[groups[i]]);
+      }
+      found = selectTopAbove(compact.data(), kept_groups * per_group, ranked_max, floor,
+                             ranked.data(), scratch);
       // Back from compact positions to expert ids; a shift where the group size allows it (an
       // integer division per slot would cost as much as the selection).
       const bool pow2 = (per_group & (per_group - 1)) == 0;

@@ -22,6 +22,6 @@ struct GateParams {
 // token with a non-finite logit, or -1: the logits are checked as they are read, and when one is
 // not finite the whole output is meaningless (indices stay in range) and must be discarded.
 int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateParams& params,
-          int32_t* idx, float* weights, int32_t* candidate_idx, float* candidate_weights);
+             int32_t* idx, float* weights, int32_t* candidate_idx, float* candidate_weights);
 
 }  // namespace moecomm::cpu

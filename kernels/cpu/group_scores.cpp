@@ -11,34 +11,12 @@ namespace {
 
 constexpr float kExcluded = -std::numeric_limits<float>::infinity();
 
-// The sum of the two largest of n finite values (the one value when n == 1). With SSE2 and n a
-// multiple of 4: the largest by vector max, then the largest of the rest (the largest again when
-// it occurs twice).
-float topTwoSum(const float* v, int n) {
-#if defined(__SSE2__)
-  if (n >= 8 && n % 4 == 0) {
-    __m128 m = _mm_loadu_ps(v);
-    for (int i = 4; i < n; i += 4) m = _mm_max_ps(m, _mm_loadu_ps(v + i));
-    m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
-    m = _mm_max_ps(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
-    const float first = _mm_cvtss_f32(m);
-    const __m128 top = _mm_set1_ps(first), excluded = _mm_set1_ps(kExcluded);
-    __m128 rest = excluded;
-    int copies = 0;
-    for (int i = 0; i < n; i += 4) {
-      const __m128 x = _mm_loadu_ps(v + i);
-      const __m128 is_top = _mm_cmpeq_ps(x, top);
-      static constexpr int kBits[16] = {0, 1, 1, 2, 1, 2, 2, 3,
-                                        1, 2, 2, 3, 2, 3, 3, 4};  // no popcnt in SSE2
-      copies += kBits[_mm_movemask_ps(is_top)];
-      rest = _mm_max_ps(rest, _mm_or_ps(_mm_and_ps(is_top, excluded), _mm_andnot_ps(is_top, x)));
-    }
-    if (copies >= 2) return first + first;
-    rest = _mm_max_ps(rest, _mm_shuffle_ps(rest, rest, _MM_SHUFFLE(1, 0, 3, 2)));
-    rest = _mm_max_ps(rest, _mm_shuffle_ps(rest, rest, _MM_SHUFFLE(2, 3, 0, 1)));
-    return first + _mm_cvtss_f32(rest);
-  }
-#endif
+struct TopTwo {
+  float first, second;  // second is -inf for a group of one
+};
+
+// The two largest of n values, the largest twice when it occurs twice.
+TopTwo topTwo(const float* v, int n) {
   float first = v[0], second = kExcluded;
   for (int i = 1; i < n; ++i) {
     if (v[i] > first) {
@@ -48,7 +26,7 @@ float topTwoSum(const float* v, int n) {
       second = v[i];
     }
   }
-  return n >= 2 ? first + second : first;
+  return {first, second};
 }
 
 #if defined(__x86_64__)
@@ -64,15 +42,16 @@ __attribute__((target("avx2"))) float horizontalMax(__m256 v) {
 // what remains once one copy of the best is taken out. No branches, and groups are independent,
 // so the loop overlaps them.
 __attribute__((target("avx2,bmi"))) void groupTopTwoSumsAvx2(const float* values, int groups,
-                                                             int per_group, float* scores) {
+                                                             int per_group, float* scores,
+                                                             float* seconds) {
   const __m256 excluded = _mm256_set1_ps(kExcluded);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int g = 0; g < groups; ++g) {
     const float* v = values + static_cast<int64_t>(g) * per_group;
-    __m256 first = _mm256_loadu_ps(v), second = excluded;
+    __m256 first = _mm256_loadu_ps(v), runner_up = excluded;
     for (int i = 8; i < per_group; i += 8) {
       const __m256 x = _mm256_loadu_ps(v + i);
-      second = _mm256_max_ps(second, _mm256_min_ps(first, x));
+      runner_up = _mm256_max_ps(runner_up, _mm256_min_ps(first, x));
       first = _mm256_max_ps(first, x);
     }
     const float best = horizontalMax(first);
@@ -80,31 +59,98 @@ __attribute__((target("avx2,bmi"))) void groupTopTwoSumsAvx2(const float* values
         _mm256_movemask_ps(_mm256_cmp_ps(first, _mm256_set1_ps(best), _CMP_EQ_OQ)));
     const __m256 one_copy = _mm256_castsi256_ps(
         _mm256_cmpeq_epi32(lane, _mm256_set1_epi32(static_cast<int>(_tzcnt_u32(at_best)))));
-    const __m256 rest = _mm256_max_ps(second, _mm256_blendv_ps(first, excluded, one_copy));
-    scores[g] = best + horizontalMax(rest);
+    const __m256 rest = _mm256_max_ps(runner_up, _mm256_blendv_ps(first, excluded, one_copy));
+    const float second = horizontalMax(rest);
+    scores[g] = best + second;
+    if (seconds != nullptr) seconds[g] = second;
   }
+}
+
+// The 8x8 transpose: row r of the result holds lane r of each input.
+__attribute__((target("avx2"), always_inline)) inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// Eight groups at once: the per-lane best two of each group as above, then both sets transposed
+// so that lane g holds group g, and the reductions run across vectors for all eight together.
+// Taking out one copy of the best walks the lanes in order and removes the first match.
+__attribute__((target("avx2"))) void eightGroupTopTwoSums(const float* values, int per_group,
+                                                          float* scores, float* seconds) {
+  const __m256 excluded = _mm256_set1_ps(kExcluded);
+  __m256 first[8], runner_up[8];
+  for (int g = 0; g < 8; ++g) {
+    const float* v = values + static_cast<int64_t>(g) * per_group;
+    first[g] = _mm256_loadu_ps(v);
+    runner_up[g] = excluded;
+    for (int i = 8; i < per_group; i += 8) {
+      const __m256 x = _mm256_loadu_ps(v + i);
+      runner_up[g] = _mm256_max_ps(runner_up[g], _mm256_min_ps(first[g], x));
+      first[g] = _mm256_max_ps(first[g], x);
+    }
+  }
+  transpose8(first);
+  transpose8(runner_up);
+  __m256 best = first[0];
+  for (int l = 1; l < 8; ++l) best = _mm256_max_ps(best, first[l]);
+  __m256 rest = runner_up[0], removed = _mm256_setzero_ps();
+  for (int l = 0; l < 8; ++l) {
+    if (l > 0) rest = _mm256_max_ps(rest, runner_up[l]);
+    const __m256 take = _mm256_andnot_ps(removed, _mm256_cmp_ps(first[l], best, _CMP_EQ_OQ));
+    removed = _mm256_or_ps(removed, take);
+    rest = _mm256_max_ps(rest, _mm256_blendv_ps(first[l], excluded, take));
+  }
+  _mm256_storeu_ps(scores, _mm256_add_ps(best, rest));
+  if (seconds != nullptr) _mm256_storeu_ps(seconds, rest);
 }
 #endif
 
 }  // namespace
 
-void groupTopTwoSums(const float* values, int groups, int per_group, float* scores) {
+void groupTopTwoSums(const float* values, int groups, int per_group, float* scores,
+                     float* seconds) {
 #if defined(__x86_64__)
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi");
   if (avx2 && per_group >= 8 && per_group % 8 == 0) {
-    groupTopTwoSumsAvx2(values, groups, per_group, scores);
+    const int whole = groups - groups % 8;
+    for (int g = 0; g < whole; g += 8) {
+      eightGroupTopTwoSums(values + static_cast<int64_t>(g) * per_group, per_group, scores + g,
+                           seconds != nullptr ? seconds + g : nullptr);
+    }
+    groupTopTwoSumsAvx2(values + static_cast<int64_t>(whole) * per_group, groups - whole, per_group,
+                        scores + whole, seconds != nullptr ? seconds + whole : nullptr);
     return;
   }
 #endif
   for (int g = 0; g < groups; ++g) {
-    scores[g] = topTwoSum(values + static_cast<int64_t>(g) * per_group, per_group);
+    const TopTwo top = topTwo(values + static_cast<int64_t>(g) * per_group, per_group);
+    scores[g] = per_group >= 2 ? top.first + top.second : top.first;
+    if (seconds != nullptr) seconds[g] = top.second;
   }
 }
 
 #if defined(__x86_64__)
 // Eight groups' ranks at a time against every group, then the kept ones by mask, in order.
 __attribute__((target("avx2,bmi"))) int keptGroupsAvx2(const float* scores, int groups, int keep,
-                                                     int* kept) {
+                                                       int* kept) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i limit = _mm256_set1_epi32(keep);
   int count = 0;

@@ -4,7 +4,8 @@
 namespace moecomm::cpu {
 
 // values [groups * per_group], all finite; scores [groups]. A group of one scores its one value.
-void groupTopTwoSums(const float* values, int groups, int per_group, float* scores);
+// seconds, when not null, gets each group's second-best value (-inf for a group of one).
+void groupTopTwoSums(const float* values, int groups, int per_group, float* scores, float* seconds);
 
 // The `keep` best groups by score, ties to the lower group, written to kept in ascending group
 // order (the order the final selection needs). Returns how many were written: keep, or fewer only

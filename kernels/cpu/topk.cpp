@@ -54,6 +54,28 @@ __attribute__((target("avx2"))) float nthLargest(const float* values, int count,
   return _mm_cvtss_f32(h);
 }
 
+// The indices of the values at or above `floor`, left-packed into `index` (room for count + 8),
+// for rows of whole 8-float vectors. Returns -1 when the floor is an excluded entry (-inf) or
+// more than `limit` values pass (many ties at the top).
+__attribute__((target("avx2,popcnt"))) int packAtLeast(const float* values, int count, float floor,
+                                                       int limit, int32_t* index) {
+  if (!(floor > kExcluded)) return -1;
+  const __m256 low = _mm256_set1_ps(floor);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  int found = 0;
+  for (int b = 0; b < count / 8; ++b) {
+    const auto mask = static_cast<unsigned>(
+        _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + 8 * b), low, _CMP_GE_OQ)));
+    const __m256i picked = _mm256_add_epi32(
+        _mm256_permutevar8x32_epi32(
+            lane, _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[mask]))),
+        _mm256_set1_epi32(8 * b));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(index + found), picked);
+    found += _mm_popcnt_u32(mask);
+  }
+  return found <= limit ? found : -1;
+}
+
 // The candidates for the top n, left-packed into `index`: the values at or above a floor, for rows
 // of whole 8-float vectors, at least 2n of them. The vectors are split into `sets` runs; the
 // lane-wise maximum of each run is the maximum of a disjoint set of values (one lane of each of
@@ -76,22 +98,7 @@ __attribute__((target("avx2,popcnt"))) int candidatesAboveFloor(const float* val
     _mm256_storeu_ps(maxima.data() + 8 * g, m);
     begin = end;
   }
-  const float floor = nthLargest(maxima.data(), 8 * sets, n);
-  if (floor == kExcluded) return -1;
-  const __m256 low = _mm256_set1_ps(floor);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  int found = 0;
-  for (int b = 0; b < vectors; ++b) {
-    const auto mask = static_cast<unsigned>(
-        _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + 8 * b), low, _CMP_GE_OQ)));
-    const __m256i picked = _mm256_add_epi32(
-        _mm256_permutevar8x32_epi32(
-            lane, _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[mask]))),
-        _mm256_set1_epi32(8 * b));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(index + found), picked);
-    found += _mm_popcnt_u32(mask);
-  }
-  return found <= limit ? found : -1;
+  return packAtLeast(values, count, nthLargest(maxima.data(), 8 * sets, n), limit, index);
 }
 
 // The top n of `found` candidates by rank, eight candidates at a time: a candidate's rank is the
@@ -205,11 +212,17 @@ int rankByInsertion(const float* values, int count, int n, int* out, TopScratch&
 }  // namespace
 
 int selectTop(const float* values, int count, int n, int* out, TopScratch& scratch) {
+  return selectTopAbove(values, count, n, kExcluded, out, scratch);
+}
+
+int selectTopAbove(const float* values, int count, int n, float floor, int* out,
+                   TopScratch& scratch) {
   if (n <= 0) return 0;
 #if defined(__x86_64__)
   // Short rows rank every entry that is not excluded; long ones only those above a floor.
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
   constexpr int kShortRow = 64;
+  const int limit = std::max(kShortRow, 4 * n);
   std::vector<int32_t>& index = scratch.index;
   int found = -1;
   if (avx2 && count <= kShortRow) {
@@ -219,10 +232,13 @@ int selectTop(const float* values, int count, int n, int* out, TopScratch& scrat
       index[found] = i;
       found += values[i] != kExcluded ? 1 : 0;
     }
-  } else if (avx2 && count % 8 == 0 && count >= 16 * n) {
+  } else if (avx2 && count % 8 == 0 && floor > kExcluded) {
     growTo(index, static_cast<size_t>(count) + 8);
-    found =
-        candidatesAboveFloor(values, count, n, std::max(kShortRow, 4 * n), index.data(), scratch);
+    found = packAtLeast(values, count, floor, limit, index.data());
+  }
+  if (found < 0 && avx2 && count % 8 == 0 && count >= 16 * n) {
+    growTo(index, static_cast<size_t>(count) + 8);
+    found = candidatesAboveFloor(values, count, n, limit, index.data(), scratch);
   }
   if (found >= 0) {
     rankCandidates(values, index.data(), found, n, out, scratch);

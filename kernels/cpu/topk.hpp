@@ -17,4 +17,10 @@ struct TopScratch {
 // Returns how many indices were written to out[0, n).
 int selectTop(const float* values, int count, int n, int* out, TopScratch& scratch);
 
+// The same, given a floor the caller knows: a value with at least n non-excluded values at or
+// above it (so at most the n-th largest). It spares finding one; a floor that is not tight only
+// costs time, and -inf means none is known.
+int selectTopAbove(const float* values, int count, int n, float floor, int* out,
+                   TopScratch& scratch);
+
 }  // namespace moecomm::cpu

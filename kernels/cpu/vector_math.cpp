@@ -38,8 +38,11 @@ const bool kAvx2Fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("
 // about 1e-38 instead of 0, which no weight can tell apart.
 __attribute__((target("avx2,fma"))) __m256 exp8(__m256 x) {
   x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365f)), _mm256_set1_ps(88.3762f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // n = round(x / ln2) by the magic-number addition: 1.5 * 2^23 + 127 pushes the fraction out,
+  // leaving n + 127 in the low mantissa bits, which shifted into place are 2^n's exponent.
+  const __m256 magic = _mm256_set1_ps(12583039.0f);
+  const __m256 shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
+  const __m256 n = _mm256_sub_ps(shifted, magic);
   // r = x - n ln2, with ln2 in two parts so that n * the first part is exact.
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
   r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
@@ -50,8 +53,7 @@ __attribute__((target("avx2,fma"))) __m256 exp8(__m256 x) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
   const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-  const __m256i exponent =
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256i exponent = _mm256_slli_epi32(_mm256_castps_si256(shifted), 23);
   return _mm256_mul_ps(y, _mm256_castsi256_ps(exponent));
 }
 
@@ -62,7 +64,7 @@ __attribute__((target("avx2,fma"))) __m256 reciprocal8(__m256 d) {
 }
 
 __attribute__((target("avx2,fma"))) void expShiftedAvx2(const float* in, float shift, float* out,
-                                                         int n) {
+                                                        int n) {
   const __m256 s = _mm256_set1_ps(shift);
   int i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -72,8 +74,8 @@ __attribute__((target("avx2,fma"))) void expShiftedAvx2(const float* in, float s
 }
 
 // Also checks the inputs' finiteness on their bits (an all-ones exponent), in the same pass.
-__attribute__((target("avx2,fma"))) bool sigmoidAvx2(const float* in, const float* bias,
-                                                      float* out, float* biased, int n) {
+__attribute__((target("avx2,fma"))) bool sigmoidAvx2(const float* in, const float* bias, float* out,
+                                                     float* biased, int n) {
   const __m256 one = _mm256_set1_ps(1.0f);
   const __m256 sign = _mm256_set1_ps(-0.0f);
   const __m256i exponent = _mm256_set1_epi32(0x7f800000);
@@ -86,8 +88,7 @@ __attribute__((target("avx2,fma"))) bool sigmoidAvx2(const float* in, const floa
     const __m256 e = exp8(_mm256_xor_ps(x, sign));
     const __m256 s = reciprocal8(_mm256_add_ps(one, e));
     _mm256_storeu_ps(out + i, s);
-    _mm256_storeu_ps(biased + i,
-                     bias != nullptr ? _mm256_add_ps(s, _mm256_loadu_ps(bias + i)) : s);
+    _mm256_storeu_ps(biased + i, bias != nullptr ? _mm256_add_ps(s, _mm256_loadu_ps(bias + i)) : s);
   }
   if (i < n) {
     sigmoidPortable(in + i, bias != nullptr ? bias + i : nullptr, out + i, biased + i, n - i);

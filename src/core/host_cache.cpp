@@ -12,8 +12,19 @@ namespace moecomm {
 
 namespace {
 
-constexpr size_t kCachedFrom = size_t{1} << 20;  // smaller blocks come from malloc's own bins
+// Smaller blocks come from malloc's own bins. From 64 KiB, malloc maps fresh pages or trims its
+// heap often enough that a router's outputs (4096 x 8 x 4 bytes) fault on every call.
+constexpr size_t kCachedFrom = size_t{64} << 10;
 constexpr size_t kGranule = size_t{1} << 20;
+
+// Cached sizes: powers of two below the granule (so a block fits requests down to half of it),
+// whole granules above.
+size_t cachedSize(size_t bytes) {
+  if (bytes >= kGranule) return (bytes + kGranule - 1) / kGranule * kGranule;
+  size_t size = kCachedFrom;
+  while (size < bytes) size *= 2;
+  return size;
+}
 
 struct HostCache {
   std::mutex mutex;
@@ -38,7 +49,7 @@ void* hostAlloc(size_t bytes, size_t* capacity) {
     if (p == nullptr) throw std::bad_alloc();
     return p;
   }
-  const size_t want = (bytes + kGranule - 1) / kGranule * kGranule;
+  const size_t want = cachedSize(bytes);
   {
     HostCache& c = cache();
     std::lock_guard<std::mutex> lock(c.mutex);

@@ -87,6 +87,30 @@ TEST(SelectTop, TiesSignedZerosAndExclusions) {
   }
 }
 
+// A floor from the caller: exact (the n-th largest value itself), loose, or so low that too many
+// values pass; each must give the reference's selection.
+TEST(SelectTop, CallerFloorsExactLooseAndUseless) {
+  std::mt19937 rng(13);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  TopScratch scratch;
+  for (int count : {64, 128, 256}) {
+    for (int n : {1, 8, 12}) {
+      for (int row = 0; row < 50; ++row) {
+        std::vector<float> v(static_cast<size_t>(count));
+        for (float& x : v) x = row % 4 == 0 ? static_cast<float>(rng() % 3) : normal(rng);
+        const std::vector<int> want = referenceTop(v, n);
+        const float nth = v[static_cast<size_t>(want.back())];
+        for (float floor : {nth, nth - 0.5f, nth - 100.0f}) {
+          std::vector<int> got(static_cast<size_t>(n), -7);
+          const int found = selectTopAbove(v.data(), count, n, floor, got.data(), scratch);
+          ASSERT_EQ(found, n);
+          EXPECT_EQ(got, want) << "count=" << count << " n=" << n << " floor=" << floor;
+        }
+      }
+    }
+  }
+}
+
 TEST(SelectTop, OneHotAndDominantRows) {
   TopScratch scratch;
   std::vector<float> v(256, -3.0f);
@@ -100,24 +124,28 @@ TEST(SelectTop, OneHotAndDominantRows) {
   expectSameTop(v, 8, scratch, "ascending");
 }
 
-float referenceTopTwoSum(const float* v, int n) {
+std::vector<float> sortedDescending(const float* v, int n) {
   std::vector<float> sorted(v, v + n);
   std::sort(sorted.begin(), sorted.end(), std::greater<>());
-  return n >= 2 ? sorted[0] + sorted[1] : sorted[0];
+  return sorted;
 }
 
 TEST(GroupScores, MatchReference) {
   std::mt19937 rng(3);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (int per_group : {1, 2, 4, 8, 12, 16, 32, 64}) {
-    for (int groups : {1, 3, 8}) {
+    for (int groups : {1, 3, 8, 11, 16}) {
       for (int row = 0; row < 50; ++row) {
         std::vector<float> v(static_cast<size_t>(groups * per_group));
         for (float& x : v) x = row % 3 == 0 ? static_cast<float>(rng() % 4) : normal(rng);
-        std::vector<float> got(static_cast<size_t>(groups));
-        groupTopTwoSums(v.data(), groups, per_group, got.data());
+        std::vector<float> got(static_cast<size_t>(groups)), seconds(got.size());
+        groupTopTwoSums(v.data(), groups, per_group, got.data(), seconds.data());
         for (int g = 0; g < groups; ++g) {
-          EXPECT_EQ(got[g], referenceTopTwoSum(v.data() + g * per_group, per_group))
+          const std::vector<float> sorted = sortedDescending(v.data() + g * per_group, per_group);
+          const float second = per_group >= 2 ? sorted[1] : kExcluded;
+          EXPECT_EQ(got[g], per_group >= 2 ? sorted[0] + sorted[1] : sorted[0])
+              << "groups=" << groups << " per_group=" << per_group << " group " << g;
+          EXPECT_EQ(seconds[g], second)
               << "groups=" << groups << " per_group=" << per_group << " group " << g;
         }
       }
@@ -130,14 +158,14 @@ TEST(GroupScores, RepeatedBestCountsTwice) {
   v[5] = 9.0f;
   v[29] = 9.0f;  // the best value twice, in different lanes
   float score = 0.0f;
-  groupTopTwoSums(v.data(), 1, 32, &score);
+  groupTopTwoSums(v.data(), 1, 32, &score, nullptr);
   EXPECT_EQ(score, 18.0f);
   v[29] = 1.0f;
   v[13] = 9.0f;  // twice in the same lane (5 and 13 are 8 apart)
-  groupTopTwoSums(v.data(), 1, 32, &score);
+  groupTopTwoSums(v.data(), 1, 32, &score, nullptr);
   EXPECT_EQ(score, 18.0f);
   v[13] = 4.0f;
-  groupTopTwoSums(v.data(), 1, 32, &score);
+  groupTopTwoSums(v.data(), 1, 32, &score, nullptr);
   EXPECT_EQ(score, 13.0f);
 }
 

@@ -36,4 +36,28 @@ TEST(HostCache, LargeBlocksAreReusedWhenTheyFit) {
   hostFree(d, cap_d);
 }
 
+TEST(HostCache, MidSizedBlocksAreCachedByPowersOfTwo) {
+  hostCacheRelease();
+  size_t cap_a = 0;
+  void* a = hostAlloc(128u << 10, &cap_a);  // a router output: 4096 tokens x 8 x 4 bytes
+  EXPECT_EQ(cap_a, 128u << 10);
+  std::memset(a, 1, 128u << 10);
+  hostFree(a, cap_a);
+  size_t cap_b = 0;
+  void* b = hostAlloc(100u << 10, &cap_b);  // rounds up to the same 128 KiB block
+  EXPECT_EQ(b, a);
+  EXPECT_EQ(cap_b, 128u << 10);
+  size_t cap_c = 0;
+  void* c = hostAlloc(40u << 10, &cap_c);  // under 64 KiB: malloc's, never the cached block
+  EXPECT_NE(c, a);
+  EXPECT_EQ(cap_c, 40u << 10);
+  size_t cap_d = 0;
+  void* d = hostAlloc((1u << 20) + 1, &cap_d);  // past the granule: whole MiB
+  EXPECT_EQ(cap_d, 2u << 20);
+  hostFree(b, cap_b);
+  hostFree(c, cap_c);
+  hostFree(d, cap_d);
+  hostCacheRelease();
+}
+
 }  // namespace
