@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "src/core/log.hpp"
+#include "transport/bulk_copy.hpp"
 #include "transport/local/local_fabric.hpp"
 
 namespace moecomm {
@@ -51,7 +52,7 @@ class LocalTransport final : public Transport {
                        offset, window.bytes, peer);
     }
     auto& local = static_cast<LocalWindow&>(window);
-    if (bytes > 0) std::memcpy(local.peers[peer] + offset, src, bytes);
+    if (bytes > 0) bulkCopy(local.peers[peer] + offset, src, bytes);
     // The notice is a message, so the mailbox's lock orders the data before it.
     return postSend(peer, nullptr, 0, tag, out);
   }
@@ -170,7 +171,7 @@ class LocalTransport final : public Transport {
 
   void deliver(LocalRequest& send, LocalRequest& recv) {
     size_t n = std::min(send.bytes, recv.capacity);
-    if (n > 0) std::memcpy(recv.recv_data, send.send_data, n);
+    if (n > 0) bulkCopy(recv.recv_data, send.send_data, n);
     recv.bytes = n;
     recv.truncated = send.bytes > recv.capacity;
     complete(send);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <fstream>
 
 #include <cstdio>
@@ -19,6 +20,7 @@
 
 #include "src/core/env.hpp"
 #include "src/core/log.hpp"
+#include "transport/bulk_copy.hpp"
 
 namespace moecomm {
 
@@ -125,7 +127,11 @@ class UcxTransport final : public Transport {
  private:
   Status checkPeer(int peer, const char* what) const;
   Status track(const std::shared_ptr<UcxRequest>& r, ucs_status_ptr_t result, Request* out);
-  void idleWait(int* idle);
+  struct Idle {
+    int polls = 0;
+    std::chrono::steady_clock::time_point since;
+  };
+  void idleWait(Idle* idle);
   void logChosenTransports();
   void shutdown();
   void checkLiveness();
@@ -141,6 +147,9 @@ class UcxTransport final : public Transport {
   // Peers on this host talk over shared memory, which in UCX 1.13 has no peer-failure handler;
   // their liveness is checked by pid instead. Peers elsewhere get UCX's peer error handling.
   std::vector<int64_t> local_pid_;  // per peer: its pid when on this host, else 0
+  // How long an idle wait polls before it sleeps: long enough to catch a peer that is a few
+  // microseconds behind when this host has a core per rank, zero when ranks share cores.
+  std::chrono::nanoseconds spin_{0};
   Deadline next_liveness_check_ = Deadline::afterMs(0);
   std::unordered_map<UcxRequest*, std::shared_ptr<UcxRequest>> inflight_;
   std::deque<std::shared_ptr<UcxRequest>> self_sends_, self_recvs_;  // unmatched, to ourselves
@@ -220,6 +229,14 @@ Status UcxTransport::init(Bootstrap& bootstrap, Deadline deadline) {
     const bool same_host = std::strncmp(peer.host, info.host, sizeof(info.host)) == 0;
     if (same_host && peer.pid != info.pid) local_pid_[p] = peer.pid;
     remote_peers += !same_host;
+  }
+  const int host_ranks = size_ - remote_peers;
+  const auto cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  spin_ = std::chrono::microseconds(host_ranks <= cores ? envInt("MOECOMM_UCX_SPIN_US", 50) : 0);
+  for (int p = 0; p < size_; ++p) {
+    PeerInfo peer{};
+    std::memcpy(&peer, all.data() + record * p, sizeof(peer));
+    const bool same_host = std::strncmp(peer.host, info.host, sizeof(info.host)) == 0;
     ucp_ep_params_t ep{};
     ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
     ep.address = reinterpret_cast<const ucp_address_t*>(all.data() + record * p + sizeof(PeerInfo));
@@ -326,7 +343,7 @@ Status UcxTransport::postSelf(const std::shared_ptr<UcxRequest>& r, Request* out
     UcxRequest& send = r->is_send ? *r : **match;
     UcxRequest& recv = r->is_send ? **match : *r;
     const size_t landed = std::min(send.bytes, recv.capacity);
-    if (landed > 0) std::memcpy(recv.recv_data, send.send_data, landed);
+    if (landed > 0) bulkCopy(recv.recv_data, send.send_data, landed);
     recv.bytes = landed;
     recv.truncated = send.bytes > recv.capacity;
     send.done = recv.done = true;
@@ -381,10 +398,14 @@ Status UcxTransport::postRecv(int peer, void* data, size_t capacity, uint64_t ta
 }
 
 // Between polls, sleep on the worker's event fd so that idle ranks leave the cores to busy ones
-// (4 ranks on 2 cores must not spin against each other).
-void UcxTransport::idleWait(int* idle) {
+// (4 ranks on 2 cores must not spin against each other). A wait first polls MOECOMM_UCX_SPINS
+// times and, with a core per rank, for up to spin_: waking from the fd costs tens of
+// microseconds, as much as a megabyte's copy.
+void UcxTransport::idleWait(Idle* idle) {
   static const int spins = static_cast<int>(envInt("MOECOMM_UCX_SPINS", 16));
-  if (++*idle < spins) return;
+  if (idle->polls++ == 0) idle->since = std::chrono::steady_clock::now();
+  if (idle->polls < spins) return;
+  if (spin_.count() > 0 && std::chrono::steady_clock::now() - idle->since < spin_) return;
   if (event_fd_ >= 0) {
     ucs_status_t s = ucp_worker_arm(worker_);
     if (s == UCS_ERR_BUSY) return;
@@ -399,10 +420,10 @@ void UcxTransport::idleWait(int* idle) {
 
 Status UcxTransport::wait(const Request& request, Deadline deadline) {
   auto& r = static_cast<UcxRequest&>(*request);
-  int idle = 0;
+  Idle idle;
   while (!r.finished()) {
     if (ucp_worker_progress(worker_) != 0) {
-      idle = 0;
+      idle.polls = 0;
       continue;
     }
     if (r.finished()) break;
@@ -536,7 +557,7 @@ Status UcxTransport::postPut(Window& window, int peer, size_t offset, const void
   if (w.direct[peer] != nullptr) {
     // Mapped memory: the copy is done before the notice is posted, and the notice travels
     // through UCX's shared-memory queue, whose atomics order it after the data.
-    if (bytes > 0) std::memcpy(w.direct[peer] + offset, src, bytes);
+    if (bytes > 0) bulkCopy(w.direct[peer] + offset, src, bytes);
     return postSend(peer, nullptr, 0, tag, out);
   }
   auto put = std::make_shared<UcxRequest>();
