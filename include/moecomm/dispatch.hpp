@@ -55,7 +55,10 @@ class MOECOMM_API DispatchHandle {
 // hold the tokens routed to it, ordered by source rank and then by source token index; rows from
 // offsets[e] + counts[e] up to offsets[e + 1] are alignment padding (zeros, weight 0).
 struct ExpertBatch {
-  Tensor x;                               // [num_rows, H], dispatch dtype
+  Tensor x;  // [num_rows, H], dispatch dtype
+  // FP8 dispatch only: [num_rows, ceil(H / 128)] f32, each row's block scales as sent with its
+  // token (zeros on padding rows); empty otherwise. x * scale is the token (moecomm/quant.hpp).
+  Tensor x_scales;
   Tensor row_weights;                     // [num_rows] f32: the routing weight of each row
   std::vector<int64_t> expert_counts;     // [local experts] real rows
   std::vector<int64_t> expert_offsets;    // [local experts + 1], multiples of the alignment
@@ -89,6 +92,12 @@ class MOECOMM_API Dispatcher {
   // x [T, H] in the group dtype; topk_idx [T, k] i32 or i64 (-1 = unused slot); topk_weights [T, k]
   // f32. Each token travels once per destination rank, with its weights for that rank's experts.
   ExpertBatch dispatch(const TensorView& x, const TensorView& topk_idx,
+                       const TensorView& topk_weights, ExecContext context = {});
+
+  // FP8 dispatch, for groups of dtype kFP8E4M3 (as DeepEP's dispatch of (x_fp8, scales)): x [T, H]
+  // fp8 e4m3 and x_scales [T, ceil(H / 128)] f32 from quantizeFp8 travel together, a quarter of
+  // the bytes of f32 (half of bf16) plus 1/32 for the scales; the batch gets both, unchanged.
+  ExpertBatch dispatch(const TensorView& x, const TensorView& x_scales, const TensorView& topk_idx,
                        const TensorView& topk_weights, ExecContext context = {});
 
   // y [num_rows, H] (f32 or bf16, the expert outputs in the batch's layout) -> out [T, H] of y's

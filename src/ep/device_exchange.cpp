@@ -376,8 +376,8 @@ bool deviceExchangeApplies(const Group::Impl& group, const TensorView& x,
                            const TensorView& topk_idx, const TensorView& topk_weights) {
   // Host tensors, the common case, are told apart before anything costlier.
   if (!x.device.isCuda() || !topk_idx.device.isCuda() || !topk_weights.device.isCuda() ||
-      topk_idx.dtype != DType::kI32) {
-    return false;
+      topk_idx.dtype != DType::kI32 || group.config.dtype == DType::kFP8E4M3) {
+    return false;  // FP8 rows (values and scales) take the host engine
   }
   const bool device_capable =
       group.device_transport != nullptr || std::string(group.transport->name()) == "local";

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "moecomm/quant.hpp"
 #include "src/core/host_mirror.hpp"
 #include "src/core/stopwatch.hpp"
 #include "src/core/tensor_checks.hpp"
@@ -18,13 +19,44 @@ ExpertPlacement placementOf(const Group::Impl& group) {
   return {group.config.num_experts, group.local_experts, group.size, group.config.topk};
 }
 
+bool isFp8(const GroupConfig& config) {
+  return config.dtype == DType::kFP8E4M3;
+}
+
+// FP8 rows carry one f32 scale per 128-element block after their values.
+int64_t scaleBlocks(const GroupConfig& config) {
+  return isFp8(config) ? (config.hidden + kFp8BlockSize - 1) / kFp8BlockSize : 0;
+}
+
+// The bytes of one token's row on the wire: its values, then its scales (FP8).
+size_t wireRowBytes(const GroupConfig& config) {
+  return static_cast<size_t>(config.hidden) * dtypeSize(config.dtype) +
+         static_cast<size_t>(scaleBlocks(config)) * sizeof(float);
+}
+
 Status checkDispatchInputs(const Group::Impl& group, const DispatchOptions& options,
-                           const TensorView& x, const TensorView& topk_idx,
-                           const TensorView& topk_weights, RoutingPlan* plan) {
+                           const TensorView& x, const TensorView* x_scales,
+                           const TensorView& topk_idx, const TensorView& topk_weights,
+                           RoutingPlan* plan) {
   MOECOMM_RETURN_IF_ERROR(checkDispatchOptions(options));
   const GroupConfig& config = group.config;
   MOECOMM_RETURN_IF_ERROR(checkMatrix("x", x, -1, config.hidden, {config.dtype}));
   const int64_t tokens = x.shape[0];
+  if (isFp8(config) && x_scales == nullptr) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "the group's dtype is fp8e4m3, so dispatch needs x_scales: call "
+                     "dispatch(x, x_scales, topk_idx, topk_weights) with quantizeFp8's scales");
+  }
+  if (!isFp8(config) && x_scales != nullptr) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "x_scales given but the group's dtype is {}: scales go with fp8e4m3 groups "
+                     "only",
+                     dtypeName(config.dtype));
+  }
+  if (x_scales != nullptr) {
+    MOECOMM_RETURN_IF_ERROR(
+        checkMatrix("x_scales", *x_scales, tokens, scaleBlocks(config), {DType::kF32}));
+  }
   MOECOMM_RETURN_IF_ERROR(
       checkMatrix("topk_idx", topk_idx, tokens, config.topk, {DType::kI32, DType::kI64}));
   MOECOMM_RETURN_IF_ERROR(
@@ -34,14 +66,16 @@ Status checkDispatchInputs(const Group::Impl& group, const DispatchOptions& opti
 
 // Bytes one token occupies in a dispatch message: its row, then k local expert ids and k weights.
 size_t tokenBytes(const GroupConfig& config) {
-  return static_cast<size_t>(config.hidden) * dtypeSize(config.dtype) +
+  return wireRowBytes(config) +
          static_cast<size_t>(config.topk) * (sizeof(int32_t) + sizeof(float));
 }
 
 void packForRank(const Group::Impl& group, const RoutingPlan& plan, const TensorView& x,
-                 const float* weights, int peer, std::byte* out) {
+                 const TensorView* x_scales, const float* weights, int peer, std::byte* out) {
   const int k = plan.topk;
-  const size_t row_bytes = static_cast<size_t>(group.config.hidden) * dtypeSize(x.dtype);
+  const size_t row_bytes = wireRowBytes(group.config);
+  const size_t value_bytes = static_cast<size_t>(group.config.hidden) * dtypeSize(x.dtype);
+  const size_t scale_bytes = row_bytes - value_bytes;
   const auto& tokens = plan.rank_tokens[peer];
   const size_t n = tokens.size();
   std::byte* rows = out;
@@ -50,8 +84,12 @@ void packForRank(const Group::Impl& group, const RoutingPlan& plan, const Tensor
   const int first = peer * group.local_experts;
   for (size_t i = 0; i < n; ++i) {
     const int64_t t = tokens[i];
-    std::memcpy(rows + i * row_bytes, static_cast<const std::byte*>(x.data) + t * row_bytes,
-                row_bytes);
+    std::memcpy(rows + i * row_bytes, static_cast<const std::byte*>(x.data) + t * value_bytes,
+                value_bytes);
+    if (scale_bytes > 0) {
+      std::memcpy(rows + i * row_bytes + value_bytes,
+                  static_cast<const std::byte*>(x_scales->data) + t * scale_bytes, scale_bytes);
+    }
     for (int j = 0; j < k; ++j) {
       const size_t slot = static_cast<size_t>(t * k + j);
       const bool here = plan.owner[slot] == peer;
@@ -66,7 +104,10 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
               DispatchHandle::Impl& handle, ExpertBatch& batch) {
   const int k = group.config.topk;
   const int local = group.local_experts;
-  const size_t row_bytes = static_cast<size_t>(group.config.hidden) * dtypeSize(group.config.dtype);
+  const size_t row_bytes = wireRowBytes(group.config);
+  const size_t value_bytes =
+      static_cast<size_t>(group.config.hidden) * dtypeSize(group.config.dtype);
+  const size_t scale_bytes = row_bytes - value_bytes;
   std::vector<int64_t> demand(static_cast<size_t>(local), 0);
   // Pass 1: rows per local expert, and a check that the ids we got make sense.
   for (int p = 0; p < group.size; ++p) {
@@ -85,10 +126,17 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
   handle.num_rows = rows;
   // Only padding rows need zeros; every other row is written once below.
   batch.x = Tensor::empty({rows, group.config.hidden}, group.config.dtype);
+  if (scale_bytes > 0)
+    batch.x_scales = Tensor::empty({rows, scaleBlocks(group.config)}, DType::kF32);
   for (int e = 0; e < local; ++e) {
     const int64_t first_pad = batch.expert_offsets[e] + batch.expert_counts[e];
-    std::memset(static_cast<std::byte*>(batch.x.data()) + first_pad * row_bytes, 0,
-                static_cast<size_t>(batch.expert_offsets[e + 1] - first_pad) * row_bytes);
+    const auto pad_rows = static_cast<size_t>(batch.expert_offsets[e + 1] - first_pad);
+    std::memset(static_cast<std::byte*>(batch.x.data()) + first_pad * value_bytes, 0,
+                pad_rows * value_bytes);
+    if (scale_bytes > 0) {
+      std::memset(static_cast<std::byte*>(batch.x_scales.data()) + first_pad * scale_bytes, 0,
+                  pad_rows * scale_bytes);
+    }
   }
   batch.row_weights = Tensor::zeros({rows}, DType::kF32);
   handle.row_weights.assign(static_cast<size_t>(rows), 0.0f);
@@ -97,6 +145,7 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
   // Pass 2: place each (token, local expert) pair, in source-rank then send order.
   std::vector<int64_t> cursor(batch.expert_offsets.begin(), batch.expert_offsets.end() - 1);
   auto* out_rows = static_cast<std::byte*>(batch.x.data());
+  auto* out_scales = scale_bytes > 0 ? static_cast<std::byte*>(batch.x_scales.data()) : nullptr;
   int64_t g = 0;
   for (int p = 0; p < group.size; ++p) {
     const int64_t n = handle.recv_tokens[p];
@@ -109,7 +158,11 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
         if (e < 0) continue;
         if (cursor[e] - batch.expert_offsets[e] >= batch.expert_counts[e]) continue;  // refused
         const int64_t row = cursor[e]++;
-        std::memcpy(out_rows + row * row_bytes, src_rows + i * row_bytes, row_bytes);
+        std::memcpy(out_rows + row * value_bytes, src_rows + i * row_bytes, value_bytes);
+        if (scale_bytes > 0) {
+          std::memcpy(out_scales + row * scale_bytes, src_rows + i * row_bytes + value_bytes,
+                      scale_bytes);
+        }
         handle.row_weights[row] = w[i * k + j];
         handle.recv_rows[g * k + j] = row;
       }
@@ -121,8 +174,9 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
 }
 
 // `prior`: a failure before the call (staging CUDA inputs), reported to the peers like bad input.
-Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorView& topk_idx,
-                   const TensorView& topk_weights, ExpertBatch* out, const Status& prior) {
+Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorView* x_scales,
+                   const TensorView& topk_idx, const TensorView& topk_weights, ExpertBatch* out,
+                   const Status& prior) {
   Group::Impl& group = *state.group;
   Staging& staging = state.staging;
   const uint64_t sequence = group.takeSequence();
@@ -133,9 +187,9 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   times = {};
 
   RoutingPlan plan;
-  Status local = prior.isOk()
-                     ? checkDispatchInputs(group, state.options, x, topk_idx, topk_weights, &plan)
-                     : prior;
+  Status local = prior.isOk() ? checkDispatchInputs(group, state.options, x, x_scales, topk_idx,
+                                                    topk_weights, &plan)
+                              : prior;
   times.layout_ms = watch.lap();
 
   // Phase 1: counts. Every rank sends its whole row of counts to every rank, so all learn the
@@ -196,7 +250,7 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
     const auto count = static_cast<int64_t>(plan.rank_tokens[p].size());
     std::byte* payload = staging.sendPayload(p, static_cast<size_t>(count) * per_token,
                                              WireOp::kDispatchPayload, sequence, count);
-    packForRank(group, plan, x, weights, p, payload);
+    packForRank(group, plan, x, x_scales, weights, p, payload);
     staging.expect(p, static_cast<size_t>(handle->recv_tokens[p]) * per_token);
   }
   const SizeMatrix sizes = handle->sizes(per_token, true);
@@ -271,14 +325,34 @@ ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& topk_idx
     status = deviceDispatch(*state_, x, topk_idx, topk_weights, context, &batch);
   } else {
     // Host tensors as they are; other CUDA tensors staged through pinned host memory.
-    status = runMirrored<3, 0>(context, {&x, &topk_idx, &topk_weights}, {},
-                               [&](auto& in, auto&, const Status& staged) {
-                                 return runDispatch(*state_, in[0], in[1], in[2], &batch, staged);
-                               });
+    status = runMirrored<3, 0>(
+        context, {&x, &topk_idx, &topk_weights}, {}, [&](auto& in, auto&, const Status& staged) {
+          return runDispatch(*state_, in[0], nullptr, in[1], in[2], &batch, staged);
+        });
   }
   if (!status.isOk()) state_->group->raise(status);
   if (x.device.isCuda() && !batch.handle.onDevice()) {  // a staged batch goes back to x's GPU
     batch.x = copyTo(batch.x.view(), x.device, context);
+    batch.row_weights = copyTo(batch.row_weights.view(), x.device, context);
+  }
+  return batch;
+}
+
+ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& x_scales,
+                                 const TensorView& topk_idx, const TensorView& topk_weights,
+                                 ExecContext context) {
+  // The host engine carries FP8 rows; CUDA tensors are staged through pinned host memory (the
+  // GPU-native path moves f32 and bf16 rows only).
+  ExpertBatch batch;
+  const Status status =
+      runMirrored<4, 0>(context, {&x, &x_scales, &topk_idx, &topk_weights}, {},
+                        [&](auto& in, auto&, const Status& staged) {
+                          return runDispatch(*state_, in[0], &in[1], in[2], in[3], &batch, staged);
+                        });
+  if (!status.isOk()) state_->group->raise(status);
+  if (x.device.isCuda()) {
+    batch.x = copyTo(batch.x.view(), x.device, context);
+    batch.x_scales = copyTo(batch.x_scales.view(), x.device, context);
     batch.row_weights = copyTo(batch.row_weights.view(), x.device, context);
   }
   return batch;

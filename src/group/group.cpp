@@ -174,9 +174,11 @@ Status validateGroupConfig(const GroupConfig& config, int ranks) {
   if (config.hidden < 1) {
     return makeError(StatusCode::kInvalidArgument, "hidden must be >= 1, got {}", config.hidden);
   }
-  if (config.dtype != DType::kF32 && config.dtype != DType::kBF16) {
+  if (config.dtype != DType::kF32 && config.dtype != DType::kBF16 &&
+      config.dtype != DType::kFP8E4M3) {
     return makeError(StatusCode::kInvalidArgument,
-                     "dtype {} is not a dispatch payload type; use f32 or bf16",
+                     "dtype {} is not a dispatch payload type; use f32, bf16 or fp8e4m3 (with "
+                     "per-128 block scales)",
                      dtypeName(config.dtype));
   }
   if (config.topk < 1 || config.topk > config.num_experts) {
