@@ -64,7 +64,8 @@ typedef struct {
   unsigned int version; /* MOECOMM_ABI_VERSION */
   int num_experts;
   int hidden;
-  moecommDataType_t dtype; /* dispatch payload: moecommFloat32 or moecommBfloat16 */
+  moecommDataType_t dtype; /* dispatch payload: moecommFloat32, moecommBfloat16 or
+                              moecommFp8E4M3 (with moecommDispatchFp8) */
   int topk;
   int64_t timeout_ms;    /* 0: MOECOMM_TIMEOUT_MS or 300000 */
   const char* transport; /* NULL or "auto": MOECOMM_TRANSPORT, else the best available */
@@ -124,6 +125,17 @@ MOECOMM_C_API moecommResult_t moecommDispatch(moecommGroup_t group, const moecom
                                               const moecommTensor_t* topk_idx,
                                               const moecommTensor_t* topk_weights,
                                               moecommHandle_t* handle, void* stream);
+/* FP8 dispatch, for groups of dtype moecommFp8E4M3: x [T, hidden] e4m3 and x_scales [T,
+ * ceil(hidden / 128)] float32 (one scale per 128-element block, as moecomm::quantizeFp8 makes)
+ * travel together; moecommHandleGetScales gives the batch's scales. */
+MOECOMM_C_API moecommResult_t moecommDispatchFp8(moecommGroup_t group, const moecommTensor_t* x,
+                                                 const moecommTensor_t* x_scales,
+                                                 const moecommTensor_t* topk_idx,
+                                                 const moecommTensor_t* topk_weights,
+                                                 moecommHandle_t* handle, void* stream);
+/* The batch's block scales [rows, ceil(hidden / 128)] float32 after moecommDispatchFp8. */
+MOECOMM_C_API moecommResult_t moecommHandleGetScales(moecommHandle_t handle,
+                                                     moecommTensor_t* x_scales);
 /* Views of the batch the handle owns. counts has local-experts entries, offsets one more; any
  * output pointer may be NULL. */
 MOECOMM_C_API moecommResult_t moecommHandleGetBatch(moecommHandle_t handle, moecommTensor_t* x,

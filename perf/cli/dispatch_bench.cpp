@@ -1,5 +1,7 @@
 #include "perf/cli/dispatch_bench.hpp"
 
+#include <moecomm/quant.hpp>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -62,14 +64,6 @@ Stats statsOf(std::vector<double> v) {
 
 int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
   const bool root = context.rank() == 0;
-  if (o.dtype == "fp8") {
-    if (root) {
-      std::fprintf(stderr,
-                   "moecomm-perf: --dtype fp8 is not supported yet: dispatch carries f32 and bf16 "
-                   "payloads; quantize with moecomm::quantizeFp8 around it meanwhile\n");
-    }
-    return 2;
-  }
   if (o.experts % context.size() != 0 || o.topk > o.experts) {
     if (root) {
       std::fprintf(
@@ -79,7 +73,11 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
     }
     return 2;
   }
-  const DType dtype = o.dtype == "f32" ? DType::kF32 : DType::kBF16;
+  // FP8: tokens travel as e4m3 values with per-128 block scales (DeepEP's FP8 dispatch); the
+  // identity experts hand combine bf16 rows, as real experts would.
+  const bool fp8 = o.dtype == "fp8";
+  const DType dtype = o.dtype == "f32" ? DType::kF32 : fp8 ? DType::kFP8E4M3 : DType::kBF16;
+  const DType out_dtype = fp8 ? DType::kBF16 : dtype;
   const int64_t timeout_ms = static_cast<int64_t>(o.timeout_s * 1000);
   Group group = context.makeGroup({o.experts, o.hidden, dtype, o.topk, timeout_ms, o.transport});
   const int n = group.size(), me = group.rank();
@@ -90,12 +88,19 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
   const int64_t T = o.tokens, H = o.hidden, k = o.topk;
   std::vector<float> x32(size_t(T) * H);
   for (float& v : x32) v = normal(rng);
+  const int64_t S = (H + kFp8BlockSize - 1) / kFp8BlockSize;
   Tensor x = Tensor::empty({T, H}, dtype);
-  convert(TensorView::vector(x32.data(), DType::kF32, T * H),
-          TensorView::vector(x.data(), dtype, T * H));
-  // The values the payload carries, to check against.
-  convert(TensorView::vector(x.data(), dtype, T * H),
-          TensorView::vector(x32.data(), DType::kF32, T * H));
+  Tensor x_scales = fp8 ? Tensor::empty({T, S}, DType::kF32) : Tensor();
+  const auto x32_v = TensorView::matrix(x32.data(), DType::kF32, T, H);
+  if (fp8) {
+    quantizeFp8(x32_v, x.view(), x_scales.view());
+    dequantizeFp8(x.view(), x_scales.view(), x32_v);  // the values the payload carries
+  } else {
+    convert(TensorView::vector(x32.data(), DType::kF32, T * H),
+            TensorView::vector(x.data(), dtype, T * H));
+    convert(TensorView::vector(x.data(), dtype, T * H),
+            TensorView::vector(x32.data(), DType::kF32, T * H));
+  }
   std::vector<int32_t> idx = makeRouting(o.routing, int(T), o.experts, o.topk, rng);
   std::vector<float> w(size_t(T) * k);
   std::uniform_real_distribution<float> uniform(0.1f, 1.0f);
@@ -115,7 +120,9 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
       remote += to[r] && r != me;
     }
   }
-  const double row_bytes = static_cast<double>(H) * dtypeSize(dtype);
+  // A dispatched row's bytes (FP8: values and scales) and a combined row's.
+  const double row_bytes = static_cast<double>(H) * dtypeSize(dtype) + (fp8 ? 4.0 * S : 0.0);
+  const double combine_row_bytes = static_cast<double>(H) * dtypeSize(out_dtype);
 
   std::vector<double> dispatch_ms, combine_ms;
   DispatchTimes d_phase{}, c_phase{};
@@ -125,15 +132,22 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
   for (int it = 0; it < total; ++it) {
     progress.update(it + 1, total, "iteration");
     auto t0 = std::chrono::steady_clock::now();
-    ExpertBatch batch = dispatcher.dispatch(x, idx_v, w_v);
-    auto t1 = std::chrono::steady_clock::now();
+    ExpertBatch batch =
+        fp8 ? dispatcher.dispatch(x, x_scales, idx_v, w_v) : dispatcher.dispatch(x, idx_v, w_v);
+    const auto dispatched = std::chrono::steady_clock::now();
     const DispatchTimes dt = dispatcher.lastTimes();
-    Tensor out = dispatcher.combine(batch.x, batch.handle);  // identity experts
+    Tensor y = batch.x;  // identity experts
+    if (fp8) {
+      y = Tensor::empty({batch.x.dim(0), H}, out_dtype);
+      dequantizeFp8(batch.x.view(), batch.x_scales.view(), y.view());
+    }
+    auto t1 = std::chrono::steady_clock::now();  // combine's clock starts after the experts
+    Tensor out = dispatcher.combine(y, batch.handle);
     auto t2 = std::chrono::steady_clock::now();
     const DispatchTimes ct = dispatcher.lastTimes();
     if (it == 0 && o.check) {
       // Identity experts: out[t] = x[t] * (sum of t's weights).
-      const double tol = dtype == DType::kBF16 ? 2e-2 : 1e-5;
+      const double tol = out_dtype == DType::kBF16 ? 2e-2 : 1e-5;
       std::vector<float> got(size_t(T) * H);
       convert(TensorView::vector(out.data(), out.dtype(), T * H),
               TensorView::vector(got.data(), DType::kF32, T * H));
@@ -149,7 +163,7 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
       }
     }
     if (it < o.warmup) continue;
-    dispatch_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    dispatch_ms.push_back(std::chrono::duration<double, std::milli>(dispatched - t0).count());
     combine_ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
     for (auto [sum, one] : {std::pair{&d_phase, &dt}, std::pair{&c_phase, &ct}}) {
       sum->layout_ms += one->layout_ms / o.iters;
@@ -196,8 +210,8 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
         o.routing.c_str(), o.alignment, o.iters, o.warmup);
     std::printf(
         "# bandwidth: routed = rows sent to every destination rank incl. this one x hidden "
-        "x dtype bytes / time (DeepEP's count); remote = the same without this rank's own "
-        "rows. GB = 1e9 B\n");
+        "x dtype bytes / time (DeepEP's count; fp8: values + f32 scale per 128, combine "
+        "carries bf16); remote = the same without this rank's own rows. GB = 1e9 B\n");
     std::printf("#%4s %8s %9s %9s %9s %9s %9s %10s %10s %12s\n", "rank", "op", "avg ms", "min ms",
                 "max ms", "p50 ms", "p99 ms", "routed GB/s", "remote GB/s", "tokens/s");
     nlohmann::json ranks = nlohmann::json::array();
@@ -208,7 +222,8 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
         const double* s = v + op * 5;
         std::printf("%5d %8s %9.3f %9.3f %9.3f %9.3f %9.3f %10.2f %10.2f %12.0f\n", r,
                     op == 0 ? "dispatch" : "combine", s[0], s[1], s[2], s[3], s[4],
-                    v[10] * row_bytes / (s[0] * 1e6), v[11] * row_bytes / (s[0] * 1e6),
+                    v[10] * (op == 0 ? row_bytes : combine_row_bytes) / (s[0] * 1e6),
+                    v[11] * (op == 0 ? row_bytes : combine_row_bytes) / (s[0] * 1e6),
                     T / (s[0] / 1e3));
       }
       worst_d = std::max(worst_d, v[0]);
@@ -242,8 +257,9 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
         "# overall (slowest rank's average): dispatch %.3f ms (%.2f routed, %.2f remote GB/s "
         "per rank, %.0f tokens/s per rank), combine %.3f ms (%.2f, %.2f GB/s)\n",
         worst_d, per_rank_routed / (worst_d * 1e6), per_rank_remote / (worst_d * 1e6),
-        T / (worst_d / 1e3), worst_c, per_rank_routed / (worst_c * 1e6),
-        per_rank_remote / (worst_c * 1e6));
+        T / (worst_d / 1e3), worst_c,
+        per_rank_routed * combine_row_bytes / row_bytes / (worst_c * 1e6),
+        per_rank_remote * combine_row_bytes / row_bytes / (worst_c * 1e6));
     const double* v0 = &all[0];
     std::printf(
         "# rank 0 phases (ms): dispatch layout %.3f, count exchange %.3f, pack %.3f, transfer "

@@ -123,7 +123,9 @@ void addDispatchOptions(CLI::App& app, DispatchBenchOptions& o) {
   app.add_option("--topk", o.topk, "experts per token")->check(CLI::Range(1, 1024));
   app.add_option("--experts", o.experts, "experts in all (a multiple of the ranks)")
       ->check(CLI::Range(1, 1 << 20));
-  app.add_option("--dtype", o.dtype, "payload: bf16 or f32 (fp8 is refused for now)")
+  app.add_option("--dtype", o.dtype,
+                 "payload: bf16, f32, or fp8 (e4m3 values with an f32 scale per 128; the "
+                 "identity experts return bf16 to combine)")
       ->check(CLI::IsMember({"bf16", "f32", "fp8"}));
   app.add_option("--routing", o.routing,
                  "uniform, zipf:S (expert popularity ~ 1/rank^S) or hot:FRACTION (that share of "

@@ -233,6 +233,28 @@ moecommResult_t moecommDispatch(moecommGroup_t group, const moecommTensor_t* x,
   });
 }
 
+moecommResult_t moecommDispatchFp8(moecommGroup_t group, const moecommTensor_t* x,
+                                   const moecommTensor_t* x_scales, const moecommTensor_t* topk_idx,
+                                   const moecommTensor_t* topk_weights, moecommHandle_t* handle,
+                                   void* stream) {
+  return guarded(group, [&] {
+    require(group != nullptr && handle != nullptr, "group and handle must not be NULL");
+    auto batch = group->dispatcher.dispatch(
+        toView(x, "x"), toView(x_scales, "x_scales"), toView(topk_idx, "topk_idx"),
+        toView(topk_weights, "topk_weights"), moecomm::ExecContext{stream});
+    *handle = new moecommHandle{std::move(batch)};
+  });
+}
+
+moecommResult_t moecommHandleGetScales(moecommHandle_t handle, moecommTensor_t* x_scales) {
+  return guarded(nullptr, [&] {
+    require(handle != nullptr && x_scales != nullptr, "handle and x_scales must not be NULL");
+    require(handle->batch.x_scales.numel() > 0 || handle->batch.x.numel() == 0,
+            "this batch has no scales: it came from moecommDispatch, not moecommDispatchFp8");
+    *x_scales = fromView(handle->batch.x_scales.view());
+  });
+}
+
 moecommResult_t moecommHandleGetBatch(moecommHandle_t handle, moecommTensor_t* x,
                                       moecommTensor_t* row_weights, int64_t* expert_counts,
                                       int64_t* expert_offsets) {

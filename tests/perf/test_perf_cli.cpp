@@ -204,9 +204,13 @@ TEST(PerfCli, DispatchRunsChecksAndWritesJson) {
   EXPECT_EQ(doc["summary"]["ok"], true);
   EXPECT_GT(doc["summary"]["dispatch_ms"].get<double>(), 0);
   EXPECT_TRUE(doc["ranks"][0]["dispatch_phases_ms"].contains("count_exchange"));
+  // FP8 dispatch: checked against the dequantized tokens, and its JSON says so.
   o.dtype = "fp8";
-  o.json.clear();
-  EXPECT_EQ(runOnRanks(o, [&](RankContext& c) { return runDispatch(o, c); }), 2);
+  o.hidden = 200;  // a short last scale block
+  ASSERT_EQ(runOnRanks(o, [&](RankContext& c) { return runDispatch(o, c); }), 0);
+  const nlohmann::json fp8 = readJson(path);
+  EXPECT_EQ(fp8["config"]["dtype"], "fp8");
+  EXPECT_EQ(fp8["summary"]["ok"], true);
 }
 
 TEST(PerfCli, RoutingGeneratorsAreDistinctAndSkewed) {

@@ -95,6 +95,67 @@ TEST(CApi, DispatchCombineRoundTripWithTwoRanks) {
   EXPECT_EQ(failures[1], "");
 }
 
+// FP8 dispatch through the C ABI: rows and their block scales arrive together, intact, and a
+// batch without scales says so.
+TEST(CApi, Fp8DispatchCarriesScales) {
+  moecommWorld_t world = nullptr;
+  ASSERT_EQ(moecommWorldCreate(2, &world), moecommSuccess);
+  std::vector<std::string> failures(2);
+  auto rank_main = [&](int rank) {
+    moecommConfig_t config = MOECOMM_CONFIG_INIT;
+    config.num_experts = 2;
+    config.hidden = 130;  // two scale blocks, the second of 2 values
+    config.dtype = moecommFp8E4M3;
+    config.topk = 1;
+    moecommGroup_t group = nullptr;
+    if (moecommGroupCreate(world, rank, &config, &group) != moecommSuccess) {
+      failures[rank] = moecommGetLastError(nullptr);
+      return;
+    }
+    // Token t of rank r: every value byte 16 * r + t, scales (r + 1, t + 2); token t goes to
+    // expert t % 2, so each rank's expert gets one token from each rank.
+    std::vector<uint8_t> x(2 * 130);
+    std::vector<float> scales = {float(rank + 1), 2.0f, float(rank + 1), 3.0f}, w = {1.0f, 1.0f};
+    for (int t = 0; t < 2; ++t) std::memset(x.data() + t * 130, 16 * rank + t, 130);
+    std::vector<int32_t> idx = {0, 1};
+    moecommTensor_t xt = matrix(x.data(), moecommFp8E4M3, 2, 130);
+    moecommTensor_t st = matrix(scales.data(), moecommFloat32, 2, 2);
+    moecommTensor_t it = matrix(idx.data(), moecommInt32, 2, 1);
+    moecommTensor_t wt = matrix(w.data(), moecommFloat32, 2, 1);
+    moecommHandle_t handle = nullptr;
+    if (moecommDispatch(group, &xt, &it, &wt, &handle, nullptr) != moecommInvalidArgument) {
+      failures[rank] = "an fp8 dispatch without scales was accepted";
+    }
+    if (moecommDispatchFp8(group, &xt, &st, &it, &wt, &handle, nullptr) != moecommSuccess) {
+      failures[rank] = moecommGetLastError(group);
+      return;
+    }
+    moecommTensor_t bx, bs;
+    moecommHandleGetBatch(handle, &bx, nullptr, nullptr, nullptr);
+    if (moecommHandleGetScales(handle, &bs) != moecommSuccess || bs.sizes[0] != 2 ||
+        bs.sizes[1] != 2 || bx.dtype != moecommFp8E4M3) {
+      failures[rank] = "batch shapes";
+    } else {
+      const auto* rows = static_cast<const uint8_t*>(bx.data);
+      const auto* sc = static_cast<const float*>(bs.data);
+      for (int src = 0; src < 2; ++src) {  // row src came from rank src, token `rank`
+        if (rows[src * 130] != 16 * src + rank || rows[src * 130 + 129] != 16 * src + rank ||
+            sc[src * 2] != float(src + 1) || sc[src * 2 + 1] != float(rank + 2)) {
+          failures[rank] = "row or scales from rank " + std::to_string(src);
+        }
+      }
+    }
+    moecommHandleDestroy(handle);
+    moecommGroupDestroy(group);
+  };
+  std::thread t0(rank_main, 0), t1(rank_main, 1);
+  t0.join();
+  t1.join();
+  moecommWorldDestroy(world);
+  EXPECT_EQ(failures[0], "");
+  EXPECT_EQ(failures[1], "");
+}
+
 TEST(CApi, ErrorsReturnCodesAndMessagesNotExceptions) {
   moecommWorld_t world = nullptr;
   ASSERT_EQ(moecommWorldCreate(1, &world), moecommSuccess);
