@@ -1,9 +1,16 @@
 #include "kernels/cpu/rows.hpp"
 
+#include "kernels/cpu/vector_clones.hpp"
 #include "src/core/numeric.hpp"
+
+#include <cstring>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace moecomm::cpu {
 
+MOECOMM_VECTOR_CLONES
 void accumulateRow(float* acc, const void* row, bool is_bf16, float weight, int64_t n) {
   if (is_bf16) {
     const auto* src = static_cast<const uint16_t*>(row);
@@ -14,6 +21,7 @@ void accumulateRow(float* acc, const void* row, bool is_bf16, float weight, int6
   }
 }
 
+MOECOMM_VECTOR_CLONES
 void storeRow(void* dst, bool is_bf16, const float* acc, int64_t n) {
   if (is_bf16) {
     auto* out = static_cast<uint16_t*>(dst);
@@ -24,6 +32,7 @@ void storeRow(void* dst, bool is_bf16, const float* acc, int64_t n) {
   }
 }
 
+MOECOMM_VECTOR_CLONES
 void scaleRow(void* dst, const void* src, bool is_bf16, float weight, int64_t n) {
   if (is_bf16) {
     const auto* in = static_cast<const uint16_t*>(src);
@@ -44,6 +53,35 @@ float dotRows(const void* a, const void* b, bool is_bf16, int64_t n) {
            static_cast<double>(numeric::loadAsFloat(b, i, is_bf16));
   }
   return static_cast<float>(sum);
+}
+
+void streamRow(void* dst, const void* src, int64_t bytes) {
+#if defined(__SSE2__)
+  if (reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+    auto* d = static_cast<char*>(dst);
+    const auto* s = static_cast<const char*>(src);
+    int64_t i = 0;
+    for (; i + 64 <= bytes; i += 64) {
+      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16));
+      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 32));
+      const __m128i e = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 48));
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), a);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16), b);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 32), c);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 48), e);
+    }
+    std::memcpy(d + i, s + i, static_cast<size_t>(bytes - i));
+    return;
+  }
+#endif
+  std::memcpy(dst, src, static_cast<size_t>(bytes));
+}
+
+void streamRowsDone() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
 }
 
 }  // namespace moecomm::cpu

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/cpu/rows.hpp"
 #include "moecomm/quant.hpp"
 #include "src/core/host_mirror.hpp"
 #include "src/core/stopwatch.hpp"
@@ -14,6 +15,9 @@
 namespace moecomm {
 
 namespace {
+
+// Outputs from this size on are written with streaming stores: well past the last-level cache.
+constexpr size_t kStreamOutputBytes = size_t{64} << 20;
 
 ExpertPlacement placementOf(const Group::Impl& group) {
   return {group.config.num_experts, group.local_experts, group.size, group.config.topk};
@@ -142,7 +146,10 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
   handle.row_weights.assign(static_cast<size_t>(rows), 0.0f);
   handle.recv_rows.assign(static_cast<size_t>(handle.receivedTokens() * k), -1);
 
-  // Pass 2: place each (token, local expert) pair, in source-rank then send order.
+  // Pass 2: place each (token, local expert) pair, in source-rank then send order. An output
+  // far larger than the caches is written with streaming stores (it is read next by the experts,
+  // from memory either way).
+  const bool stream = static_cast<size_t>(rows) * row_bytes >= kStreamOutputBytes;
   std::vector<int64_t> cursor(batch.expert_offsets.begin(), batch.expert_offsets.end() - 1);
   auto* out_rows = static_cast<std::byte*>(batch.x.data());
   auto* out_scales = scale_bytes > 0 ? static_cast<std::byte*>(batch.x_scales.data()) : nullptr;
@@ -158,7 +165,12 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
         if (e < 0) continue;
         if (cursor[e] - batch.expert_offsets[e] >= batch.expert_counts[e]) continue;  // refused
         const int64_t row = cursor[e]++;
-        std::memcpy(out_rows + row * value_bytes, src_rows + i * row_bytes, value_bytes);
+        if (stream) {
+          cpu::streamRow(out_rows + row * value_bytes, src_rows + i * row_bytes,
+                         static_cast<int64_t>(value_bytes));
+        } else {
+          std::memcpy(out_rows + row * value_bytes, src_rows + i * row_bytes, value_bytes);
+        }
         if (scale_bytes > 0) {
           std::memcpy(out_scales + row * scale_bytes, src_rows + i * row_bytes + value_bytes,
                       scale_bytes);
@@ -168,6 +180,7 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
       }
     }
   }
+  if (stream) cpu::streamRowsDone();
   if (rows > 0)
     std::memcpy(batch.row_weights.data(), handle.row_weights.data(), rows * sizeof(float));
   return Status::ok();
