@@ -4,6 +4,7 @@
 
 #include "kernels/cpu/rows.hpp"
 #include "moecomm/quant.hpp"
+#include "src/core/env.hpp"
 #include "src/core/host_mirror.hpp"
 #include "src/core/stopwatch.hpp"
 #include "src/core/tensor_checks.hpp"
@@ -16,8 +17,13 @@ namespace moecomm {
 
 namespace {
 
-// Outputs from this size on are written with streaming stores: well past the last-level cache.
-constexpr size_t kStreamOutputBytes = size_t{64} << 20;
+// Outputs from this size on (MOECOMM_STREAM_OUTPUT_BYTES, default 64 MiB, well past the
+// last-level cache; 0 never) are written with streaming stores.
+size_t streamOutputBytes() {
+  static const auto bytes =
+      static_cast<size_t>(std::max<int64_t>(0, envInt("MOECOMM_STREAM_OUTPUT_BYTES", 64 << 20)));
+  return bytes;
+}
 
 ExpertPlacement placementOf(const Group::Impl& group) {
   return {group.config.num_experts, group.local_experts, group.size, group.config.topk};
@@ -149,7 +155,8 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
   // Pass 2: place each (token, local expert) pair, in source-rank then send order. An output
   // far larger than the caches is written with streaming stores (it is read next by the experts,
   // from memory either way).
-  const bool stream = static_cast<size_t>(rows) * row_bytes >= kStreamOutputBytes;
+  const size_t threshold = streamOutputBytes();
+  const bool stream = threshold > 0 && static_cast<size_t>(rows) * row_bytes >= threshold;
   std::vector<int64_t> cursor(batch.expert_offsets.begin(), batch.expert_offsets.end() - 1);
   auto* out_rows = static_cast<std::byte*>(batch.x.data());
   auto* out_scales = scale_bytes > 0 ? static_cast<std::byte*>(batch.x_scales.data()) : nullptr;

@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/cpu/rows.hpp"
 #include "transport/bulk_copy.hpp"
 
 namespace {
@@ -36,6 +37,27 @@ TEST(BulkCopy, ExactAtEveryAlignmentAndTail) {
           ASSERT_EQ(dst[i], 0xA5) << "after, byte " << i << " of a " << bytes << "-byte copy";
         }
       }
+    }
+  }
+}
+
+// The row kernel behind dispatch's streamed outputs: the same exactness for row-sized copies.
+TEST(BulkCopy, StreamedRowsAreExact) {
+  std::mt19937 rng(23);
+  std::vector<uint8_t> src(9000), dst(9100);
+  for (uint8_t& b : src) b = static_cast<uint8_t>(rng());
+  for (int64_t bytes : {0, 1, 15, 64, 100, 4096, 8191}) {
+    for (size_t dst_off : {0, 8, 16, 33}) {
+      std::fill(dst.begin(), dst.end(), 0x5A);
+      cpu::streamRow(dst.data() + dst_off, src.data() + 3, bytes);
+      cpu::streamRowsDone();
+      ASSERT_TRUE(std::equal(src.begin() + 3, src.begin() + 3 + bytes,
+                             dst.begin() + static_cast<long>(dst_off)))
+          << bytes << " bytes at +" << dst_off;
+      for (size_t i = dst_off + static_cast<size_t>(bytes); i < dst.size(); ++i) {
+        ASSERT_EQ(dst[i], 0x5A) << "after, byte " << i;
+      }
+      for (size_t i = 0; i < dst_off; ++i) ASSERT_EQ(dst[i], 0x5A) << "before, byte " << i;
     }
   }
 }
