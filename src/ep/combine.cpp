@@ -99,19 +99,27 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
   times.transfer_ms = watch.lap();
   MOECOMM_RETURN_IF_ERROR(checkExpectedSizes(group, staging, counts, row_bytes, op));
 
-  // Sum over ranks in rank order (deterministic), in f32, then write the output once.
-  std::vector<float>& total = state.accumulator;  // kept across calls: no fresh pages each time
-  total.assign(static_cast<size_t>(h.tokens * hidden), 0.0f);
-  for (int p = 0; p < group.size; ++p) {
-    const std::byte* payload = staging.recvPayload(p);
+  // Sum over ranks in rank order (deterministic), in f32, one token at a time: its row's sum
+  // stays in L1 and the output is written once, with no token-sized f32 buffer to clear, fill
+  // and read back.
+  const int n = group.size;
+  std::vector<int64_t>& where = state.row_of_token;  // [T, ranks]: row in p's payload, or -1
+  where.assign(static_cast<size_t>(h.tokens * n), -1);
+  for (int p = 0; p < n; ++p) {
     for (size_t i = 0; i < h.send_tokens[p].size(); ++i) {
-      const int64_t t = h.send_tokens[p][i];
-      cpu::accumulateRow(total.data() + t * hidden, payload + i * row_bytes, bf16, 1.0f, hidden);
+      where[static_cast<size_t>(h.send_tokens[p][i]) * n + p] = static_cast<int64_t>(i);
     }
   }
   for (int64_t t = 0; t < h.tokens; ++t) {
-    cpu::storeRow(static_cast<std::byte*>(out.data) + t * row_bytes, bf16,
-                  total.data() + t * hidden, hidden);
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    for (int p = 0; p < n; ++p) {
+      const int64_t i = where[static_cast<size_t>(t) * n + p];
+      if (i >= 0) {
+        cpu::accumulateRow(acc.data(), staging.recvPayload(p) + i * row_bytes, bf16, 1.0f,
+                           hidden);
+      }
+    }
+    cpu::storeRow(static_cast<std::byte*>(out.data) + t * row_bytes, bf16, acc.data(), hidden);
   }
   times.unpack_ms = watch.lap();
   return Status::ok();

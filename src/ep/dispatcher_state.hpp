@@ -17,7 +17,7 @@ struct Dispatcher::State {
   DispatchOptions options;
   Staging staging;
   DispatchTimes times;             // of the last call
-  std::vector<float> accumulator;  // combine's per-token f32 sums, reused
+  std::vector<int64_t> row_of_token;  // combine: each token's row in each rank's payload, reused
   std::shared_ptr<DeviceScratch> device;
 };
 
