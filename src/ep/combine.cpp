@@ -115,8 +115,7 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
     for (int p = 0; p < n; ++p) {
       const int64_t i = where[static_cast<size_t>(t) * n + p];
       if (i >= 0) {
-        cpu::accumulateRow(acc.data(), staging.recvPayload(p) + i * row_bytes, bf16, 1.0f,
-                           hidden);
+        cpu::accumulateRow(acc.data(), staging.recvPayload(p) + i * row_bytes, bf16, 1.0f, hidden);
       }
     }
     cpu::storeRow(static_cast<std::byte*>(out.data) + t * row_bytes, bf16, acc.data(), hidden);

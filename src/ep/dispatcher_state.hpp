@@ -16,7 +16,7 @@ struct Dispatcher::State {
   std::shared_ptr<Group::Impl> group;  // keeps the group alive while the dispatcher is
   DispatchOptions options;
   Staging staging;
-  DispatchTimes times;             // of the last call
+  DispatchTimes times;                // of the last call
   std::vector<int64_t> row_of_token;  // combine: each token's row in each rank's payload, reused
   std::shared_ptr<DeviceScratch> device;
 };

@@ -63,6 +63,7 @@ void writeErrorMessages(Staging& staging, int ranks, WireOp op, uint64_t sequenc
                         const Status& local) {
   for (int p = 0; p < ranks; ++p) {
     std::byte* text = staging.sendPayload(p, kErrorTextBytes, op, sequence, 0);
+    std::memset(text, 0, kErrorTextBytes);  // no stale bytes on the wire past the message
     auto* header = reinterpret_cast<WireHeader*>(staging.send[p].data());
     header->status = static_cast<int32_t>(local.code());
     std::snprintf(reinterpret_cast<char*>(text), kErrorTextBytes, "%s", local.message().c_str());

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "src/ep/wire.hpp"
@@ -15,12 +17,32 @@ namespace moecomm {
 // the receivers' windows at offsets every sender can compute.
 using SizeMatrix = std::vector<size_t>;
 
+// Resizing leaves new bytes uninitialized: the same buffer carries a count round, then a payload
+// of tens of MiB, and value-initialization would clear the payload's bytes on every round
+// before they are written anyway.
+template <typename T>
+struct UninitializedAllocator : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = UninitializedAllocator<U>;
+  };
+  template <typename U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+using ByteBuffer = std::vector<std::byte, UninitializedAllocator<std::byte>>;
+
 // Per-peer buffers, reused across calls (they only grow). send[p] and recv[p] start with a
 // WireHeader; payload() points past it. After a round, a peer's message is read through
 // recvPayload/recvHeader, which point into recv[p] or into the window.
 struct Staging {
-  std::vector<std::vector<std::byte>> send;
-  std::vector<std::vector<std::byte>> recv;
+  std::vector<ByteBuffer> send;
+  std::vector<ByteBuffer> recv;
   std::vector<size_t> received;
   std::vector<const std::byte*> recv_view;  // per peer: where its message landed
 
@@ -28,7 +50,7 @@ struct Staging {
   std::unique_ptr<Window> window;
   size_t window_half = 0;
   uint64_t rounds = 0;  // every exchange on this staging, on every rank alike
-  std::vector<std::vector<std::byte>> notice;
+  std::vector<ByteBuffer> notice;
 
   void prepare(int ranks);
   // Sizes send[p] to header + payload bytes and fills its header.
