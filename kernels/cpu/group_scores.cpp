@@ -1,5 +1,7 @@
 #include "kernels/cpu/group_scores.hpp"
 
+#include "kernels/cpu/simd_ranks.hpp"
+
 #include <limits>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -151,22 +153,10 @@ void groupTopTwoSums(const float* values, int groups, int per_group, float* scor
 // Eight groups' ranks at a time against every group, then the kept ones by mask, in order.
 __attribute__((target("avx2,bmi"))) int keptGroupsAvx2(const float* scores, int groups, int keep,
                                                        int* kept) {
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i limit = _mm256_set1_epi32(keep);
   int count = 0;
   for (int g = 0; g < groups; g += 8) {
-    const __m256 mine = _mm256_loadu_ps(scores + g);
-    const __m256i position = _mm256_add_epi32(lane, _mm256_set1_epi32(g));
-    __m256i rank = _mm256_setzero_si256();
-    for (int h = 0; h < groups; ++h) {
-      const __m256 other = _mm256_broadcast_ss(scores + h);
-      const __m256 earlier =
-          _mm256_castsi256_ps(_mm256_cmpgt_epi32(position, _mm256_set1_epi32(h)));
-      const __m256 beats =
-          _mm256_or_ps(_mm256_cmp_ps(other, mine, _CMP_GT_OQ),
-                       _mm256_and_ps(_mm256_cmp_ps(other, mine, _CMP_EQ_OQ), earlier));
-      rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
-    }
+    const __m256i rank = ranksOfEight(scores, groups, g);
     auto mask = static_cast<unsigned>(
         _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(limit, rank))));
     while (mask != 0) {

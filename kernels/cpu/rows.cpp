@@ -2,11 +2,7 @@
 
 #include "kernels/cpu/vector_clones.hpp"
 #include "src/core/numeric.hpp"
-
-#include <cstring>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+#include "src/core/stream_copy.hpp"
 
 namespace moecomm::cpu {
 
@@ -56,32 +52,11 @@ float dotRows(const void* a, const void* b, bool is_bf16, int64_t n) {
 }
 
 void streamRow(void* dst, const void* src, int64_t bytes) {
-#if defined(__SSE2__)
-  if (reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
-    auto* d = static_cast<char*>(dst);
-    const auto* s = static_cast<const char*>(src);
-    int64_t i = 0;
-    for (; i + 64 <= bytes; i += 64) {
-      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16));
-      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 32));
-      const __m128i e = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 48));
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), a);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16), b);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 32), c);
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 48), e);
-    }
-    std::memcpy(d + i, s + i, static_cast<size_t>(bytes - i));
-    return;
-  }
-#endif
-  std::memcpy(dst, src, static_cast<size_t>(bytes));
+  streamCopy(dst, src, static_cast<size_t>(bytes));
 }
 
 void streamRowsDone() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
+  streamFence();
 }
 
 }  // namespace moecomm::cpu

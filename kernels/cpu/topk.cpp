@@ -1,5 +1,7 @@
 #include "kernels/cpu/topk.hpp"
 
+#include "kernels/cpu/simd_ranks.hpp"
+
 #include <algorithm>
 #include <limits>
 #if defined(__x86_64__)
@@ -113,20 +115,8 @@ __attribute__((target("avx2"))) void rankCandidates(const float* values, const i
   growTo(picked, static_cast<size_t>(found) + 8);
   growTo(ordered, static_cast<size_t>(found));
   for (int i = 0; i < found; ++i) picked[i] = values[index[i]];
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int a = 0; a < found; a += 8) {
-    const __m256 mine = _mm256_loadu_ps(picked.data() + a);
-    const __m256i position = _mm256_add_epi32(lane, _mm256_set1_epi32(a));
-    __m256i rank = _mm256_setzero_si256();
-    for (int b = 0; b < found; ++b) {
-      const __m256 other = _mm256_broadcast_ss(picked.data() + b);
-      const __m256 earlier =
-          _mm256_castsi256_ps(_mm256_cmpgt_epi32(position, _mm256_set1_epi32(b)));
-      const __m256 beats =
-          _mm256_or_ps(_mm256_cmp_ps(other, mine, _CMP_GT_OQ),
-                       _mm256_and_ps(_mm256_cmp_ps(other, mine, _CMP_EQ_OQ), earlier));
-      rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
-    }
+    const __m256i rank = ranksOfEight(picked.data(), found, a);
     alignas(32) int32_t ranks[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(ranks), rank);
     const int lanes = std::min(8, found - a);
