@@ -115,6 +115,9 @@ __attribute__((target("avx2"))) void rankCandidates(const float* values, const i
   growTo(picked, static_cast<size_t>(found) + 8);
   growTo(ordered, static_cast<size_t>(found));
   for (int i = 0; i < found; ++i) picked[i] = values[index[i]];
+  // NaNs compare false, so their ranks can collide and leave slots unwritten: those then hold an
+  // index of this row, not a stale one (the gate discards such rows, but must stay in bounds).
+  std::fill_n(ordered.begin(), found, found > 0 ? index[0] : 0);
   for (int a = 0; a < found; a += 8) {
     const __m256i rank = ranksOfEight(picked.data(), found, a);
     alignas(32) int32_t ranks[8];
