@@ -38,10 +38,23 @@ int64_t scaleBlocks(const GroupConfig& config) {
   return isFp8(config) ? (config.hidden + kFp8BlockSize - 1) / kFp8BlockSize : 0;
 }
 
-// The bytes of one token's row on the wire: its values, then its scales (FP8).
-size_t wireRowBytes(const GroupConfig& config) {
-  return static_cast<size_t>(config.hidden) * dtypeSize(config.dtype) +
-         static_cast<size_t>(scaleBlocks(config)) * sizeof(float);
+// One token's row on the wire: its values, then (FP8) its scales at a 4-byte boundary, padded
+// (with zeros) to 16 bytes, so that every row and the ids and weights after the rows stay
+// aligned whatever the hidden size.
+struct WireRow {
+  size_t values = 0;     // bytes of the token's values
+  size_t scales_at = 0;  // where its scales start
+  size_t scales = 0;     // bytes of its scales (FP8), else 0
+  size_t bytes = 0;      // the whole row, padding included
+};
+
+WireRow wireRow(const GroupConfig& config) {
+  WireRow r;
+  r.values = static_cast<size_t>(config.hidden) * dtypeSize(config.dtype);
+  r.scales = static_cast<size_t>(scaleBlocks(config)) * sizeof(float);
+  r.scales_at = (r.values + 3) / 4 * 4;
+  r.bytes = (r.scales_at + r.scales + 15) / 16 * 16;
+  return r;
 }
 
 Status checkDispatchInputs(const Group::Impl& group, const DispatchOptions& options,
@@ -76,16 +89,15 @@ Status checkDispatchInputs(const Group::Impl& group, const DispatchOptions& opti
 
 // Bytes one token occupies in a dispatch message: its row, then k local expert ids and k weights.
 size_t tokenBytes(const GroupConfig& config) {
-  return wireRowBytes(config) +
+  return wireRow(config).bytes +
          static_cast<size_t>(config.topk) * (sizeof(int32_t) + sizeof(float));
 }
 
 void packForRank(const Group::Impl& group, const RoutingPlan& plan, const TensorView& x,
                  const TensorView* x_scales, const float* weights, int peer, std::byte* out) {
   const int k = plan.topk;
-  const size_t row_bytes = wireRowBytes(group.config);
-  const size_t value_bytes = static_cast<size_t>(group.config.hidden) * dtypeSize(x.dtype);
-  const size_t scale_bytes = row_bytes - value_bytes;
+  const WireRow wire = wireRow(group.config);
+  const size_t row_bytes = wire.bytes;
   const auto& tokens = plan.rank_tokens[peer];
   const size_t n = tokens.size();
   std::byte* rows = out;
@@ -94,11 +106,12 @@ void packForRank(const Group::Impl& group, const RoutingPlan& plan, const Tensor
   const int first = peer * group.local_experts;
   for (size_t i = 0; i < n; ++i) {
     const int64_t t = tokens[i];
-    std::memcpy(rows + i * row_bytes, static_cast<const std::byte*>(x.data) + t * value_bytes,
-                value_bytes);
-    if (scale_bytes > 0) {
-      std::memcpy(rows + i * row_bytes + value_bytes,
-                  static_cast<const std::byte*>(x_scales->data) + t * scale_bytes, scale_bytes);
+    std::byte* row = rows + i * row_bytes;
+    std::memcpy(row, static_cast<const std::byte*>(x.data) + t * wire.values, wire.values);
+    if (row_bytes > wire.values) std::memset(row + wire.values, 0, row_bytes - wire.values);
+    if (wire.scales > 0) {
+      std::memcpy(row + wire.scales_at,
+                  static_cast<const std::byte*>(x_scales->data) + t * wire.scales, wire.scales);
     }
     for (int j = 0; j < k; ++j) {
       const size_t slot = static_cast<size_t>(t * k + j);
@@ -114,10 +127,10 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
               DispatchHandle::Impl& handle, ExpertBatch& batch) {
   const int k = group.config.topk;
   const int local = group.local_experts;
-  const size_t row_bytes = wireRowBytes(group.config);
-  const size_t value_bytes =
-      static_cast<size_t>(group.config.hidden) * dtypeSize(group.config.dtype);
-  const size_t scale_bytes = row_bytes - value_bytes;
+  const WireRow wire = wireRow(group.config);
+  const size_t row_bytes = wire.bytes;
+  const size_t value_bytes = wire.values;
+  const size_t scale_bytes = wire.scales;
   std::vector<int64_t> demand(static_cast<size_t>(local), 0);
   // Pass 1: rows per local expert, and a check that the ids we got make sense.
   for (int p = 0; p < group.size; ++p) {
@@ -179,7 +192,7 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
           std::memcpy(out_rows + row * value_bytes, src_rows + i * row_bytes, value_bytes);
         }
         if (scale_bytes > 0) {
-          std::memcpy(out_scales + row * scale_bytes, src_rows + i * row_bytes + value_bytes,
+          std::memcpy(out_scales + row * scale_bytes, src_rows + i * row_bytes + wire.scales_at,
                       scale_bytes);
         }
         handle.row_weights[row] = w[i * k + j];

@@ -255,6 +255,13 @@ TEST_P(DispatchCombine, ForwardAndBackwardMatchDenseReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Sweep, DispatchCombine, ::testing::ValuesIn(allCases()), caseName);
+// Odd hidden sizes: bf16 rows of an odd number of bytes / 2 must not misalign what follows them
+// on the wire (the ids and weights after the rows).
+INSTANTIATE_TEST_SUITE_P(OddHidden, DispatchCombine,
+                         ::testing::Values(Case{2, 7, 4, 2, DType::kBF16},
+                                           Case{3, 101, 12, 8, DType::kBF16},
+                                           Case{2, 101, 8, 2, DType::kF32}),
+                         caseName);
 
 // The weight gradient against central finite differences in f64 of the reference loss
 // L(w) = sum_t <grad_out[t], sum_j w_tj * y_tj>.
