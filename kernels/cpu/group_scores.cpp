@@ -32,42 +32,6 @@ TopTwo topTwo(const float* v, int n) {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2"))) float horizontalMax(__m256 v) {
-  __m128 h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  h = _mm_max_ps(h, _mm_shuffle_ps(h, h, _MM_SHUFFLE(1, 0, 3, 2)));
-  h = _mm_max_ps(h, _mm_shuffle_ps(h, h, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtss_f32(h);
-}
-
-// Groups of whole 8-float vectors: each lane keeps its two best (first, second) across the
-// group's vectors; the group's best is the largest first, and its second best is the largest of
-// what remains once one copy of the best is taken out. No branches, and groups are independent,
-// so the loop overlaps them.
-__attribute__((target("avx2,bmi"))) void groupTopTwoSumsAvx2(const float* values, int groups,
-                                                             int per_group, float* scores,
-                                                             float* seconds) {
-  const __m256 excluded = _mm256_set1_ps(kExcluded);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  for (int g = 0; g < groups; ++g) {
-    const float* v = values + static_cast<int64_t>(g) * per_group;
-    __m256 first = _mm256_loadu_ps(v), runner_up = excluded;
-    for (int i = 8; i < per_group; i += 8) {
-      const __m256 x = _mm256_loadu_ps(v + i);
-      runner_up = _mm256_max_ps(runner_up, _mm256_min_ps(first, x));
-      first = _mm256_max_ps(first, x);
-    }
-    const float best = horizontalMax(first);
-    const auto at_best = static_cast<unsigned>(
-        _mm256_movemask_ps(_mm256_cmp_ps(first, _mm256_set1_ps(best), _CMP_EQ_OQ)));
-    const __m256 one_copy = _mm256_castsi256_ps(
-        _mm256_cmpeq_epi32(lane, _mm256_set1_epi32(static_cast<int>(_tzcnt_u32(at_best)))));
-    const __m256 rest = _mm256_max_ps(runner_up, _mm256_blendv_ps(first, excluded, one_copy));
-    const float second = horizontalMax(rest);
-    scores[g] = best + second;
-    if (seconds != nullptr) seconds[g] = second;
-  }
-}
-
 // The 8x8 transpose: row r of the result holds lane r of each input.
 __attribute__((target("avx2"), always_inline)) inline void transpose8(__m256 r[8]) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -92,7 +56,9 @@ __attribute__((target("avx2"), always_inline)) inline void transpose8(__m256 r[8
   r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
-// Eight groups at once: the per-lane best two of each group as above, then both sets transposed
+// Eight groups at once: each lane keeps its two best (first, runner-up) across its group's
+// vectors; the group's best is the largest first, and its second best is the largest of what
+// remains once one copy of the best is taken out. Both sets are transposed
 // so that lane g holds group g, and the reductions run across vectors for all eight together.
 // Taking out one copy of the best walks the lanes in order and removes the first match.
 __attribute__((target("avx2"))) void eightGroupTopTwoSums(const float* values, int per_group,
@@ -130,19 +96,18 @@ __attribute__((target("avx2"))) void eightGroupTopTwoSums(const float* values, i
 void groupTopTwoSums(const float* values, int groups, int per_group, float* scores,
                      float* seconds) {
 #if defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi");
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  int g = 0;  // groups done
   if (avx2 && per_group >= 8 && per_group % 8 == 0) {
-    const int whole = groups - groups % 8;
-    for (int g = 0; g < whole; g += 8) {
+    for (; g + 8 <= groups; g += 8) {
       eightGroupTopTwoSums(values + static_cast<int64_t>(g) * per_group, per_group, scores + g,
                            seconds != nullptr ? seconds + g : nullptr);
     }
-    groupTopTwoSumsAvx2(values + static_cast<int64_t>(whole) * per_group, groups - whole, per_group,
-                        scores + whole, seconds != nullptr ? seconds + whole : nullptr);
-    return;
   }
+#else
+  int g = 0;
 #endif
-  for (int g = 0; g < groups; ++g) {
+  for (; g < groups; ++g) {  // the rest, one group at a time
     const TopTwo top = topTwo(values + static_cast<int64_t>(g) * per_group, per_group);
     scores[g] = per_group >= 2 ? top.first + top.second : top.first;
     if (seconds != nullptr) seconds[g] = top.second;

@@ -2,7 +2,6 @@
 
 #include "kernels/cpu/vector_clones.hpp"
 #include "src/core/numeric.hpp"
-#include "src/core/stream_copy.hpp"
 
 namespace moecomm::cpu {
 
@@ -49,14 +48,6 @@ float dotRows(const void* a, const void* b, bool is_bf16, int64_t n) {
            static_cast<double>(numeric::loadAsFloat(b, i, is_bf16));
   }
   return static_cast<float>(sum);
-}
-
-void streamRow(void* dst, const void* src, int64_t bytes) {
-  streamCopy(dst, src, static_cast<size_t>(bytes));
-}
-
-void streamRowsDone() {
-  streamFence();
 }
 
 }  // namespace moecomm::cpu

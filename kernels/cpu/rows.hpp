@@ -12,10 +12,6 @@ void accumulateRow(float* acc, const void* row, bool is_bf16, float weight, int6
 void storeRow(void* dst, bool is_bf16, const float* acc, int64_t n);
 // dst[i] = weight * src[i] in the payload type.
 void scaleRow(void* dst, const void* src, bool is_bf16, float weight, int64_t n);
-// memcpy with streaming stores (src/core/stream_copy.hpp), for outputs far larger than the
-// caches. Call streamRowsDone() after the last one, before the rows are published.
-void streamRow(void* dst, const void* src, int64_t bytes);
-void streamRowsDone();
 // sum_i a[i] * b[i] accumulated in f64 and returned as f32.
 float dotRows(const void* a, const void* b, bool is_bf16, int64_t n);
 

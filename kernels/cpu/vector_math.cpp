@@ -1,11 +1,10 @@
 // exp and sigmoid over arrays of finite floats. With AVX2 and FMA: a Cody-Waite range reduction
 // and Cephes' degree-6 polynomial, about 1 ulp, eight lanes at once. Elsewhere: glibc's libmvec
-// (this file is built with -ffast-math, which is what makes GCC call its vector expf). Inputs are
-// finite (the router checks logits first); nothing here compares against infinity or NaN.
+// (this file is built with -ffast-math, which is what makes GCC call its vector expf). Nothing
+// here compares floats against infinity or NaN: sigmoid's finiteness check reads the bits.
 #include "kernels/cpu/vector_math.hpp"
 
 #include "kernels/cpu/finite.hpp"
-#include "kernels/cpu/vector_clones.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -17,12 +16,10 @@ namespace moecomm::cpu {
 
 namespace {
 
-MOECOMM_VECTOR_CLONES
 void expShiftedPortable(const float* in, float shift, float* out, int n) {
   for (int i = 0; i < n; ++i) out[i] = std::exp(in[i] - shift);
 }
 
-MOECOMM_VECTOR_CLONES
 void sigmoidPortable(const float* in, const float* bias, float* out, float* biased, int n) {
   // The finiteness check is the caller's here: -ffast-math would fold a float one away.
   // exp's argument capped below overflow: 1 / (1 + inf) becomes NaN through -ffast-math's

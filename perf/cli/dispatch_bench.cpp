@@ -250,16 +250,17 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
       routed_all += all[r * width + 10];
       remote_all += all[r * width + 11];
     }
-    // Overall: the slowest rank's average; bytes summed over ranks, per rank.
-    const double per_rank_routed = routed_all / n * row_bytes,
-                 per_rank_remote = remote_all / n * row_bytes;
+    // Overall: the slowest rank's average; rows summed over ranks, per rank, each op's row
+    // bytes (combine carries bf16 after an FP8 dispatch).
+    const double routed_rows = routed_all / n, remote_rows = remote_all / n;
+    auto gbps = [](double rows, double bytes, double ms) { return rows * bytes / (ms * 1e6); };
+    const double d_routed = gbps(routed_rows, row_bytes, worst_d),
+                 c_routed = gbps(routed_rows, combine_row_bytes, worst_c);
     std::printf(
         "# overall (slowest rank's average): dispatch %.3f ms (%.2f routed, %.2f remote GB/s "
         "per rank, %.0f tokens/s per rank), combine %.3f ms (%.2f, %.2f GB/s)\n",
-        worst_d, per_rank_routed / (worst_d * 1e6), per_rank_remote / (worst_d * 1e6),
-        T / (worst_d / 1e3), worst_c,
-        per_rank_routed * combine_row_bytes / row_bytes / (worst_c * 1e6),
-        per_rank_remote * combine_row_bytes / row_bytes / (worst_c * 1e6));
+        worst_d, d_routed, gbps(remote_rows, row_bytes, worst_d), T / (worst_d / 1e3), worst_c,
+        c_routed, gbps(remote_rows, combine_row_bytes, worst_c));
     const double* v0 = &all[0];
     std::printf(
         "# rank 0 phases (ms): dispatch layout %.3f, count exchange %.3f, pack %.3f, transfer "
@@ -293,9 +294,9 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
                             {"summary",
                              {{"dispatch_ms", worst_d},
                               {"combine_ms", worst_c},
-                              {"dispatch_routed_gbps", per_rank_routed / (worst_d * 1e6)},
-                              {"dispatch_remote_gbps", per_rank_remote / (worst_d * 1e6)},
-                              {"combine_routed_gbps", per_rank_routed / (worst_c * 1e6)},
+                              {"dispatch_routed_gbps", d_routed},
+                              {"dispatch_remote_gbps", gbps(remote_rows, row_bytes, worst_d)},
+                              {"combine_routed_gbps", c_routed},
                               {"wrong_tokens", wrong_all},
                               {"ok", wrong_all == 0}}}};
       if (!writeJson(o.json, doc)) return 2;

@@ -2,11 +2,11 @@
 #include <algorithm>
 #include <cstring>
 
-#include "kernels/cpu/rows.hpp"
 #include "moecomm/quant.hpp"
 #include "src/core/env.hpp"
 #include "src/core/host_mirror.hpp"
 #include "src/core/stopwatch.hpp"
+#include "src/core/stream_copy.hpp"
 #include "src/core/tensor_checks.hpp"
 #include "src/ep/device_exchange.hpp"
 #include "src/ep/dispatcher_state.hpp"
@@ -186,8 +186,7 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
         if (cursor[e] - batch.expert_offsets[e] >= batch.expert_counts[e]) continue;  // refused
         const int64_t row = cursor[e]++;
         if (stream) {
-          cpu::streamRow(out_rows + row * value_bytes, src_rows + i * row_bytes,
-                         static_cast<int64_t>(value_bytes));
+          streamCopy(out_rows + row * value_bytes, src_rows + i * row_bytes, value_bytes);
         } else {
           std::memcpy(out_rows + row * value_bytes, src_rows + i * row_bytes, value_bytes);
         }
@@ -200,7 +199,7 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
       }
     }
   }
-  if (stream) cpu::streamRowsDone();
+  if (stream) streamFence();
   if (rows > 0)
     std::memcpy(batch.row_weights.data(), handle.row_weights.data(), rows * sizeof(float));
   return Status::ok();
@@ -311,6 +310,13 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   return Status::ok();
 }
 
+// A staged batch goes back to the GPU of the caller's x.
+void toDevice(ExpertBatch& batch, Device device, ExecContext context) {
+  batch.x = copyTo(batch.x.view(), device, context);
+  if (batch.x_scales.defined()) batch.x_scales = copyTo(batch.x_scales.view(), device, context);
+  batch.row_weights = copyTo(batch.row_weights.view(), device, context);
+}
+
 }  // namespace
 
 Status checkHandle(const DispatchHandle& handle, const Group::Impl& group) {
@@ -364,10 +370,7 @@ ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& topk_idx
         });
   }
   if (!status.isOk()) state_->group->raise(status);
-  if (x.device.isCuda() && !batch.handle.onDevice()) {  // a staged batch goes back to x's GPU
-    batch.x = copyTo(batch.x.view(), x.device, context);
-    batch.row_weights = copyTo(batch.row_weights.view(), x.device, context);
-  }
+  if (x.device.isCuda() && !batch.handle.onDevice()) toDevice(batch, x.device, context);
   return batch;
 }
 
@@ -383,11 +386,7 @@ ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& x_scales
                           return runDispatch(*state_, in[0], &in[1], in[2], in[3], &batch, staged);
                         });
   if (!status.isOk()) state_->group->raise(status);
-  if (x.device.isCuda()) {
-    batch.x = copyTo(batch.x.view(), x.device, context);
-    batch.x_scales = copyTo(batch.x_scales.view(), x.device, context);
-    batch.row_weights = copyTo(batch.row_weights.view(), x.device, context);
-  }
+  if (x.device.isCuda()) toDevice(batch, x.device, context);
   return batch;
 }
 

@@ -7,7 +7,7 @@
 #include <random>
 #include <vector>
 
-#include "kernels/cpu/rows.hpp"
+#include "src/core/stream_copy.hpp"
 #include "transport/bulk_copy.hpp"
 
 namespace {
@@ -41,7 +41,7 @@ TEST(BulkCopy, ExactAtEveryAlignmentAndTail) {
   }
 }
 
-// The row kernel behind dispatch's streamed outputs: the same exactness for row-sized copies.
+// The streaming copy behind dispatch's streamed outputs: the same exactness for row-sized copies.
 TEST(BulkCopy, StreamedRowsAreExact) {
   std::mt19937 rng(23);
   std::vector<uint8_t> src(9000), dst(9100);
@@ -49,8 +49,8 @@ TEST(BulkCopy, StreamedRowsAreExact) {
   for (int64_t bytes : {0, 1, 15, 64, 100, 4096, 8191}) {
     for (size_t dst_off : {0, 8, 16, 33}) {
       std::fill(dst.begin(), dst.end(), 0x5A);
-      cpu::streamRow(dst.data() + dst_off, src.data() + 3, bytes);
-      cpu::streamRowsDone();
+      streamCopy(dst.data() + dst_off, src.data() + 3, static_cast<size_t>(bytes));
+      streamFence();
       ASSERT_TRUE(std::equal(src.begin() + 3, src.begin() + 3 + bytes,
                              dst.begin() + static_cast<long>(dst_off)))
           << bytes << " bytes at +" << dst_off;

@@ -23,6 +23,22 @@ moecommTensor_t matrix(void* data, moecommDataType_t dtype, int64_t rows, int64_
   return t;
 }
 
+// Runs rank_main(world, rank, failure) for ranks 0 and 1 on two threads of one world; a rank
+// reports what went wrong in `failure`, which must stay empty.
+template <typename RankMain>
+void onTwoRanks(RankMain rank_main) {
+  moecommWorld_t world = nullptr;
+  ASSERT_EQ(moecommWorldCreate(2, &world), moecommSuccess);
+  std::vector<std::string> failures(2);
+  std::thread t0([&] { rank_main(world, 0, failures[0]); });
+  std::thread t1([&] { rank_main(world, 1, failures[1]); });
+  t0.join();
+  t1.join();
+  moecommWorldDestroy(world);
+  EXPECT_EQ(failures[0], "");
+  EXPECT_EQ(failures[1], "");
+}
+
 TEST(CApi, HeaderIsCAndInitializerIsValid) {
   EXPECT_EQ(moecomm_c_header_default_alignment(), 1);
   int version = 0;
@@ -33,10 +49,7 @@ TEST(CApi, HeaderIsCAndInitializerIsValid) {
 }
 
 TEST(CApi, DispatchCombineRoundTripWithTwoRanks) {
-  moecommWorld_t world = nullptr;
-  ASSERT_EQ(moecommWorldCreate(2, &world), moecommSuccess);
-  std::vector<std::string> failures(2);
-  auto rank_main = [&](int rank) {
+  onTwoRanks([](moecommWorld_t world, int rank, std::string& failure) {
     moecommConfig_t config = MOECOMM_CONFIG_INIT;
     config.num_experts = 4;
     config.hidden = 8;
@@ -45,7 +58,7 @@ TEST(CApi, DispatchCombineRoundTripWithTwoRanks) {
     config.expert_alignment = 4;
     moecommGroup_t group = nullptr;
     if (moecommGroupCreate(world, rank, &config, &group) != moecommSuccess) {
-      failures[rank] = moecommGetLastError(nullptr);
+      failure = moecommGetLastError(nullptr);
       return;
     }
     std::vector<float> x(3 * 8), w = {0.5f, 0.25f, 1.0f, 0.0f, 0.75f, 0.25f};
@@ -56,24 +69,23 @@ TEST(CApi, DispatchCombineRoundTripWithTwoRanks) {
     moecommTensor_t wt = matrix(w.data(), moecommFloat32, 3, 2);
     moecommHandle_t handle = nullptr;
     if (moecommDispatch(group, &xt, &it, &wt, &handle, nullptr) != moecommSuccess) {
-      failures[rank] = moecommGetLastError(group);
+      failure = moecommGetLastError(group);
       return;
     }
     moecommTensor_t batch_x, row_w;
     int64_t counts[2], offsets[3];
     moecommHandleGetBatch(handle, &batch_x, &row_w, counts, offsets);
-    if (offsets[1] % 4 != 0) failures[rank] = "offsets not aligned";
+    if (offsets[1] % 4 != 0) failure = "offsets not aligned";
     // Identity experts: combine must give back sum_j w_tj * x[t].
     std::vector<float> out(3 * 8, 0.0f);
     moecommTensor_t ot = matrix(out.data(), moecommFloat32, 3, 8);
     if (moecommCombine(group, &batch_x, handle, &ot, nullptr) != moecommSuccess) {
-      failures[rank] = moecommGetLastError(group);
+      failure = moecommGetLastError(group);
     }
     for (int t = 0; t < 3; ++t) {
       float wsum = (idx[t * 2] >= 0 ? w[t * 2] : 0) + (idx[t * 2 + 1] >= 0 ? w[t * 2 + 1] : 0);
       for (int h = 0; h < 8; ++h) {
-        if (std::abs(out[t * 8 + h] - wsum * x[t * 8 + h]) > 1e-4f)
-          failures[rank] = "combine mismatch";
+        if (std::abs(out[t * 8 + h] - wsum * x[t * 8 + h]) > 1e-4f) failure = "combine mismatch";
       }
     }
     // Backward of dispatch with unit gradients counts each token's valid slots.
@@ -82,26 +94,17 @@ TEST(CApi, DispatchCombineRoundTripWithTwoRanks) {
     moecommTensor_t gxt = matrix(gx.data(), moecommFloat32, 3, 8);
     if (moecommDispatchBackward(group, &gr, handle, &gxt, nullptr) != moecommSuccess ||
         gx[0] != 2.0f || gx[8] != 1.0f) {
-      failures[rank] = "dispatch backward";
+      failure = "dispatch backward";
     }
     moecommHandleDestroy(handle);
     moecommGroupDestroy(group);
-  };
-  std::thread t0(rank_main, 0), t1(rank_main, 1);
-  t0.join();
-  t1.join();
-  moecommWorldDestroy(world);
-  EXPECT_EQ(failures[0], "");
-  EXPECT_EQ(failures[1], "");
+  });
 }
 
 // FP8 dispatch through the C ABI: rows and their block scales arrive together, intact, and a
 // batch without scales says so.
 TEST(CApi, Fp8DispatchCarriesScales) {
-  moecommWorld_t world = nullptr;
-  ASSERT_EQ(moecommWorldCreate(2, &world), moecommSuccess);
-  std::vector<std::string> failures(2);
-  auto rank_main = [&](int rank) {
+  onTwoRanks([](moecommWorld_t world, int rank, std::string& failure) {
     moecommConfig_t config = MOECOMM_CONFIG_INIT;
     config.num_experts = 2;
     config.hidden = 130;  // two scale blocks, the second of 2 values
@@ -109,7 +112,7 @@ TEST(CApi, Fp8DispatchCarriesScales) {
     config.topk = 1;
     moecommGroup_t group = nullptr;
     if (moecommGroupCreate(world, rank, &config, &group) != moecommSuccess) {
-      failures[rank] = moecommGetLastError(nullptr);
+      failure = moecommGetLastError(nullptr);
       return;
     }
     // Token t of rank r: every value byte 16 * r + t, scales (r + 1, t + 2); token t goes to
@@ -124,36 +127,30 @@ TEST(CApi, Fp8DispatchCarriesScales) {
     moecommTensor_t wt = matrix(w.data(), moecommFloat32, 2, 1);
     moecommHandle_t handle = nullptr;
     if (moecommDispatch(group, &xt, &it, &wt, &handle, nullptr) != moecommInvalidArgument) {
-      failures[rank] = "an fp8 dispatch without scales was accepted";
+      failure = "an fp8 dispatch without scales was accepted";
     }
     if (moecommDispatchFp8(group, &xt, &st, &it, &wt, &handle, nullptr) != moecommSuccess) {
-      failures[rank] = moecommGetLastError(group);
+      failure = moecommGetLastError(group);
       return;
     }
     moecommTensor_t bx, bs;
     moecommHandleGetBatch(handle, &bx, nullptr, nullptr, nullptr);
     if (moecommHandleGetScales(handle, &bs) != moecommSuccess || bs.sizes[0] != 2 ||
         bs.sizes[1] != 2 || bx.dtype != moecommFp8E4M3) {
-      failures[rank] = "batch shapes";
+      failure = "batch shapes";
     } else {
       const auto* rows = static_cast<const uint8_t*>(bx.data);
       const auto* sc = static_cast<const float*>(bs.data);
       for (int src = 0; src < 2; ++src) {  // row src came from rank src, token `rank`
         if (rows[src * 130] != 16 * src + rank || rows[src * 130 + 129] != 16 * src + rank ||
             sc[src * 2] != float(src + 1) || sc[src * 2 + 1] != float(rank + 2)) {
-          failures[rank] = "row or scales from rank " + std::to_string(src);
+          failure = "row or scales from rank " + std::to_string(src);
         }
       }
     }
     moecommHandleDestroy(handle);
     moecommGroupDestroy(group);
-  };
-  std::thread t0(rank_main, 0), t1(rank_main, 1);
-  t0.join();
-  t1.join();
-  moecommWorldDestroy(world);
-  EXPECT_EQ(failures[0], "");
-  EXPECT_EQ(failures[1], "");
+  });
 }
 
 TEST(CApi, ErrorsReturnCodesAndMessagesNotExceptions) {
