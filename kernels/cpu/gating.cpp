@@ -6,7 +6,6 @@
 #include "kernels/cpu/vector_math.hpp"
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -21,12 +20,13 @@ int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateP
   std::vector<float> raw(E), select(E), group_score(std::max(p.num_groups, 1)),
       group_second(group_score.size());
   std::vector<int> ranked(ranked_max), groups(std::max(p.num_groups, 1));
-  std::vector<float> compact;
   // Renormalized softmax without bias or groups: softmax is monotonic, so rank the logits as they
   // are, and the global denominator cancels in w_j = p_j / sum of the kept p. Only the ranked
   // experts need an exp: one pass over each row instead of five.
   const bool ranks_logits = p.score == 0 && p.renormalize && bias == nullptr && p.num_groups <= 1;
-  std::vector<float> exps(ranks_logits ? ranked_max : 0);
+  // The ranked experts' logits and the quantity their weights are made of (exp or sigmoid),
+  // computed for those few only where the score pass does not need them for every expert.
+  std::vector<float> picked(ranked_max), chosen(ranked_max);
   // Token t's ranked experts into its k slots, then its reroute candidates; the j-th ranked
   // expert weighs scaling * a(j) / norm, and slots past `found` are empty (-1, 0).
   auto write = [&](int64_t t, int found, auto a, float norm) {
@@ -60,20 +60,20 @@ int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateP
     if (non_finite < 0 && !allFinite(row, E)) non_finite = t;
     const int found = selectTop(row, E, ranked_max, ranked.data(), scratch);
     const float top = found > 0 ? row[ranked[0]] : 0.0f;
+    for (int j = 0; j < found; ++j) picked[j] = row[ranked[j]];
+    expShifted(picked.data(), top, chosen.data(), found);
     float norm = 0.0f;
-    for (int j = 0; j < found; ++j) {
-      exps[j] = std::exp(row[ranked[j]] - top);
-      if (j < p.topk) norm += exps[j];
-    }
+    for (int j = 0; j < std::min(found, p.topk); ++j) norm += chosen[j];
     write(
-        t, found, [&](int j) { return exps[j]; }, norm);
+        t, found, [&](int j) { return chosen[j]; }, norm);
   }
   for (int64_t t = 0; t < tokens && !ranks_logits; ++t) {
     const float* row = logits + t * E;
     prefetch(t);
-    // raw: the quantity weights are made of; select: what is ranked (raw + bias).
+    // raw: the quantity weights are made of; select: what is ranked (raw + bias). The sigmoid
+    // pass writes select only: the few ranked experts' sigmoids are taken again below.
     const bool finite =
-        p.score == 1 ? sigmoid(row, bias, raw.data(), select.data(), E) : allFinite(row, E);
+        p.score == 1 ? sigmoid(row, bias, nullptr, select.data(), E) : allFinite(row, E);
     if (non_finite < 0 && !finite) non_finite = t;
     if (p.score != 1) {
       const float max = *std::max_element(row, row + E);
@@ -101,15 +101,9 @@ int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateP
       const int per_group = E / p.num_groups;
       groupTopTwoSums(select.data(), p.num_groups, per_group, group_score.data(),
                       group_second.data());
-      // Rank only the kept groups' experts, laid side by side in ascending group order so that
-      // ties still go to the lower expert id.
+      // Rank only the kept groups' experts (ties still to the lower expert id).
       const int kept_groups =
           keptGroups(group_score.data(), p.num_groups, p.topk_groups, groups.data());
-      compact.resize(static_cast<size_t>(kept_groups) * per_group);
-      for (int i = 0; i < kept_groups; ++i) {
-        std::copy_n(select.data() + groups[i] * per_group, per_group,
-                    compact.data() + i * per_group);
-      }
       // Each kept group has two values at or above its second best, so when the kept groups
       // hold at least ranked_max such values, the smallest of their second bests is a floor
       // for the selection, known without another pass.
@@ -118,26 +112,24 @@ int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateP
         floor = std::numeric_limits<float>::infinity();
         for (int i = 0; i < kept_groups; ++i) floor = std::min(floor, group_second[groups[i]]);
       }
-      found = selectTopAbove(compact.data(), kept_groups * per_group, ranked_max, floor,
-                             ranked.data(), scratch);
-      // Back from compact positions to expert ids; a shift where the group size allows it (an
-      // integer division per slot would cost as much as the selection).
-      const bool pow2 = (per_group & (per_group - 1)) == 0;
-      const int shift = std::countr_zero(static_cast<unsigned>(per_group));
-      for (int j = 0; j < found; ++j) {
-        const int slot = pow2 ? ranked[j] >> shift : ranked[j] / per_group;
-        ranked[j] += (groups[slot] - slot) * per_group;
-      }
+      found = selectTopInGroups(select.data(), per_group, groups.data(), kept_groups, ranked_max,
+                                floor, ranked.data(), scratch);
     } else {
       found = selectTop(select.data(), E, ranked_max, ranked.data(), scratch);
+    }
+    if (p.score == 1) {
+      for (int j = 0; j < found; ++j) picked[j] = row[ranked[j]];
+      sigmoid(picked.data(), nullptr, nullptr, chosen.data(), found);
+    } else {
+      for (int j = 0; j < found; ++j) chosen[j] = raw[ranked[j]];
     }
     float norm = 1.0f;
     if (p.renormalize || p.score == 2) {
       norm = 0.0f;
-      for (int j = 0; j < std::min(found, p.topk); ++j) norm += raw[ranked[j]];
+      for (int j = 0; j < std::min(found, p.topk); ++j) norm += chosen[j];
     }
     write(
-        t, found, [&](int j) { return raw[ranked[j]]; }, norm);
+        t, found, [&](int j) { return chosen[j]; }, norm);
   }
   return non_finite;
 }

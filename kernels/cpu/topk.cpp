@@ -21,20 +21,6 @@ void growTo(std::vector<T>& v, size_t size) {
 }
 
 #if defined(__x86_64__)
-// Left-packing permutations: entry m lists the set bits of m, lowest first.
-struct PackTable {
-  alignas(32) int32_t lanes[256][8];
-  constexpr PackTable() : lanes{} {
-    for (int m = 0; m < 256; ++m) {
-      int k = 0;
-      for (int bit = 0; bit < 8; ++bit) {
-        if ((m >> bit & 1) != 0) lanes[m][k++] = bit;
-      }
-    }
-  }
-};
-constexpr PackTable kPack;
-
 // The n-th largest of `count` values (a multiple of 8), ties counted: the smallest value that
 // fewer than n others exceed.
 __attribute__((target("avx2"))) float nthLargest(const float* values, int count, int n) {
@@ -56,26 +42,32 @@ __attribute__((target("avx2"))) float nthLargest(const float* values, int count,
   return _mm_cvtss_f32(h);
 }
 
-// The indices of the values at or above `floor`, left-packed into `index` (room for count + 8),
-// for rows of whole 8-float vectors. Returns -1 when the floor is an excluded entry (-inf) or
-// more than `limit` values pass (many ties at the top).
-__attribute__((target("avx2,popcnt"))) int packAtLeast(const float* values, int count, float floor,
-                                                       int limit, int32_t* index) {
+// The indices of the values at or above `floor`, ascending, into `index` (room for `limit`), for
+// rows of whole 8-float vectors. Returns -1 when the floor is an excluded entry (-inf) or more
+// than `limit` values pass (many ties at the top). The comparisons of 64 values become one word
+// of bits, and only its set bits are visited: a dozen of 256 pass a tight floor, so walking the
+// bits beats packing every vector.
+// `offset` is added to every index written.
+__attribute__((target("avx2,popcnt,bmi"))) int packAtLeast(const float* values, int count,
+                                                            float floor, int limit, int32_t* index,
+                                                            int32_t offset = 0) {
   if (!(floor > kExcluded)) return -1;
   const __m256 low = _mm256_set1_ps(floor);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   int found = 0;
-  for (int b = 0; b < count / 8; ++b) {
-    const auto mask = static_cast<unsigned>(
-        _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + 8 * b), low, _CMP_GE_OQ)));
-    const __m256i picked = _mm256_add_epi32(
-        _mm256_permutevar8x32_epi32(
-            lane, _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[mask]))),
-        _mm256_set1_epi32(8 * b));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(index + found), picked);
-    found += _mm_popcnt_u32(mask);
+  for (int base = 0; base < count; base += 64) {
+    const int vectors = std::min(8, (count - base) / 8);
+    uint64_t bits = 0;
+    for (int v = 0; v < vectors; ++v) {
+      const auto mask = static_cast<uint32_t>(_mm256_movemask_ps(
+          _mm256_cmp_ps(_mm256_loadu_ps(values + base + 8 * v), low, _CMP_GE_OQ)));
+      bits |= static_cast<uint64_t>(mask) << (8 * v);
+    }
+    if (found + static_cast<int>(_mm_popcnt_u64(bits)) > limit) return -1;
+    for (; bits != 0; bits = _blsr_u64(bits)) {
+      index[found++] = offset + base + static_cast<int32_t>(_tzcnt_u64(bits));
+    }
   }
-  return found <= limit ? found : -1;
+  return found;
 }
 
 // The candidates for the top n, left-packed into `index`: the values at or above a floor, for rows
@@ -239,6 +231,47 @@ int selectTopAbove(const float* values, int count, int n, float floor, int* out,
   }
 #endif
   return rankByInsertion(values, count, n, out, scratch);
+}
+
+int selectTopInGroups(const float* values, int per_group, const int* groups, int num_groups, int n,
+                      float floor, int* out, TopScratch& scratch) {
+  if (n <= 0) return 0;
+#if defined(__x86_64__)
+  // With a floor and whole vectors per group, the kept groups are packed where they lie: their
+  // candidates' indices come out ascending, positions in the whole row.
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") &&
+                           __builtin_cpu_supports("bmi");
+  if (avx2 && per_group % 8 == 0 && floor > kExcluded) {
+    const int limit = std::max(64, 4 * n);
+    std::vector<int32_t>& index = scratch.index;
+    growTo(index, static_cast<size_t>(limit) + 64);
+    int found = 0;
+    for (int i = 0; i < num_groups && found >= 0; ++i) {
+      const int at = groups[i] * per_group;
+      const int more =
+          packAtLeast(values + at, per_group, floor, limit - found, index.data() + found, at);
+      found = more < 0 ? -1 : found + more;
+    }
+    if (found >= 0) {
+      rankCandidates(values, index.data(), found, n, out, scratch);
+      return std::min(found, n);
+    }
+  }
+#endif
+  // Otherwise the kept groups side by side, in ascending group order so that ties still go to the
+  // lower expert id, then back from compact positions to row positions.
+  std::vector<float>& compact = scratch.compact;
+  compact.resize(static_cast<size_t>(num_groups) * per_group);
+  for (int i = 0; i < num_groups; ++i) {
+    std::copy_n(values + groups[i] * per_group, per_group, compact.data() + i * per_group);
+  }
+  const int found =
+      selectTopAbove(compact.data(), num_groups * per_group, n, floor, out, scratch);
+  for (int j = 0; j < found; ++j) {
+    const int slot = out[j] / per_group;
+    out[j] += (groups[slot] - slot) * per_group;
+  }
+  return found;
 }
 
 }  // namespace moecomm::cpu

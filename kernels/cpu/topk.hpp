@@ -11,7 +11,7 @@ namespace moecomm::cpu {
 struct TopScratch {
   std::vector<int32_t> index;
   std::vector<int32_t> ordered;
-  std::vector<float> picked, held, maxima, order;
+  std::vector<float> picked, held, maxima, order, compact;
 };
 
 // Returns how many indices were written to out[0, n).
@@ -22,5 +22,11 @@ int selectTop(const float* values, int count, int n, int* out, TopScratch& scrat
 // costs time, and -inf means none is known.
 int selectTopAbove(const float* values, int count, int n, float floor, int* out,
                    TopScratch& scratch);
+
+// The same over some groups of a row only: groups [num_groups], ascending ids of groups of
+// per_group values each, and a floor as for selectTopAbove among them. Indices are positions in
+// the whole row.
+int selectTopInGroups(const float* values, int per_group, const int* groups, int num_groups, int n,
+                      float floor, int* out, TopScratch& scratch);
 
 }  // namespace moecomm::cpu

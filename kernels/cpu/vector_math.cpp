@@ -24,8 +24,11 @@ void sigmoidPortable(const float* in, const float* bias, float* out, float* bias
   // The finiteness check is the caller's here: -ffast-math would fold a float one away.
   // exp's argument capped below overflow: 1 / (1 + inf) becomes NaN through -ffast-math's
   // reciprocal estimate, where the cap gives 0 (as it should, to within 1e-38).
-  for (int i = 0; i < n; ++i) out[i] = 1.0f / (1.0f + std::exp(std::min(-in[i], 88.0f)));
-  for (int i = 0; i < n; ++i) biased[i] = bias != nullptr ? out[i] + bias[i] : out[i];
+  for (int i = 0; i < n; ++i) {
+    const float s = 1.0f / (1.0f + std::exp(std::min(-in[i], 88.0f)));
+    if (out != nullptr) out[i] = s;
+    biased[i] = bias != nullptr ? s + bias[i] : s;
+  }
 }
 
 #if defined(__x86_64__)
@@ -84,11 +87,12 @@ __attribute__((target("avx2,fma"))) bool sigmoidAvx2(const float* in, const floa
         bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x), exponent), exponent));
     const __m256 e = exp8(_mm256_xor_ps(x, sign));
     const __m256 s = reciprocal8(_mm256_add_ps(one, e));
-    _mm256_storeu_ps(out + i, s);
+    if (out != nullptr) _mm256_storeu_ps(out + i, s);
     _mm256_storeu_ps(biased + i, bias != nullptr ? _mm256_add_ps(s, _mm256_loadu_ps(bias + i)) : s);
   }
   if (i < n) {
-    sigmoidPortable(in + i, bias != nullptr ? bias + i : nullptr, out + i, biased + i, n - i);
+    sigmoidPortable(in + i, bias != nullptr ? bias + i : nullptr, out != nullptr ? out + i : nullptr,
+                    biased + i, n - i);
   }
   return _mm256_testz_si256(bad, bad) != 0 && allFinite(in + i, n - i);
 }
