@@ -49,8 +49,8 @@ __attribute__((target("avx2"))) float nthLargest(const float* values, int count,
 // bits beats packing every vector.
 // `offset` is added to every index written.
 __attribute__((target("avx2,popcnt,bmi"))) int packAtLeast(const float* values, int count,
-                                                            float floor, int limit, int32_t* index,
-                                                            int32_t offset = 0) {
+                                                           float floor, int limit, int32_t* index,
+                                                           int32_t offset = 0) {
   if (!(floor > kExcluded)) return -1;
   const __m256 low = _mm256_set1_ps(floor);
   int found = 0;
@@ -265,8 +265,7 @@ int selectTopInGroups(const float* values, int per_group, const int* groups, int
   for (int i = 0; i < num_groups; ++i) {
     std::copy_n(values + groups[i] * per_group, per_group, compact.data() + i * per_group);
   }
-  const int found =
-      selectTopAbove(compact.data(), num_groups * per_group, n, floor, out, scratch);
+  const int found = selectTopAbove(compact.data(), num_groups * per_group, n, floor, out, scratch);
   for (int j = 0; j < found; ++j) {
     const int slot = out[j] / per_group;
     out[j] += (groups[slot] - slot) * per_group;

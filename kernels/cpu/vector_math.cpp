@@ -91,8 +91,8 @@ __attribute__((target("avx2,fma"))) bool sigmoidAvx2(const float* in, const floa
     _mm256_storeu_ps(biased + i, bias != nullptr ? _mm256_add_ps(s, _mm256_loadu_ps(bias + i)) : s);
   }
   if (i < n) {
-    sigmoidPortable(in + i, bias != nullptr ? bias + i : nullptr, out != nullptr ? out + i : nullptr,
-                    biased + i, n - i);
+    sigmoidPortable(in + i, bias != nullptr ? bias + i : nullptr,
+                    out != nullptr ? out + i : nullptr, biased + i, n - i);
   }
   return _mm256_testz_si256(bad, bad) != 0 && allFinite(in + i, n - i);
 }
