@@ -21,6 +21,18 @@ struct DispatchLayout {
 
 MOECOMM_API DispatchLayout computeLayout(const Group& group, const TensorView& topk_idx);
 
+// How a dispatch lays out what a rank receives (docs/architecture.md).
+enum class BatchLayout {
+  // One row per (token, local expert), grouped expert by expert: ready for grouped GEMMs, and
+  // combine applies the routing weights. A token that visits 4 local experts is written 4 times.
+  kExpertMajor,
+  // One row per (token, receiving rank), as DeepEP's normal mode: each token arrives once, with
+  // its local expert ids and weights ([rows, k], -1 where none), and the experts read the rows in
+  // place. Combine takes one row per received token (the rank's own weighted sum over its
+  // experts) and sums them over ranks without weights.
+  kTokenMajor,
+};
+
 struct DispatchOptions {
   int expert_alignment = 1;  // pad each local expert's rows to a multiple of this (>= 1)
   // Global capacity: the most rows one expert accepts from all ranks together (0 = unlimited).
@@ -28,8 +40,10 @@ struct DispatchOptions {
   // A refused slot contributes nothing to combine and gets zero gradients.
   int64_t expert_capacity = 0;
   // Static shapes: every expert's segment is exactly expert_capacity rows (rounded up to the
-  // alignment), whatever arrives. Needs expert_capacity > 0.
+  // alignment), whatever arrives. Needs expert_capacity > 0. Expert-major only, as is an
+  // alignment above 1.
   bool pad_to_capacity = false;
+  BatchLayout layout = BatchLayout::kExpertMajor;  // last, so {alignment, capacity} still works
 };
 
 // Everything combine and the backward passes need to reuse a dispatch's layout without exchanging
@@ -42,7 +56,8 @@ class MOECOMM_API DispatchHandle {
   bool valid() const noexcept { return impl_ != nullptr; }
   const Impl* impl() const noexcept { return impl_.get(); }
 
-  int64_t numRows() const noexcept;    // rows of the expert-major layout, padding included
+  // Rows of the batch: expert-major with its padding, or token-major's received tokens.
+  int64_t numRows() const noexcept;
   int64_t numTokens() const noexcept;  // T of the dispatching rank
   // True when the dispatch ran GPU-native (its layout lives on the GPU; docs/cuda.md).
   bool onDevice() const noexcept;
@@ -51,17 +66,25 @@ class MOECOMM_API DispatchHandle {
   std::shared_ptr<const Impl> impl_;
 };
 
-// The received tokens, expert-major: for local expert e, rows [offsets[e], offsets[e] + counts[e])
+// The received tokens. Expert-major: for local expert e, rows [offsets[e], offsets[e] + counts[e])
 // hold the tokens routed to it, ordered by source rank and then by source token index; rows from
 // offsets[e] + counts[e] up to offsets[e + 1] are alignment padding (zeros, weight 0).
+// Token-major: row r is the r-th token received, ordered by source rank and then by source token
+// index; topk_idx and topk_weights say which local experts it is for.
 struct ExpertBatch {
   Tensor x;  // [num_rows, H], dispatch dtype
   // FP8 dispatch only: [num_rows, ceil(H / 128)] f32, each row's block scales as sent with its
   // token (zeros on padding rows); empty otherwise. x * scale is the token (moecomm/quant.hpp).
   Tensor x_scales;
-  Tensor row_weights;                     // [num_rows] f32: the routing weight of each row
-  std::vector<int64_t> expert_counts;     // [local experts] real rows
+  Tensor row_weights;  // [num_rows] f32: the routing weight of each row (expert-major only)
+  // Token-major only: [num_rows, k] i32 local expert ids (0 .. local experts - 1; -1 for a slot
+  // whose expert is elsewhere or that expert_capacity refused) and [num_rows, k] f32 weights
+  // (0 where the id is -1).
+  Tensor topk_idx;
+  Tensor topk_weights;
+  std::vector<int64_t> expert_counts;     // [local experts] real rows (token-major: slots kept)
   std::vector<int64_t> expert_offsets;    // [local experts + 1], multiples of the alignment
+                                          // (expert-major only; empty when token-major)
   std::vector<int64_t> tokens_from_rank;  // [ranks] tokens received from each rank
   std::vector<int64_t> expert_demand;     // [local experts] rows offered, before expert_capacity
   int64_t refused = 0;                    // rows refused by expert_capacity
@@ -102,18 +125,22 @@ class MOECOMM_API Dispatcher {
 
   // y [num_rows, H] (f32 or bf16, the expert outputs in the batch's layout) -> out [T, H] of y's
   // dtype: out[t] = sum over t's slots of weight * y[row], reduced per rank before sending back, in
-  // f32. A token with no valid slot gets zeros.
+  // f32. A token with no valid slot gets zeros. Token-major: y holds one row per received token
+  // (weights already applied by the caller) and out[t] = sum over the ranks t visited of its row.
   void combine(const TensorView& y, const DispatchHandle& handle, const TensorView& out,
                ExecContext context = {});
   Tensor combine(const TensorView& y, const DispatchHandle& handle, ExecContext context = {});
 
-  // Backward of dispatch: grad_x[t] = sum over t's rows of grad_rows[row] (no weights).
+  // Backward of dispatch: grad_x[t] = sum over t's rows of grad_rows[row] (no weights; in
+  // either layout).
   void dispatchBackward(const TensorView& grad_rows, const DispatchHandle& handle,
                         const TensorView& grad_x, ExecContext context = {});
 
   // Backward of combine: grad_y[row] = weight(row) * grad_out[t(row)] (zero on padding rows) and
   // grad_weights[t, j] = <grad_out[t], y[row(t, j)]> (zero for unused slots). grad_out, y, grad_y
-  // share one dtype; grad_weights is [T, k] f32.
+  // share one dtype; grad_weights is [T, k] f32. Token-major: combine applies no weights, so
+  // grad_y[row] = grad_out[t(row)] and grad_weights is zero (the weights' gradient comes from the
+  // caller's own weighted sum over its experts).
   void combineBackward(const TensorView& grad_out, const TensorView& y,
                        const DispatchHandle& handle, const TensorView& grad_y,
                        const TensorView& grad_weights, ExecContext context = {});

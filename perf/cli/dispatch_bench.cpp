@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "perf/cli/report.hpp"
@@ -60,6 +61,40 @@ Stats statsOf(std::vector<double> v) {
   return s;
 }
 
+// Token-major identity experts: each received row times the sum of its local weights, the
+// caller's own weighted sum over this rank's experts (not timed: it stands for the experts).
+Tensor weightedByLocalSlots(const Tensor& rows, const ExpertBatch& batch) {
+  const int64_t n = rows.dim(0), h = rows.dim(1), k = batch.topk_weights.dim(1);
+  std::vector<float> values(static_cast<size_t>(n * h));
+  convert(TensorView::vector(rows.data(), rows.dtype(), n * h),
+          TensorView::vector(values.data(), DType::kF32, n * h));
+  const auto* w = static_cast<const float*>(batch.topk_weights.data());
+  for (int64_t r = 0; r < n; ++r) {
+    float sum = 0;
+    for (int64_t j = 0; j < k; ++j) sum += w[r * k + j];
+    for (int64_t i = 0; i < h; ++i) values[r * h + i] *= sum;
+  }
+  Tensor out = Tensor::empty({n, h}, rows.dtype());
+  convert(TensorView::vector(values.data(), DType::kF32, n * h),
+          TensorView::vector(out.data(), rows.dtype(), n * h));
+  return out;
+}
+
+// The roofline in the same run: milliseconds for one memcpy of `bytes` (the best of a few), every
+// rank copying at once as they do in a dispatch.
+double memcpyMs(size_t bytes, int repeats) {
+  std::vector<std::byte> src(bytes, std::byte{1}), dst(bytes, std::byte{0});
+  double best = 0;
+  for (int i = 0; i < repeats; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::memcpy(dst.data(), src.data(), bytes);
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    best = i == 0 ? ms : std::min(best, ms);
+  }
+  return best;
+}
+
 }  // namespace
 
 int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
@@ -81,7 +116,11 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
   const int64_t timeout_ms = static_cast<int64_t>(o.timeout_s * 1000);
   Group group = context.makeGroup({o.experts, o.hidden, dtype, o.topk, timeout_ms, o.transport});
   const int n = group.size(), me = group.rank();
-  Dispatcher dispatcher(group, moecomm::DispatchOptions{o.alignment});
+  const bool token_major = o.layout == "token";
+  DispatchOptions options;
+  options.layout = token_major ? BatchLayout::kTokenMajor : BatchLayout::kExpertMajor;
+  options.expert_alignment = o.alignment;
+  Dispatcher dispatcher(group, options);
 
   std::mt19937 rng(1000 + me);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -141,6 +180,10 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
       y = Tensor::empty({batch.x.dim(0), H}, out_dtype);
       dequantizeFp8(batch.x.view(), batch.x_scales.view(), y.view());
     }
+    if (token_major) y = weightedByLocalSlots(y, batch);
+    // The ranks leave their experts together, so that combine's clock does not count a wait for
+    // a slower rank's expert work.
+    if (fp8 || token_major) context.gather(group, {0.0});
     auto t1 = std::chrono::steady_clock::now();  // combine's clock starts after the experts
     Tensor out = dispatcher.combine(y, batch.handle);
     auto t2 = std::chrono::steady_clock::now();
@@ -175,6 +218,7 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
   }
 
   const Stats ds = statsOf(dispatch_ms), cs = statsOf(combine_ms);
+  const double copy_ms = memcpyMs(static_cast<size_t>(routed * row_bytes), 3);
   std::vector<double> mine = {ds.avg,
                               ds.min,
                               ds.max,
@@ -195,7 +239,8 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
                               d_phase.unpack_ms,
                               c_phase.pack_ms,
                               c_phase.transfer_ms,
-                              c_phase.unpack_ms};
+                              c_phase.unpack_ms,
+                              copy_ms};
   const size_t width = mine.size();
   const std::vector<double> all = context.gather(group, mine);
   int64_t wrong_all = 0;
@@ -203,11 +248,11 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
   if (root) {
     std::printf(
         "# moecomm-perf dispatch: %d ranks (launch %s, transport %s), tokens %lld/rank, "
-        "hidden %lld, top-%lld, %d experts, %s, routing %s, alignment %d, %d iters after %d "
-        "warm-up\n",
+        "hidden %lld, top-%lld, %d experts, %s, routing %s, %s-major, alignment %d, %d iters "
+        "after %d warm-up\n",
         n, context.launch(), group.transportName(), static_cast<long long>(T),
         static_cast<long long>(H), static_cast<long long>(k), o.experts, o.dtype.c_str(),
-        o.routing.c_str(), o.alignment, o.iters, o.warmup);
+        o.routing.c_str(), o.layout.c_str(), o.alignment, o.iters, o.warmup);
     std::printf(
         "# bandwidth: routed = rows sent to every destination rank incl. this one x hidden "
         "x dtype bytes / time (DeepEP's count; fp8: values + f32 scale per 128, combine "
@@ -243,7 +288,8 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
              {"pack", v[15]},
              {"transfer", v[16]},
              {"unpack", v[17]}}},
-           {"combine_phases_ms", {{"reduce", v[18]}, {"transfer", v[19]}, {"unpack", v[20]}}}});
+           {"combine_phases_ms", {{"reduce", v[18]}, {"transfer", v[19]}, {"unpack", v[20]}}},
+           {"memcpy_ms", v[21]}});
     }
     double routed_all = 0, remote_all = 0;
     for (int r = 0; r < n; ++r) {
@@ -261,6 +307,17 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
         "per rank, %.0f tokens/s per rank), combine %.3f ms (%.2f, %.2f GB/s)\n",
         worst_d, d_routed, gbps(remote_rows, row_bytes, worst_d), T / (worst_d / 1e3), worst_c,
         c_routed, gbps(remote_rows, combine_row_bytes, worst_c));
+    // Both operations' routed bytes over their time, against every rank's memcpy of its
+    // dispatch bytes, measured at once after the timed iterations (the slowest rank's copy).
+    double worst_copy = 0;
+    for (int r = 0; r < n; ++r) worst_copy = std::max(worst_copy, all[r * width + 21]);
+    const double copy_gbps = gbps(routed_rows, row_bytes, worst_copy);
+    const double both_gbps =
+        routed_rows * (row_bytes + combine_row_bytes) / ((worst_d + worst_c) * 1e6);
+    std::printf(
+        "# dispatch+combine: %.2f routed GB/s per rank = %.2f x memcpy (%.2f GB/s: each rank "
+        "copies its dispatch bytes, all at once)\n",
+        both_gbps, both_gbps / copy_gbps, copy_gbps);
     const double* v0 = &all[0];
     std::printf(
         "# rank 0 phases (ms): dispatch layout %.3f, count exchange %.3f, pack %.3f, transfer "
@@ -285,6 +342,7 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
                               {"iters", o.iters},
                               {"warmup", o.warmup},
                               {"alignment", o.alignment},
+                              {"layout", o.layout},
                               {"check", o.check},
                               {"transport", group.transportName()},
                               {"launch", context.launch()},
@@ -297,6 +355,8 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
                               {"dispatch_routed_gbps", d_routed},
                               {"dispatch_remote_gbps", gbps(remote_rows, row_bytes, worst_d)},
                               {"combine_routed_gbps", c_routed},
+                              {"memcpy_gbps", copy_gbps},
+                              {"both_x_memcpy", both_gbps / copy_gbps},
                               {"wrong_tokens", wrong_all},
                               {"ok", wrong_all == 0}}}};
       if (!writeJson(o.json, doc)) return 2;

@@ -153,6 +153,11 @@ void addDispatchOptions(CLI::App& app, DispatchBenchOptions& o) {
   app.add_flag("!--no-check", o.check, "skip verifying the first iteration against the reference");
   app.add_option("--alignment", o.alignment, "rows per expert block are padded to this")
       ->check(CLI::Range(1, 4096));
+  app.add_option("--layout", o.layout,
+                 "what a rank receives: expert (one row per token and local expert, expert by "
+                 "expert) or token (one row per token and rank, DeepEP's normal mode; the "
+                 "identity experts hand combine each row times its local weights' sum)")
+      ->check(CLI::IsMember({"expert", "token"}));
   addCommon(app, o);
 }
 

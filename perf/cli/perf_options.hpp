@@ -46,6 +46,7 @@ struct DispatchBenchOptions : CommonOptions {
   int warmup = 3;
   bool check = true;  // verify the first iteration against the reference
   int alignment = 1;
+  std::string layout = "expert";  // expert (expert-major batches) or token (token-major)
 };
 
 void addAlltoallOptions(CLI::App& app, AlltoallOptions& o);

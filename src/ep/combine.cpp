@@ -78,6 +78,14 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
   for (int p = 0; p < group.size; ++p) {
     std::byte* payload = staging.sendPayload(p, static_cast<size_t>(h.recv_tokens[p]) * row_bytes,
                                              op, sequence, h.recv_tokens[p]);
+    if (h.token_major) {  // one row per received token already: rows go back as they are
+      const size_t bytes = static_cast<size_t>(h.recv_tokens[p]) * row_bytes;
+      if (bytes > 0) {
+        std::memcpy(payload, static_cast<const std::byte*>(rows.data) + g * row_bytes, bytes);
+      }
+      g += h.recv_tokens[p];
+      continue;
+    }
     for (int64_t i = 0; i < h.recv_tokens[p]; ++i, ++g) {
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int j = 0; j < k; ++j) {
@@ -173,13 +181,20 @@ Status runCombineBackward(Dispatcher::State& state, const TensorView& grad_out, 
   MOECOMM_RETURN_IF_ERROR(
       checkExpectedSizes(group, staging, h.recv_tokens, row_bytes, WireOp::kCombineBackwardGrad));
 
-  // On the expert side: grad_y = weight * grad_out, and each slot's <grad_out, y>.
+  // On the expert side: grad_y = weight * grad_out, and each slot's <grad_out, y>. Token-major:
+  // grad_y is grad_out as received, and combine used no weights (their dots stay zero).
   std::vector<std::byte> grad_y_tmp(static_cast<size_t>(h.num_rows) * row_bytes, std::byte{0});
   std::vector<std::vector<float>> dots(static_cast<size_t>(group.size));
   int64_t g = 0;
   for (int p = 0; p < group.size; ++p) {
     const std::byte* incoming = staging.recvPayload(p);
     dots[p].assign(static_cast<size_t>(h.recv_tokens[p] * k), 0.0f);
+    if (h.token_major) {
+      const size_t bytes = static_cast<size_t>(h.recv_tokens[p]) * row_bytes;
+      if (bytes > 0) std::memcpy(grad_y_tmp.data() + g * row_bytes, incoming, bytes);
+      g += h.recv_tokens[p];
+      continue;
+    }
     for (int64_t i = 0; i < h.recv_tokens[p]; ++i, ++g) {
       const std::byte* g_row = incoming + i * row_bytes;
       for (int j = 0; j < k; ++j) {

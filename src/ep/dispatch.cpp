@@ -205,6 +205,84 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
   return Status::ok();
 }
 
+// Token-major: the received tokens as they came, one row each, with their local expert ids and
+// weights. expert_capacity refuses slots in the same (source rank, send order) as expert-major.
+Status unpackTokenMajor(const Group::Impl& group, const Staging& staging,
+                        const DispatchOptions& options, DispatchHandle::Impl& handle,
+                        ExpertBatch& batch) {
+  const int k = group.config.topk;
+  const int local = group.local_experts;
+  const WireRow wire = wireRow(group.config);
+  std::vector<int64_t> demand(static_cast<size_t>(local), 0);
+  for (int p = 0; p < group.size; ++p) {
+    const int64_t n = handle.recv_tokens[p];
+    const auto* ids = reinterpret_cast<const int32_t*>(staging.recvPayload(p) + n * wire.bytes);
+    for (int64_t i = 0; i < n * k; ++i) {
+      if (ids[i] >= local) {
+        return makeError(StatusCode::kInternalError,
+                         "rank {}: rank {} sent local expert id {} >= {}", group.rank, p, ids[i],
+                         local);
+      }
+      if (ids[i] >= 0) ++demand[ids[i]];
+    }
+  }
+  layoutExperts(options, demand, &batch);
+  batch.expert_offsets.clear();
+  const int64_t rows = handle.receivedTokens();
+  handle.num_rows = rows;
+  batch.x = Tensor::empty({rows, group.config.hidden}, group.config.dtype);
+  if (wire.scales > 0)
+    batch.x_scales = Tensor::empty({rows, scaleBlocks(group.config)}, DType::kF32);
+  batch.topk_idx = Tensor::empty({rows, k}, DType::kI32);
+  batch.topk_weights = Tensor::empty({rows, k}, DType::kF32);
+
+  const size_t threshold = streamOutputBytes();
+  const bool stream = threshold > 0 && static_cast<size_t>(rows) * wire.values >= threshold;
+  auto copy = [stream](std::byte* dst, const std::byte* src, size_t bytes) {
+    if (stream) {
+      streamCopy(dst, src, bytes);
+    } else {
+      std::memcpy(dst, src, bytes);
+    }
+  };
+  auto* out_rows = static_cast<std::byte*>(batch.x.data());
+  auto* out_ids = static_cast<int32_t*>(batch.topk_idx.data());
+  auto* out_w = static_cast<float*>(batch.topk_weights.data());
+  std::vector<int64_t> taken(static_cast<size_t>(local), 0);
+  int64_t g = 0;
+  for (int p = 0; p < group.size; ++p) {
+    const int64_t n = handle.recv_tokens[p];
+    const std::byte* src_rows = staging.recvPayload(p);
+    // Rows without padding on the wire arrive as one block.
+    if (wire.bytes == wire.values) {
+      copy(out_rows + g * wire.values, src_rows, static_cast<size_t>(n) * wire.values);
+    } else {
+      for (int64_t i = 0; i < n; ++i) {
+        copy(out_rows + (g + i) * wire.values, src_rows + i * wire.bytes, wire.values);
+      }
+    }
+    if (wire.scales > 0) {
+      auto* out_scales = static_cast<std::byte*>(batch.x_scales.data());
+      for (int64_t i = 0; i < n; ++i) {
+        std::memcpy(out_scales + (g + i) * wire.scales, src_rows + i * wire.bytes + wire.scales_at,
+                    wire.scales);
+      }
+    }
+    const auto* ids = reinterpret_cast<const int32_t*>(src_rows + n * wire.bytes);
+    const auto* w = reinterpret_cast<const float*>(ids + n * k);
+    for (int64_t s = 0; s < n * k; ++s) {
+      const int32_t e = ids[s];
+      const bool kept = e >= 0 && taken[e] < batch.expert_counts[e];
+      if (kept) ++taken[e];
+      out_ids[g * k + s] = kept ? e : -1;
+      out_w[g * k + s] = kept ? w[s] : 0.0f;
+    }
+    g += n;
+  }
+  if (stream) streamFence();
+  return Status::ok();
+}
+
 // `prior`: a failure before the call (staging CUDA inputs), reported to the peers like bad input.
 Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorView* x_scales,
                    const TensorView& topk_idx, const TensorView& topk_weights, ExpertBatch* out,
@@ -301,7 +379,10 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   }
 
   ExpertBatch batch;
-  MOECOMM_RETURN_IF_ERROR(unpack(group, staging, state.options, *handle, batch));
+  handle->token_major = state.options.layout == BatchLayout::kTokenMajor;
+  MOECOMM_RETURN_IF_ERROR(handle->token_major
+                              ? unpackTokenMajor(group, staging, state.options, *handle, batch)
+                              : unpack(group, staging, state.options, *handle, batch));
   handle->send_tokens = std::move(plan.rank_tokens);
   batch.tokens_from_rank = handle->recv_tokens;
   batch.handle = DispatchHandle(std::move(handle));
@@ -314,7 +395,13 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
 void toDevice(ExpertBatch& batch, Device device, ExecContext context) {
   batch.x = copyTo(batch.x.view(), device, context);
   if (batch.x_scales.defined()) batch.x_scales = copyTo(batch.x_scales.view(), device, context);
-  batch.row_weights = copyTo(batch.row_weights.view(), device, context);
+  if (batch.row_weights.defined()) {
+    batch.row_weights = copyTo(batch.row_weights.view(), device, context);
+  }
+  if (batch.topk_idx.defined()) {
+    batch.topk_idx = copyTo(batch.topk_idx.view(), device, context);
+    batch.topk_weights = copyTo(batch.topk_weights.view(), device, context);
+  }
 }
 
 }  // namespace
@@ -360,7 +447,9 @@ ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& topk_idx
                                  const TensorView& topk_weights, ExecContext context) {
   ExpertBatch batch;
   Status status;
-  if (deviceExchangeApplies(*state_->group, x, topk_idx, topk_weights)) {
+  // The GPU-native path lays batches out expert-major; token-major ones are staged.
+  if (state_->options.layout == BatchLayout::kExpertMajor &&
+      deviceExchangeApplies(*state_->group, x, topk_idx, topk_weights)) {
     status = deviceDispatch(*state_, x, topk_idx, topk_weights, context, &batch);
   } else {
     // Host tensors as they are; other CUDA tensors staged through pinned host memory.

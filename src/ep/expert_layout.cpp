@@ -15,6 +15,13 @@ Status checkDispatchOptions(const DispatchOptions& options) {
                      "expert_capacity must be >= 0 (0 = unlimited), got {}",
                      options.expert_capacity);
   }
+  if (options.layout == BatchLayout::kTokenMajor &&
+      (options.expert_alignment != 1 || options.pad_to_capacity)) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "expert_alignment {} and pad_to_capacity {} shape an expert-major batch; a "
+                     "token-major batch has one row per token: leave them at 1 and false",
+                     options.expert_alignment, options.pad_to_capacity);
+  }
   if (options.pad_to_capacity && options.expert_capacity == 0) {
     return makeError(StatusCode::kInvalidArgument,
                      "pad_to_capacity needs expert_capacity > 0 (the static size of each expert)");

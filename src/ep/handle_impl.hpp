@@ -16,6 +16,8 @@ struct DispatchHandle::Impl {
   int ranks = 0;
   int topk = 0;
   int64_t hidden = 0;
+  // Token-major batch: row r is the r-th received token (no recv_rows, no row_weights).
+  bool token_major = false;
 
   // Source side: what this rank sent.
   int64_t tokens = 0;

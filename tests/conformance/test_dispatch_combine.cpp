@@ -263,6 +263,195 @@ INSTANTIATE_TEST_SUITE_P(OddHidden, DispatchCombine,
                                            Case{2, 101, 8, 2, DType::kF32}),
                          caseName);
 
+// Token-major batches (DeepEP's normal mode): one row per (token, receiving rank) in (source
+// rank, token) order, with the local expert ids and weights of its slots; combine sums the rows a
+// token's ranks send back, without weights.
+class TokenMajor : public ::testing::TestWithParam<Case> {};
+
+TEST_P(TokenMajor, RowsIdsWeightsAndAllFourPassesMatchTheReference) {
+  const Case c = GetParam();
+  const World w = makeWorld(c);
+  const double tol = c.dtype == DType::kBF16 ? 1.2e-2 : 2e-6;
+  runRanks(c.ranks, [&](RankWorld& world, int rank) {
+    Group group = world.group(rank, {c.experts, c.hidden, c.dtype, c.topk, 20000, "local"});
+    DispatchOptions options;
+    options.layout = BatchLayout::kTokenMajor;
+    Dispatcher dispatcher(group, options);
+    const RankInputs& in = w.inputs[rank];
+    const int64_t T = in.tokens, H = c.hidden;
+    const int k = c.topk, local = group.localExperts();
+    Tensor x = makePayload(in.x, T, H, c.dtype);
+    auto idx = TensorView::matrix(const_cast<int32_t*>(in.idx.data()), DType::kI32, T, k);
+    auto wts = TensorView::matrix(const_cast<float*>(in.weights.data()), DType::kF32, T, k);
+    ExpertBatch batch = dispatcher.dispatch(x, idx, wts);
+
+    // The reference: (source rank, token) of every token that visits this rank, in order.
+    std::vector<std::pair<int, int64_t>> arrivals;
+    std::vector<int64_t> slots_per_expert(static_cast<size_t>(local), 0);
+    for (int s = 0; s < c.ranks; ++s) {
+      for (int64_t t = 0; t < w.inputs[s].tokens; ++t) {
+        bool visits = false;
+        for (int j = 0; j < k; ++j) {
+          const int e = w.inputs[s].idx[t * k + j];
+          if (e >= 0 && e / local == rank) {
+            visits = true;
+            ++slots_per_expert[e % local];
+          }
+        }
+        if (visits) arrivals.emplace_back(s, t);
+      }
+    }
+    const auto R = static_cast<int64_t>(arrivals.size());
+    ASSERT_EQ(batch.x.dim(0), R);
+    ASSERT_EQ(batch.handle.numRows(), R);
+    ASSERT_EQ(batch.topk_idx.dim(0), R);
+    ASSERT_EQ(batch.topk_idx.dim(1), k);
+    EXPECT_TRUE(batch.expert_offsets.empty());
+    EXPECT_FALSE(batch.row_weights.defined());
+    EXPECT_EQ(batch.expert_counts, slots_per_expert);
+    for (int64_t r = 0; r < R; ++r) {
+      const auto [s, t] = arrivals[r];
+      const RankInputs& src = w.inputs[s];
+      for (int64_t h = 0; h < H; ++h) {
+        ASSERT_EQ(payloadAt(batch.x, r * H + h), src.x[t * H + h]) << "row " << r;
+      }
+      for (int j = 0; j < k; ++j) {
+        const int e = src.idx[t * k + j];
+        const bool here = e >= 0 && e / local == rank;
+        ASSERT_EQ(batch.topk_idx.as<int32_t>()[r * k + j], here ? e % local : -1);
+        ASSERT_EQ(batch.topk_weights.as<float>()[r * k + j], here ? src.weights[t * k + j] : 0.0f);
+      }
+    }
+
+    // The experts: each row's weighted sum over its local experts, stored in the dtype.
+    std::vector<float> y_values(static_cast<size_t>(R * H), 0.0f);
+    for (int64_t r = 0; r < R; ++r) {
+      for (int j = 0; j < k; ++j) {
+        const int e = batch.topk_idx.as<int32_t>()[r * k + j];
+        if (e < 0) continue;
+        const float weight = batch.topk_weights.as<float>()[r * k + j];
+        for (int64_t h = 0; h < H; ++h) {
+          y_values[r * H + h] += weight * expertOutput(c.dtype, payloadAt(batch.x, r * H + h),
+                                                       group.firstLocalExpert() + e);
+        }
+      }
+    }
+    for (float& v : y_values) v = roundTo(c.dtype, v);
+    Tensor y = makePayload(y_values, R, H, c.dtype);
+    Tensor out = dispatcher.combine(y, batch.handle);
+    ASSERT_EQ(out.dim(0), T);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t h = 0; h < H; ++h) {
+        double expected = 0, magnitude = 0;
+        for (int j = 0; j < k; ++j) {
+          const int e = in.idx[t * k + j];
+          if (e < 0) continue;
+          const double term =
+              in.weights[t * k + j] * double(expertOutput(c.dtype, in.x[t * H + h], e));
+          expected += term;
+          magnitude += std::fabs(term);
+        }
+        ASSERT_NEAR(payloadAt(out, t * H + h), expected, 2 * tol * magnitude + 1e-6)
+            << "token " << t << " h " << h;
+      }
+    }
+
+    // dispatchBackward: grad_x[t] = the sum of the gradient rows of t's ranks.
+    std::vector<float> grad_rows(static_cast<size_t>(R * H));
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t h = 0; h < H; ++h) {
+        grad_rows[r * H + h] =
+            roundTo(c.dtype, gradRow(rank, arrivals[r].first, arrivals[r].second, h));
+      }
+    }
+    Tensor grad_x = Tensor::empty({T, H}, c.dtype);
+    dispatcher.dispatchBackward(makePayload(grad_rows, R, H, c.dtype), batch.handle, grad_x);
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<bool> visited(static_cast<size_t>(c.ranks), false);
+      for (int j = 0; j < k; ++j) {
+        if (in.idx[t * k + j] >= 0) visited[in.idx[t * k + j] / local] = true;
+      }
+      for (int64_t h = 0; h < H; ++h) {
+        double expected = 0, magnitude = 0;
+        for (int d = 0; d < c.ranks; ++d) {
+          if (!visited[d]) continue;
+          const double g = roundTo(c.dtype, gradRow(d, rank, t, h));
+          expected += g;
+          magnitude += std::fabs(g);
+        }
+        ASSERT_NEAR(payloadAt(grad_x, t * H + h), expected, tol * magnitude + 1e-6);
+      }
+    }
+
+    // combineBackward: grad_y is grad_out as each row's token left home; no weight gradient.
+    Tensor grad_out = makePayload(w.grad_out[rank], T, H, c.dtype);
+    Tensor grad_y = Tensor::empty({R, H}, c.dtype);
+    Tensor grad_w = Tensor::empty({T, k}, DType::kF32);
+    std::fill_n(grad_w.as<float>(), T * k, 7.0f);
+    dispatcher.combineBackward(grad_out, y, batch.handle, grad_y, grad_w);
+    for (int64_t r = 0; r < R; ++r) {
+      const auto [s, t] = arrivals[r];
+      for (int64_t h = 0; h < H; ++h) {
+        ASSERT_EQ(payloadAt(grad_y, r * H + h), w.grad_out[s][t * H + h]) << "row " << r;
+      }
+    }
+    for (int64_t i = 0; i < T * k; ++i) ASSERT_EQ(grad_w.as<float>()[i], 0.0f);
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Sweep, TokenMajor,
+    ::testing::Values(Case{1, 16, 4, 2, DType::kF32}, Case{2, 100, 8, 3, DType::kBF16},
+                      Case{2, 1024, 64, 8, DType::kBF16}, Case{3, 101, 12, 8, DType::kBF16},
+                      Case{4, 16, 4, 1, DType::kF32}, Case{4, 100, 64, 8, DType::kF32},
+                      Case{8, 24, 16, 2, DType::kBF16}),
+    caseName);
+
+// Global capacity in a token-major batch refuses slots in the expert-major order (source rank,
+// then token, then slot) and marks them -1 with weight 0; shaping options are refused outright.
+TEST(TokenMajor, CapacityRefusesSlotsInSourceOrderAndShapingOptionsAreErrors) {
+  runRanks(2, [](RankWorld& world, int rank) {
+    Group group = world.group(rank, {4, 8, DType::kF32, 2, 20000, "local"});
+    DispatchOptions options;
+    options.layout = BatchLayout::kTokenMajor;
+    options.expert_capacity = 3;
+    Dispatcher dispatcher(group, options);
+    // Every rank: 4 tokens, each to experts 0 and 2 (one on each rank).
+    const int64_t T = 4;
+    std::vector<float> xs(T * 8, 1.0f);
+    std::vector<int32_t> idx = {0, 2, 0, 2, 0, 2, 0, 2};
+    std::vector<float> wts = {0.5f, 0.25f, 0.5f, 0.25f, 0.5f, 0.25f, 0.5f, 0.25f};
+    ExpertBatch batch = dispatcher.dispatch(TensorView::matrix(xs.data(), DType::kF32, T, 8),
+                                            TensorView::matrix(idx.data(), DType::kI32, T, 2),
+                                            TensorView::matrix(wts.data(), DType::kF32, T, 2));
+    ASSERT_EQ(batch.x.dim(0), 2 * T);  // every token of both ranks arrives
+    EXPECT_EQ(batch.expert_demand, (std::vector<int64_t>{8, 0}));
+    EXPECT_EQ(batch.expert_counts, (std::vector<int64_t>{3, 0}));
+    EXPECT_EQ(batch.refused, 5);
+    const int slot = rank == 0 ? 0 : 1;  // where this rank's local expert 0 sits in each token
+    for (int64_t r = 0; r < 2 * T; ++r) {
+      const bool kept = r < 3;  // rank 0's first three tokens
+      EXPECT_EQ(batch.topk_idx.as<int32_t>()[r * 2 + slot], kept ? 0 : -1) << "row " << r;
+      EXPECT_EQ(batch.topk_weights.as<float>()[r * 2 + slot], kept ? wts[slot] : 0.0f);
+      EXPECT_EQ(batch.topk_idx.as<int32_t>()[r * 2 + 1 - slot], -1);
+    }
+
+    DispatchOptions aligned;
+    aligned.layout = BatchLayout::kTokenMajor;
+    aligned.expert_alignment = 4;
+    Dispatcher bad(group, aligned);
+    try {
+      bad.dispatch(TensorView::matrix(xs.data(), DType::kF32, T, 8),
+                   TensorView::matrix(idx.data(), DType::kI32, T, 2),
+                   TensorView::matrix(wts.data(), DType::kF32, T, 2));
+      ADD_FAILURE() << "expert_alignment 4 with a token-major batch was accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), StatusCode::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("token-major"), std::string::npos) << e.what();
+    }
+  });
+}
+
 // The weight gradient against central finite differences in f64 of the reference loss
 // L(w) = sum_t <grad_out[t], sum_j w_tj * y_tj>.
 TEST(DispatchCombineGradients, WeightGradientMatchesFiniteDifferences) {
