@@ -80,20 +80,17 @@ Tensor weightedByLocalSlots(const Tensor& rows, const ExpertBatch& batch) {
   return out;
 }
 
-// The roofline in the same run: milliseconds for one memcpy of `bytes` (the best of a few), every
-// rank copying at once as they do in a dispatch.
-double memcpyMs(size_t bytes, int repeats) {
-  std::vector<std::byte> src(bytes, std::byte{1}), dst(bytes, std::byte{0});
-  double best = 0;
-  for (int i = 0; i < repeats; ++i) {
+// The roofline, timed in every iteration next to the operations (this VM's speed drifts over
+// seconds): one memcpy of a rank's dispatch bytes, every rank copying at once.
+struct CopyRoofline {
+  std::vector<std::byte> src, dst;
+  explicit CopyRoofline(size_t bytes) : src(bytes, std::byte{1}), dst(bytes, std::byte{0}) {}
+  double ms() {
     const auto t0 = std::chrono::steady_clock::now();
-    std::memcpy(dst.data(), src.data(), bytes);
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    best = i == 0 ? ms : std::min(best, ms);
+    std::memcpy(dst.data(), src.data(), src.size());
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   }
-  return best;
-}
+};
 
 }  // namespace
 
@@ -163,7 +160,8 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
   const double row_bytes = static_cast<double>(H) * dtypeSize(dtype) + (fp8 ? 4.0 * S : 0.0);
   const double combine_row_bytes = static_cast<double>(H) * dtypeSize(out_dtype);
 
-  std::vector<double> dispatch_ms, combine_ms;
+  std::vector<double> dispatch_ms, combine_ms, copy_times;
+  CopyRoofline roofline(static_cast<size_t>(routed * row_bytes));
   DispatchTimes d_phase{}, c_phase{};
   int64_t wrong = 0;
   const int total = o.warmup + o.iters;
@@ -206,6 +204,8 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
       }
     }
     if (it < o.warmup) continue;
+    context.gather(group, {0.0});  // the ranks copy together, as they dispatch together
+    copy_times.push_back(roofline.ms());
     dispatch_ms.push_back(std::chrono::duration<double, std::milli>(dispatched - t0).count());
     combine_ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
     for (auto [sum, one] : {std::pair{&d_phase, &dt}, std::pair{&c_phase, &ct}}) {
@@ -218,7 +218,7 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
   }
 
   const Stats ds = statsOf(dispatch_ms), cs = statsOf(combine_ms);
-  const double copy_ms = memcpyMs(static_cast<size_t>(routed * row_bytes), 3);
+  const double copy_ms = statsOf(copy_times).avg;
   std::vector<double> mine = {ds.avg,
                               ds.min,
                               ds.max,
@@ -308,7 +308,7 @@ int runDispatch(const DispatchBenchOptions& o, RankContext& context) {
         worst_d, d_routed, gbps(remote_rows, row_bytes, worst_d), T / (worst_d / 1e3), worst_c,
         c_routed, gbps(remote_rows, combine_row_bytes, worst_c));
     // Both operations' routed bytes over their time, against every rank's memcpy of its
-    // dispatch bytes, measured at once after the timed iterations (the slowest rank's copy).
+    // dispatch bytes, all ranks copying at once in every timed iteration (the slowest rank's).
     double worst_copy = 0;
     for (int r = 0; r < n; ++r) worst_copy = std::max(worst_copy, all[r * width + 21]);
     const double copy_gbps = gbps(routed_rows, row_bytes, worst_copy);

@@ -74,14 +74,22 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
   const bool bf16 = rows.dtype == DType::kBF16;
   const size_t row_bytes = rowBytes(rows);
   std::vector<float> acc(static_cast<size_t>(hidden));
+  const int me = group.rank;
+  // Token-major: one row per received token already, so rows go back as they are, and this
+  // rank's own rows are read where they are (its message to itself carries none).
+  const std::byte* own_rows = nullptr;
   int64_t g = 0;
   for (int p = 0; p < group.size; ++p) {
-    std::byte* payload = staging.sendPayload(p, static_cast<size_t>(h.recv_tokens[p]) * row_bytes,
-                                             op, sequence, h.recv_tokens[p]);
-    if (h.token_major) {  // one row per received token already: rows go back as they are
-      const size_t bytes = static_cast<size_t>(h.recv_tokens[p]) * row_bytes;
-      if (bytes > 0) {
-        std::memcpy(payload, static_cast<const std::byte*>(rows.data) + g * row_bytes, bytes);
+    const bool in_place = h.token_major && p == me;
+    const int64_t carried = in_place ? 0 : h.recv_tokens[p];
+    std::byte* payload = staging.sendPayload(p, static_cast<size_t>(carried) * row_bytes, op,
+                                             sequence, h.recv_tokens[p]);
+    if (h.token_major) {
+      const std::byte* from = static_cast<const std::byte*>(rows.data) + g * row_bytes;
+      if (in_place) {
+        own_rows = from;
+      } else if (carried > 0) {
+        std::memcpy(payload, from, static_cast<size_t>(carried) * row_bytes);
       }
       g += h.recv_tokens[p];
       continue;
@@ -98,13 +106,14 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
       cpu::storeRow(payload + i * row_bytes, bf16, acc.data(), hidden);
     }
   }
-  const std::vector<int64_t> counts = sendCounts(h);
+  std::vector<int64_t> counts = sendCounts(h);
   for (int p = 0; p < group.size; ++p)
     staging.expect(p, static_cast<size_t>(counts[p]) * row_bytes);
   const SizeMatrix sizes = h.sizes(row_bytes, false);
   times.pack_ms = watch.lap();
   MOECOMM_RETURN_IF_ERROR(exchange(group, staging, op, sequence, 0, Status::ok(), &sizes));
   times.transfer_ms = watch.lap();
+  if (own_rows != nullptr) counts[me] = 0;  // its message to itself had no rows
   MOECOMM_RETURN_IF_ERROR(checkExpectedSizes(group, staging, counts, row_bytes, op));
 
   // Sum over ranks in rank order (deterministic), in f32, one token at a time: its row's sum
@@ -123,7 +132,8 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
     for (int p = 0; p < n; ++p) {
       const int64_t i = where[static_cast<size_t>(t) * n + p];
       if (i >= 0) {
-        cpu::accumulateRow(acc.data(), staging.recvPayload(p) + i * row_bytes, bf16, 1.0f, hidden);
+        const std::byte* from = p == me && own_rows != nullptr ? own_rows : staging.recvPayload(p);
+        cpu::accumulateRow(acc.data(), from + i * row_bytes, bf16, 1.0f, hidden);
       }
     }
     cpu::storeRow(static_cast<std::byte*>(out.data) + t * row_bytes, bf16, acc.data(), hidden);

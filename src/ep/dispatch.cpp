@@ -93,11 +93,14 @@ size_t tokenBytes(const GroupConfig& config) {
          static_cast<size_t>(config.topk) * (sizeof(int32_t) + sizeof(float));
 }
 
+// `with_rows` false: only the ids and weights (a token-major batch reads this rank's own rows
+// straight from x).
 void packForRank(const Group::Impl& group, const RoutingPlan& plan, const TensorView& x,
-                 const TensorView* x_scales, const float* weights, int peer, std::byte* out) {
+                 const TensorView* x_scales, const float* weights, int peer, bool with_rows,
+                 std::byte* out) {
   const int k = plan.topk;
   const WireRow wire = wireRow(group.config);
-  const size_t row_bytes = wire.bytes;
+  const size_t row_bytes = with_rows ? wire.bytes : 0;
   const auto& tokens = plan.rank_tokens[peer];
   const size_t n = tokens.size();
   std::byte* rows = out;
@@ -107,17 +110,18 @@ void packForRank(const Group::Impl& group, const RoutingPlan& plan, const Tensor
   for (size_t i = 0; i < n; ++i) {
     const int64_t t = tokens[i];
     std::byte* row = rows + i * row_bytes;
-    std::memcpy(row, static_cast<const std::byte*>(x.data) + t * wire.values, wire.values);
-    if (row_bytes > wire.values) std::memset(row + wire.values, 0, row_bytes - wire.values);
-    if (wire.scales > 0) {
-      std::memcpy(row + wire.scales_at,
-                  static_cast<const std::byte*>(x_scales->data) + t * wire.scales, wire.scales);
-    }
     for (int j = 0; j < k; ++j) {
       const size_t slot = static_cast<size_t>(t * k + j);
       const bool here = plan.owner[slot] == peer;
       ids[i * k + j] = here ? plan.expert[slot] - first : -1;
       w[i * k + j] = here ? weights[slot] : 0.0f;
+    }
+    if (!with_rows) continue;
+    std::memcpy(row, static_cast<const std::byte*>(x.data) + t * wire.values, wire.values);
+    if (row_bytes > wire.values) std::memset(row + wire.values, 0, row_bytes - wire.values);
+    if (wire.scales > 0) {
+      std::memcpy(row + wire.scales_at,
+                  static_cast<const std::byte*>(x_scales->data) + t * wire.scales, wire.scales);
     }
   }
 }
@@ -207,16 +211,30 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
 
 // Token-major: the received tokens as they came, one row each, with their local expert ids and
 // weights. expert_capacity refuses slots in the same (source rank, send order) as expert-major.
+// This rank's own tokens never went through a message: their rows come straight from x (the
+// message to itself carries only their ids and weights), one copy instead of two.
+struct OwnRows {
+  const TensorView& x;
+  const TensorView* x_scales;
+  const std::vector<int32_t>& tokens;
+};
+
+// Where source p's rows start in its message: past nothing for this rank's own message.
+size_t rowsBytesOf(const Group::Impl& group, int p, int64_t n, const WireRow& wire) {
+  return p == group.rank ? 0 : static_cast<size_t>(n) * wire.bytes;
+}
+
 Status unpackTokenMajor(const Group::Impl& group, const Staging& staging,
-                        const DispatchOptions& options, DispatchHandle::Impl& handle,
-                        ExpertBatch& batch) {
+                        const DispatchOptions& options, const OwnRows& own,
+                        DispatchHandle::Impl& handle, ExpertBatch& batch) {
   const int k = group.config.topk;
   const int local = group.local_experts;
   const WireRow wire = wireRow(group.config);
   std::vector<int64_t> demand(static_cast<size_t>(local), 0);
   for (int p = 0; p < group.size; ++p) {
     const int64_t n = handle.recv_tokens[p];
-    const auto* ids = reinterpret_cast<const int32_t*>(staging.recvPayload(p) + n * wire.bytes);
+    const auto* ids =
+        reinterpret_cast<const int32_t*>(staging.recvPayload(p) + rowsBytesOf(group, p, n, wire));
     for (int64_t i = 0; i < n * k; ++i) {
       if (ids[i] >= local) {
         return makeError(StatusCode::kInternalError,
@@ -253,22 +271,30 @@ Status unpackTokenMajor(const Group::Impl& group, const Staging& staging,
   for (int p = 0; p < group.size; ++p) {
     const int64_t n = handle.recv_tokens[p];
     const std::byte* src_rows = staging.recvPayload(p);
-    // Rows without padding on the wire arrive as one block.
-    if (wire.bytes == wire.values) {
+    auto* out_scales = wire.scales > 0 ? static_cast<std::byte*>(batch.x_scales.data()) : nullptr;
+    if (p == group.rank) {
+      const auto* x = static_cast<const std::byte*>(own.x.data);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t t = own.tokens[i];
+        copy(out_rows + (g + i) * wire.values, x + t * wire.values, wire.values);
+        if (out_scales != nullptr) {
+          std::memcpy(out_scales + (g + i) * wire.scales,
+                      static_cast<const std::byte*>(own.x_scales->data) + t * wire.scales,
+                      wire.scales);
+        }
+      }
+    } else if (wire.bytes == wire.values) {  // rows without padding arrive as one block
       copy(out_rows + g * wire.values, src_rows, static_cast<size_t>(n) * wire.values);
     } else {
       for (int64_t i = 0; i < n; ++i) {
         copy(out_rows + (g + i) * wire.values, src_rows + i * wire.bytes, wire.values);
+        if (out_scales != nullptr) {
+          std::memcpy(out_scales + (g + i) * wire.scales,
+                      src_rows + i * wire.bytes + wire.scales_at, wire.scales);
+        }
       }
     }
-    if (wire.scales > 0) {
-      auto* out_scales = static_cast<std::byte*>(batch.x_scales.data());
-      for (int64_t i = 0; i < n; ++i) {
-        std::memcpy(out_scales + (g + i) * wire.scales, src_rows + i * wire.bytes + wire.scales_at,
-                    wire.scales);
-      }
-    }
-    const auto* ids = reinterpret_cast<const int32_t*>(src_rows + n * wire.bytes);
+    const auto* ids = reinterpret_cast<const int32_t*>(src_rows + rowsBytesOf(group, p, n, wire));
     const auto* w = reinterpret_cast<const float*>(ids + n * k);
     for (int64_t s = 0; s < n * k; ++s) {
       const int32_t e = ids[s];
@@ -356,12 +382,17 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
 
   // Phase 2: payloads sized exactly from the counts.
   const auto* weights = topk_weights.as<const float>();
+  const bool token_major = state.options.layout == BatchLayout::kTokenMajor;
+  // A token-major batch reads this rank's own rows from x: its message to itself has no rows.
+  auto bytesPerToken = [&](int p) {
+    return token_major && p == group.rank ? per_token - wireRow(group.config).bytes : per_token;
+  };
   for (int p = 0; p < n; ++p) {
     const auto count = static_cast<int64_t>(plan.rank_tokens[p].size());
-    std::byte* payload = staging.sendPayload(p, static_cast<size_t>(count) * per_token,
+    std::byte* payload = staging.sendPayload(p, static_cast<size_t>(count) * bytesPerToken(p),
                                              WireOp::kDispatchPayload, sequence, count);
-    packForRank(group, plan, x, x_scales, weights, p, payload);
-    staging.expect(p, static_cast<size_t>(handle->recv_tokens[p]) * per_token);
+    packForRank(group, plan, x, x_scales, weights, p, bytesPerToken(p) == per_token, payload);
+    staging.expect(p, static_cast<size_t>(handle->recv_tokens[p]) * bytesPerToken(p));
   }
   const SizeMatrix sizes = handle->sizes(per_token, true);
   times.pack_ms = watch.lap();
@@ -370,7 +401,7 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   times.transfer_ms = watch.lap();
   for (int p = 0; p < n; ++p) {
     const size_t expected =
-        sizeof(WireHeader) + static_cast<size_t>(handle->recv_tokens[p]) * per_token;
+        sizeof(WireHeader) + static_cast<size_t>(handle->recv_tokens[p]) * bytesPerToken(p);
     if (staging.received[p] != expected || staging.recvHeader(p).count != handle->recv_tokens[p]) {
       return makeError(StatusCode::kInternalError,
                        "rank {}: dispatch payload from rank {} has {} bytes, expected {}",
@@ -379,9 +410,10 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   }
 
   ExpertBatch batch;
-  handle->token_major = state.options.layout == BatchLayout::kTokenMajor;
-  MOECOMM_RETURN_IF_ERROR(handle->token_major
-                              ? unpackTokenMajor(group, staging, state.options, *handle, batch)
+  handle->token_major = token_major;
+  const OwnRows own{x, x_scales, plan.rank_tokens[group.rank]};
+  MOECOMM_RETURN_IF_ERROR(token_major
+                              ? unpackTokenMajor(group, staging, state.options, own, *handle, batch)
                               : unpack(group, staging, state.options, *handle, batch));
   handle->send_tokens = std::move(plan.rank_tokens);
   batch.tokens_from_rank = handle->recv_tokens;

@@ -518,6 +518,28 @@ using namespace moecomm::testing;
 // scales arrive unchanged and in the reference layout, padding rows are zeros in both, combine of
 // the dequantized rows gives the weighted sum of each token's dequantized row, and a capacity
 // refuses rows of both tensors alike. Hidden sizes with a short last block included.
+// Every rank's tokens quantized to fp8 e4m3 with block scales, as every rank's reference.
+struct Fp8Tokens {
+  std::vector<std::vector<uint8_t>> q;
+  std::vector<std::vector<float>> scales, dequantized;
+};
+
+Fp8Tokens quantizeTokens(const World& w, int hidden, int64_t S) {
+  Fp8Tokens f;
+  for (const RankInputs& in : w.inputs) {
+    f.q.emplace_back(static_cast<size_t>(in.tokens * hidden));
+    f.scales.emplace_back(static_cast<size_t>(in.tokens * S));
+    f.dequantized.emplace_back(f.q.back().size());
+    auto xv = TensorView::matrix(const_cast<float*>(in.x.data()), DType::kF32, in.tokens, hidden);
+    auto qv = TensorView::matrix(f.q.back().data(), DType::kFP8E4M3, in.tokens, hidden);
+    auto sv = TensorView::matrix(f.scales.back().data(), DType::kF32, in.tokens, S);
+    quantizeFp8(xv, qv, sv);
+    dequantizeFp8(qv, sv,
+                  TensorView::matrix(f.dequantized.back().data(), DType::kF32, in.tokens, hidden));
+  }
+  return f;
+}
+
 TEST(DispatchFp8, RowsAndScalesArriveIntactAndCombineWorks) {
   for (int ranks : {1, 2, 3, 4}) {
     for (int hidden : {100, 300}) {
@@ -525,22 +547,10 @@ TEST(DispatchFp8, RowsAndScalesArriveIntactAndCombineWorks) {
       World w = makeWorld(Case{ranks, hidden, 4 * ranks, 2, DType::kF32});
       w.c = c;
       const int64_t S = (hidden + kFp8BlockSize - 1) / kFp8BlockSize;
-      // Every rank's quantized tokens, as every rank's reference.
-      std::vector<std::vector<uint8_t>> q(ranks);
-      std::vector<std::vector<float>> scales(ranks), dequantized(ranks);
-      for (int r = 0; r < ranks; ++r) {
-        const RankInputs& in = w.inputs[r];
-        q[r].resize(static_cast<size_t>(in.tokens * hidden));
-        scales[r].resize(static_cast<size_t>(in.tokens * S));
-        dequantized[r].resize(q[r].size());
-        auto xv =
-            TensorView::matrix(const_cast<float*>(in.x.data()), DType::kF32, in.tokens, hidden);
-        auto qv = TensorView::matrix(q[r].data(), DType::kFP8E4M3, in.tokens, hidden);
-        auto sv = TensorView::matrix(scales[r].data(), DType::kF32, in.tokens, S);
-        quantizeFp8(xv, qv, sv);
-        dequantizeFp8(qv, sv,
-                      TensorView::matrix(dequantized[r].data(), DType::kF32, in.tokens, hidden));
-      }
+      const Fp8Tokens f = quantizeTokens(w, hidden, S);
+      const auto& q = f.q;
+      const auto& scales = f.scales;
+      const auto& dequantized = f.dequantized;
       for (int64_t capacity : {int64_t{0}, int64_t{2}}) {
         runRanks(ranks, [&](RankWorld& world, int rank) {
           GroupConfig config{c.experts, hidden, DType::kFP8E4M3, c.topk, 20000, "local"};
@@ -549,8 +559,8 @@ TEST(DispatchFp8, RowsAndScalesArriveIntactAndCombineWorks) {
           const RankInputs& in = w.inputs[rank];
           const int64_t T = in.tokens, H = hidden;
           const int k = c.topk, local = group.localExperts();
-          auto xq = TensorView::matrix(q[rank].data(), DType::kFP8E4M3, T, H);
-          auto xs = TensorView::matrix(scales[rank].data(), DType::kF32, T, S);
+          auto xq = TensorView::matrix(const_cast<uint8_t*>(q[rank].data()), DType::kFP8E4M3, T, H);
+          auto xs = TensorView::matrix(const_cast<float*>(scales[rank].data()), DType::kF32, T, S);
           auto idx = TensorView::matrix(const_cast<int32_t*>(in.idx.data()), DType::kI32, T, k);
           auto wts = TensorView::matrix(const_cast<float*>(in.weights.data()), DType::kF32, T, k);
           ExpertBatch batch = dispatcher.dispatch(xq, xs, idx, wts);
@@ -599,6 +609,48 @@ TEST(DispatchFp8, RowsAndScalesArriveIntactAndCombineWorks) {
         });
       }
     }
+  }
+}
+
+// A token-major FP8 batch: every arriving row and its scales as sent, this rank's own included
+// (they come straight from x and x_scales, not through a message).
+TEST(DispatchFp8, TokenMajorRowsAndScalesArriveIntact) {
+  for (int ranks : {1, 2, 3}) {
+    const int hidden = 300;
+    World w = makeWorld(Case{ranks, hidden, 4 * ranks, 2, DType::kF32});
+    const int64_t S = (hidden + kFp8BlockSize - 1) / kFp8BlockSize;
+    const Fp8Tokens f = quantizeTokens(w, hidden, S);
+    runRanks(ranks, [&](RankWorld& world, int rank) {
+      Group group = world.group(rank, {4 * ranks, hidden, DType::kFP8E4M3, 2, 20000, "local"});
+      DispatchOptions options;
+      options.layout = BatchLayout::kTokenMajor;
+      Dispatcher dispatcher(group, options);
+      const RankInputs& in = w.inputs[rank];
+      const int64_t T = in.tokens;
+      ExpertBatch batch = dispatcher.dispatch(
+          TensorView::matrix(const_cast<uint8_t*>(f.q[rank].data()), DType::kFP8E4M3, T, hidden),
+          TensorView::matrix(const_cast<float*>(f.scales[rank].data()), DType::kF32, T, S),
+          TensorView::matrix(const_cast<int32_t*>(in.idx.data()), DType::kI32, T, 2),
+          TensorView::matrix(const_cast<float*>(in.weights.data()), DType::kF32, T, 2));
+      int64_t r = 0;
+      for (int s = 0; s < ranks; ++s) {
+        for (int64_t t = 0; t < w.inputs[s].tokens; ++t) {
+          const int32_t* ids = &w.inputs[s].idx[t * 2];
+          const int local = group.localExperts();
+          if (!((ids[0] >= 0 && ids[0] / local == rank) || (ids[1] >= 0 && ids[1] / local == rank)))
+            continue;
+          ASSERT_LT(r, batch.x.dim(0));
+          const auto* row = batch.x.as<uint8_t>() + r * hidden;
+          ASSERT_TRUE(std::equal(row, row + hidden, f.q[s].begin() + t * hidden))
+              << "row " << r << " from rank " << s;
+          const float* row_scales = batch.x_scales.as<float>() + r * S;
+          ASSERT_TRUE(std::equal(row_scales, row_scales + S, f.scales[s].begin() + t * S))
+              << "scales of row " << r << " from rank " << s;
+          ++r;
+        }
+      }
+      EXPECT_EQ(r, batch.x.dim(0));
+    });
   }
 }
 
