@@ -5,9 +5,11 @@
 #include "kernels/cpu/rows.hpp"
 #include "src/core/host_mirror.hpp"
 #include "src/core/stopwatch.hpp"
+#include "src/core/stream_copy.hpp"
 #include "src/core/tensor_checks.hpp"
 #include "src/ep/device_exchange.hpp"
 #include "src/ep/dispatcher_state.hpp"
+#include "src/ep/stream_output.hpp"
 
 namespace moecomm {
 
@@ -127,6 +129,9 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
       where[static_cast<size_t>(h.send_tokens[p][i]) * n + p] = static_cast<int64_t>(i);
     }
   }
+  // A large output is written through an L1 row with streaming stores (src/ep/stream_output.hpp).
+  const bool stream = streamsOutput(static_cast<size_t>(h.tokens) * row_bytes);
+  std::vector<std::byte> row(stream ? row_bytes : 0);
   for (int64_t t = 0; t < h.tokens; ++t) {
     std::fill(acc.begin(), acc.end(), 0.0f);
     for (int p = 0; p < n; ++p) {
@@ -136,8 +141,15 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
         cpu::accumulateRow(acc.data(), from + i * row_bytes, bf16, 1.0f, hidden);
       }
     }
-    cpu::storeRow(static_cast<std::byte*>(out.data) + t * row_bytes, bf16, acc.data(), hidden);
+    std::byte* dst = static_cast<std::byte*>(out.data) + t * row_bytes;
+    if (stream) {
+      cpu::storeRow(row.data(), bf16, acc.data(), hidden);
+      streamCopy(dst, row.data(), row_bytes);
+    } else {
+      cpu::storeRow(dst, bf16, acc.data(), hidden);
+    }
   }
+  if (stream) streamFence();
   times.unpack_ms = watch.lap();
   return Status::ok();
 }

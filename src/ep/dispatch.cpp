@@ -12,18 +12,11 @@
 #include "src/ep/dispatcher_state.hpp"
 #include "src/ep/expert_layout.hpp"
 #include "src/ep/routing_plan.hpp"
+#include "src/ep/stream_output.hpp"
 
 namespace moecomm {
 
 namespace {
-
-// Outputs from this size on (MOECOMM_STREAM_OUTPUT_BYTES, default 64 MiB, well past the
-// last-level cache; 0 never) are written with streaming stores.
-size_t streamOutputBytes() {
-  static const auto bytes =
-      static_cast<size_t>(std::max<int64_t>(0, envInt("MOECOMM_STREAM_OUTPUT_BYTES", 64 << 20)));
-  return bytes;
-}
 
 ExpertPlacement placementOf(const Group::Impl& group) {
   return {group.config.num_experts, group.local_experts, group.size, group.config.topk};
@@ -172,8 +165,7 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
   // Pass 2: place each (token, local expert) pair, in source-rank then send order. An output
   // far larger than the caches is written with streaming stores (it is read next by the experts,
   // from memory either way).
-  const size_t threshold = streamOutputBytes();
-  const bool stream = threshold > 0 && static_cast<size_t>(rows) * row_bytes >= threshold;
+  const bool stream = streamsOutput(static_cast<size_t>(rows) * row_bytes);
   std::vector<int64_t> cursor(batch.expert_offsets.begin(), batch.expert_offsets.end() - 1);
   auto* out_rows = static_cast<std::byte*>(batch.x.data());
   auto* out_scales = scale_bytes > 0 ? static_cast<std::byte*>(batch.x_scales.data()) : nullptr;
@@ -254,8 +246,7 @@ Status unpackTokenMajor(const Group::Impl& group, const Staging& staging,
   batch.topk_idx = Tensor::empty({rows, k}, DType::kI32);
   batch.topk_weights = Tensor::empty({rows, k}, DType::kF32);
 
-  const size_t threshold = streamOutputBytes();
-  const bool stream = threshold > 0 && static_cast<size_t>(rows) * wire.values >= threshold;
+  const bool stream = streamsOutput(static_cast<size_t>(rows) * wire.values);
   auto copy = [stream](std::byte* dst, const std::byte* src, size_t bytes) {
     if (stream) {
       streamCopy(dst, src, bytes);
