@@ -14,6 +14,10 @@ Status Transport::postPut(Window&, int, size_t, const void*, size_t, uint64_t, R
   return makeError(StatusCode::kInvalidUsage, "transport '{}' has no one-sided puts", name());
 }
 
+std::byte* Transport::mappedPart(Window&, int) {
+  return nullptr;
+}
+
 Status Transport::allGatherBytes(const void* in, size_t bytes, std::vector<std::byte>* out,
                                  Deadline deadline) {
   const int n = size();

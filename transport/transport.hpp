@@ -65,6 +65,10 @@ class Transport {
   // notice, the data has landed. `src` must stay valid until the request completes.
   virtual Status postPut(Window& window, int peer, size_t offset, const void* src, size_t bytes,
                          uint64_t tag, Request* out);
+  // `peer`'s part of `window` as this rank's own memory, when the transport maps it here
+  // (in-process ranks, shared memory on one host); nullptr otherwise. A caller may write a put's
+  // data there itself and then post a zero-byte put as its notice, saving one copy.
+  virtual std::byte* mappedPart(Window& window, int peer);
 
   // Waits for all; on a deadline, cancels what is left and names the peers that did not answer.
   Status waitAll(const std::vector<Request>& requests, Deadline deadline, const char* what);

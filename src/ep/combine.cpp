@@ -80,12 +80,17 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
   // Token-major: one row per received token already, so rows go back as they are, and this
   // rank's own rows are read where they are (its message to itself carries none).
   const std::byte* own_rows = nullptr;
+  // Messages to peers whose windows this rank can write are built there directly.
+  const SizeMatrix sizes = h.sizes(row_bytes, false);
   int64_t g = 0;
   for (int p = 0; p < group.size; ++p) {
     const bool in_place = h.token_major && p == me;
     const int64_t carried = in_place ? 0 : h.recv_tokens[p];
-    std::byte* payload = staging.sendPayload(p, static_cast<size_t>(carried) * row_bytes, op,
-                                             sequence, h.recv_tokens[p]);
+    std::byte* payload = placeInWindow(group, staging, sizes, p, op, sequence, h.recv_tokens[p]);
+    if (payload == nullptr) {
+      payload = staging.sendPayload(p, static_cast<size_t>(carried) * row_bytes, op, sequence,
+                                    h.recv_tokens[p]);
+    }
     if (h.token_major) {
       const std::byte* from = static_cast<const std::byte*>(rows.data) + g * row_bytes;
       if (in_place) {
@@ -111,7 +116,6 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
   std::vector<int64_t> counts = sendCounts(h);
   for (int p = 0; p < group.size; ++p)
     staging.expect(p, static_cast<size_t>(counts[p]) * row_bytes);
-  const SizeMatrix sizes = h.sizes(row_bytes, false);
   times.pack_ms = watch.lap();
   MOECOMM_RETURN_IF_ERROR(exchange(group, staging, op, sequence, 0, Status::ok(), &sizes));
   times.transfer_ms = watch.lap();

@@ -378,14 +378,19 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   auto bytesPerToken = [&](int p) {
     return token_major && p == group.rank ? per_token - wireRow(group.config).bytes : per_token;
   };
+  // Messages to peers whose windows this rank can write are packed there directly.
+  const SizeMatrix sizes = handle->sizes(per_token, true);
   for (int p = 0; p < n; ++p) {
     const auto count = static_cast<int64_t>(plan.rank_tokens[p].size());
-    std::byte* payload = staging.sendPayload(p, static_cast<size_t>(count) * bytesPerToken(p),
-                                             WireOp::kDispatchPayload, sequence, count);
+    std::byte* payload =
+        placeInWindow(group, staging, sizes, p, WireOp::kDispatchPayload, sequence, count);
+    if (payload == nullptr) {
+      payload = staging.sendPayload(p, static_cast<size_t>(count) * bytesPerToken(p),
+                                    WireOp::kDispatchPayload, sequence, count);
+    }
     packForRank(group, plan, x, x_scales, weights, p, bytesPerToken(p) == per_token, payload);
     staging.expect(p, static_cast<size_t>(handle->recv_tokens[p]) * bytesPerToken(p));
   }
-  const SizeMatrix sizes = handle->sizes(per_token, true);
   times.pack_ms = watch.lap();
   MOECOMM_RETURN_IF_ERROR(
       exchange(group, staging, WireOp::kDispatchPayload, sequence, 1, Status::ok(), &sizes));

@@ -5,6 +5,7 @@
 
 #include "src/core/env.hpp"
 #include "src/core/log.hpp"
+#include "src/core/stream_copy.hpp"
 
 namespace moecomm {
 
@@ -40,6 +41,7 @@ void Staging::prepare(int ranks) {
   send.resize(static_cast<size_t>(ranks));
   recv.resize(static_cast<size_t>(ranks));
   notice.resize(static_cast<size_t>(ranks));
+  placed.assign(static_cast<size_t>(ranks), 0);
   received.assign(static_cast<size_t>(ranks), 0);
   recv_view.assign(static_cast<size_t>(ranks), nullptr);
 }
@@ -153,9 +155,10 @@ Status finishRound(Group::Impl& group, Staging& staging, WireOp op, uint64_t seq
 
 // The round as puts: each payload goes straight into its receiver's window, then a zero-byte
 // notice follows on the same tag. A rank that failed sends its error text as the notice instead.
+// A message built in place (`placed`) is already there: only its notice goes.
 Status exchangeByPuts(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequence,
                       uint64_t tag, const Status& local, const SizeMatrix& sizes,
-                      const PutLayout& layout) {
+                      const PutLayout& layout, const std::vector<uint8_t>& placed) {
   const int n = group.size;
   const int me = group.rank;
   Transport& transport = *group.transport;
@@ -179,6 +182,9 @@ Status exchangeByPuts(Group::Impl& group, Staging& staging, WireOp op, uint64_t 
     if (!local.isOk()) {
       posted =
           transport.postSend(peer, staging.send[peer].data(), staging.send[peer].size(), tag, &r);
+    } else if (placed[peer] != 0) {
+      posted = transport.postPut(*staging.window, peer, half + layout.offset[me * n + peer],
+                                 nullptr, 0, tag, &r);
     } else if (staging.send[peer].size() != sizeof(WireHeader) + sizes[me * n + peer]) {
       posted = makeError(StatusCode::kInternalError,
                          "rank {}: {} message to rank {} has {} bytes but the layout says {}", me,
@@ -225,18 +231,44 @@ Status ensureWindow(Group::Impl& group, Staging& staging, size_t half_bytes) {
   return Status::ok();
 }
 
+std::byte* placeInWindow(Group::Impl& group, Staging& staging, const SizeMatrix& sizes, int peer,
+                         WireOp op, uint64_t sequence, int64_t count) {
+  const int n = group.size;
+  if (peer == group.rank || !staging.window) return nullptr;
+  std::byte* part = group.transport->mappedPart(*staging.window, peer);
+  if (part == nullptr) return nullptr;
+  const PutLayout layout = putLayout(sizes, n);
+  if (layout.largest > staging.window_half) return nullptr;  // the round will not be puts
+  const size_t half = ((staging.rounds + 1) % 2) * staging.window_half;
+  std::byte* slot = part + half + layout.offset[group.rank * n + peer];
+  const WireHeader header{kWireMagic, static_cast<uint32_t>(op), sequence, 0, 0, count};
+  std::memcpy(slot, &header, sizeof(header));
+  staging.placed[peer] = 1;
+  return slot + sizeof(WireHeader);
+}
+
 Status exchange(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequence, int phase,
                 const Status& local, const SizeMatrix* sizes) {
   const int n = group.size;
   const int me = group.rank;
   const uint64_t tag = sequence * 8 + static_cast<uint64_t>(phase);
   if (!local.isOk()) writeErrorMessages(staging, n, op, sequence, local);
+  std::vector<uint8_t> placed(static_cast<size_t>(n), 0);
+  placed.swap(staging.placed);  // they hold for this round only
+  const bool any_placed = std::find(placed.begin(), placed.end(), 1) != placed.end();
   ++staging.rounds;
   if (sizes != nullptr && staging.window) {
     const PutLayout layout = putLayout(*sizes, n);
     if (layout.largest <= staging.window_half) {
-      return exchangeByPuts(group, staging, op, sequence, tag, local, *sizes, layout);
+      // Messages built in place may have used streaming stores: they land before the notices.
+      if (any_placed) streamFence();
+      return exchangeByPuts(group, staging, op, sequence, tag, local, *sizes, layout, placed);
     }
+  }
+  if (any_placed) {
+    return makeError(StatusCode::kInternalError,
+                     "rank {}: {} built messages in place but the round is not running as puts",
+                     me, wireOpName(op));
   }
 
   Transport& transport = *group.transport;

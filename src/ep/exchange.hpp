@@ -51,6 +51,7 @@ struct Staging {
   size_t window_half = 0;
   uint64_t rounds = 0;  // every exchange on this staging, on every rank alike
   std::vector<ByteBuffer> notice;
+  std::vector<uint8_t> placed;  // per peer: the next round's message was built in its window
 
   void prepare(int ranks);
   // Sizes send[p] to header + payload bytes and fills its header.
@@ -73,6 +74,16 @@ inline size_t putSlotBytes(size_t payload_bytes) {
 // with the same value (computed from data every rank shares). A transport without puts, or
 // MOECOMM_PUTS=0, leaves the staging on messages.
 Status ensureWindow(Group::Impl& group, Staging& staging, size_t half_bytes);
+
+// Where this rank's message to `peer` in the next round can be built in place: when that round
+// will run as puts (`sizes`, a window large enough) and the transport maps the peer's window here
+// (in-process ranks, shared memory), the message's header is written into its slot there and the
+// payload's address returned; the round then sends only the notice, sparing the put's copy.
+// Otherwise nullptr, and the caller packs into sendPayload as usual. The slot is free to write:
+// this rank finished the previous round, so the peer has finished reading the one before it, the
+// last to use that half of its window.
+std::byte* placeInWindow(Group::Impl& group, Staging& staging, const SizeMatrix& sizes, int peer,
+                         WireOp op, uint64_t sequence, int64_t count);
 
 // Runs the round. With a failed `local` status, this rank sends only error headers and returns
 // `local`; otherwise a peer's error, a mismatched operation or sequence, or a timeout fails it.

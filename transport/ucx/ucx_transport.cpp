@@ -110,6 +110,10 @@ class UcxTransport final : public Transport {
   }
   bool supportsPut() const override { return true; }
   Status createWindow(size_t bytes, Deadline deadline, std::unique_ptr<Window>* out) override;
+  std::byte* mappedPart(Window& window, int peer) override {
+    auto& w = static_cast<UcxWindow&>(window);
+    return peer >= 0 && peer < static_cast<int>(w.direct.size()) ? w.direct[peer] : nullptr;
+  }
   Status postPut(Window& window, int peer, size_t offset, const void* src, size_t bytes,
                  uint64_t tag, Request* out) override;
   Status wait(const Request& request, Deadline deadline) override;
