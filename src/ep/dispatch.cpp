@@ -13,6 +13,7 @@
 #include "src/ep/expert_layout.hpp"
 #include "src/ep/routing_plan.hpp"
 #include "src/ep/stream_output.hpp"
+#include "transport/bulk_copy.hpp"
 
 namespace moecomm {
 
@@ -90,7 +91,7 @@ size_t tokenBytes(const GroupConfig& config) {
 // straight from x).
 void packForRank(const Group::Impl& group, const RoutingPlan& plan, const TensorView& x,
                  const TensorView* x_scales, const float* weights, int peer, bool with_rows,
-                 std::byte* out) {
+                 bool stream, std::byte* out) {
   const int k = plan.topk;
   const WireRow wire = wireRow(group.config);
   const size_t row_bytes = with_rows ? wire.bytes : 0;
@@ -110,7 +111,11 @@ void packForRank(const Group::Impl& group, const RoutingPlan& plan, const Tensor
       w[i * k + j] = here ? weights[slot] : 0.0f;
     }
     if (!with_rows) continue;
-    std::memcpy(row, static_cast<const std::byte*>(x.data) + t * wire.values, wire.values);
+    if (stream) {
+      streamCopy(row, static_cast<const std::byte*>(x.data) + t * wire.values, wire.values);
+    } else {
+      std::memcpy(row, static_cast<const std::byte*>(x.data) + t * wire.values, wire.values);
+    }
     if (row_bytes > wire.values) std::memset(row + wire.values, 0, row_bytes - wire.values);
     if (wire.scales > 0) {
       std::memcpy(row + wire.scales_at,
@@ -382,13 +387,17 @@ Status runDispatch(Dispatcher::State& state, const TensorView& x, const TensorVi
   const SizeMatrix sizes = handle->sizes(per_token, true);
   for (int p = 0; p < n; ++p) {
     const auto count = static_cast<int64_t>(plan.rank_tokens[p].size());
+    const size_t bytes = static_cast<size_t>(count) * bytesPerToken(p);
     std::byte* payload =
         placeInWindow(group, staging, sizes, p, WireOp::kDispatchPayload, sequence, count);
+    // A large message built in the receiver's window skips this core's cache, as a put's copy
+    // would (transport/bulk_copy.hpp); one in a send buffer is read again at once.
+    const bool stream = payload != nullptr && bytes >= streamCopyThreshold();
     if (payload == nullptr) {
-      payload = staging.sendPayload(p, static_cast<size_t>(count) * bytesPerToken(p),
-                                    WireOp::kDispatchPayload, sequence, count);
+      payload = staging.sendPayload(p, bytes, WireOp::kDispatchPayload, sequence, count);
     }
-    packForRank(group, plan, x, x_scales, weights, p, bytesPerToken(p) == per_token, payload);
+    packForRank(group, plan, x, x_scales, weights, p, bytesPerToken(p) == per_token, stream,
+                payload);
     staging.expect(p, static_cast<size_t>(handle->recv_tokens[p]) * bytesPerToken(p));
   }
   times.pack_ms = watch.lap();

@@ -267,8 +267,8 @@ Status exchange(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequen
   }
   if (any_placed) {
     return makeError(StatusCode::kInternalError,
-                     "rank {}: {} built messages in place but the round is not running as puts",
-                     me, wireOpName(op));
+                     "rank {}: {} built messages in place but the round is not running as puts", me,
+                     wireOpName(op));
   }
 
   Transport& transport = *group.transport;
