@@ -70,12 +70,16 @@ typedef struct {
   int64_t timeout_ms;    /* 0: MOECOMM_TIMEOUT_MS or 300000 */
   const char* transport; /* NULL or "auto": MOECOMM_TRANSPORT, else the best available */
   int expert_alignment;  /* 0 here means 1 (no padding) */
+  /* 0: expert-major batches (one row per token and local expert); 1: token-major (one row per
+   * token and rank with its local expert ids and weights, DeepEP's normal mode; combine then sums
+   * the ranks' rows without weights). moecomm::BatchLayout says more. */
+  int token_major;
 } moecommConfig_t;
 
 #define MOECOMM_CONFIG_INIT                                                                       \
   {                                                                                               \
     sizeof(moecommConfig_t), MOECOMM_CONFIG_MAGIC, MOECOMM_ABI_VERSION, 0, 0, moecommBfloat16, 0, \
-        0, NULL, 0                                                                                \
+        0, NULL, 0, 0                                                                             \
   }
 
 MOECOMM_C_API const char* moecommGetErrorString(moecommResult_t result);
@@ -137,11 +141,17 @@ MOECOMM_C_API moecommResult_t moecommDispatchFp8(moecommGroup_t group, const moe
 MOECOMM_C_API moecommResult_t moecommHandleGetScales(moecommHandle_t handle,
                                                      moecommTensor_t* x_scales);
 /* Views of the batch the handle owns. counts has local-experts entries, offsets one more; any
- * output pointer may be NULL. */
+ * output pointer may be NULL. A token-major batch has no row_weights (an empty tensor) and no
+ * offsets (left untouched); its ids and weights come from moecommHandleGetTokenSlots. */
 MOECOMM_C_API moecommResult_t moecommHandleGetBatch(moecommHandle_t handle, moecommTensor_t* x,
                                                     moecommTensor_t* row_weights,
                                                     int64_t* expert_counts,
                                                     int64_t* expert_offsets);
+/* A token-major batch's topk_idx [rows, topk] int32 (local expert ids, -1 for none) and
+ * topk_weights [rows, topk] float32; either pointer may be NULL. */
+MOECOMM_C_API moecommResult_t moecommHandleGetTokenSlots(moecommHandle_t handle,
+                                                         moecommTensor_t* topk_idx,
+                                                         moecommTensor_t* topk_weights);
 MOECOMM_C_API moecommResult_t moecommHandleDestroy(moecommHandle_t handle);
 
 MOECOMM_C_API moecommResult_t moecommCombine(moecommGroup_t group, const moecommTensor_t* y,

@@ -88,7 +88,7 @@ moecommTensor_t fromView(const moecomm::TensorView& v) {
 
 // Reads a config whose caller may have compiled an older, shorter struct: fields past its size keep
 // their defaults.
-moecomm::GroupConfig readConfig(const moecommConfig_t* config, int* alignment) {
+moecomm::GroupConfig readConfig(const moecommConfig_t* config, moecomm::DispatchOptions* options) {
   require(config != nullptr, "config is NULL; pass a moecommConfig_t set from MOECOMM_CONFIG_INIT");
   require(config->magic == MOECOMM_CONFIG_MAGIC,
           "config.magic is wrong; initialize the struct with MOECOMM_CONFIG_INIT");
@@ -104,10 +104,15 @@ moecomm::GroupConfig readConfig(const moecommConfig_t* config, int* alignment) {
       config->transport != nullptr) {
     out.transport = config->transport;
   }
-  *alignment = 1;
+  *options = {};
   if (config->size >= offsetof(moecommConfig_t, expert_alignment) + sizeof(int) &&
       config->expert_alignment != 0) {
-    *alignment = config->expert_alignment;
+    options->expert_alignment = config->expert_alignment;
+  }
+  if (config->size >= offsetof(moecommConfig_t, token_major) + sizeof(int)) {
+    require(config->token_major == 0 || config->token_major == 1,
+            "config.token_major must be 0 (expert-major batches) or 1 (token-major)");
+    if (config->token_major == 1) options->layout = moecomm::BatchLayout::kTokenMajor;
   }
   return out;
 }
@@ -186,16 +191,14 @@ moecommResult_t moecommGroupCreate(moecommWorld_t world, int rank, const moecomm
   return guarded(nullptr, [&] {
     require(world != nullptr, "world is NULL; create it with moecommWorldCreate");
     require(group != nullptr, "group is NULL");
-    int alignment = 1;
-    moecomm::GroupConfig cfg = readConfig(config, &alignment);
+    moecomm::DispatchOptions options;
+    moecomm::GroupConfig cfg = readConfig(config, &options);
     if (world->process) {
       require(rank == -1 || rank == world->process->rank(),
               "a launched world has one rank per process: pass -1 or this process's rank");
     }
     moecomm::Group g = world->process ? moecomm::Group::create(*world->process, cfg)
                                       : moecomm::Group::create(*world->local, rank, cfg);
-    moecomm::DispatchOptions options;
-    options.expert_alignment = alignment;
     auto* created = new moecommGroup{g, moecomm::Dispatcher(g, options), {}};
     *group = created;
   });
@@ -269,6 +272,18 @@ moecommResult_t moecommHandleGetBatch(moecommHandle_t handle, moecommTensor_t* x
     for (size_t e = 0; expert_offsets != nullptr && e < b.expert_offsets.size(); ++e) {
       expert_offsets[e] = b.expert_offsets[e];
     }
+  });
+}
+
+moecommResult_t moecommHandleGetTokenSlots(moecommHandle_t handle, moecommTensor_t* topk_idx,
+                                           moecommTensor_t* topk_weights) {
+  return guarded(nullptr, [&] {
+    require(handle != nullptr, "handle is NULL; get one from moecommDispatch");
+    require(handle->batch.topk_idx.defined(),
+            "this batch is expert-major: its slots are rows; set config.token_major = 1 for "
+            "token-major batches");
+    if (topk_idx != nullptr) *topk_idx = fromView(handle->batch.topk_idx.view());
+    if (topk_weights != nullptr) *topk_weights = fromView(handle->batch.topk_weights.view());
   });
 }
 

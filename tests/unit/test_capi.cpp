@@ -101,6 +101,71 @@ TEST(CApi, DispatchCombineRoundTripWithTwoRanks) {
   });
 }
 
+// Token-major batches through the C ABI: one row per token and rank, its local slots, and a
+// combine that sums the ranks' rows; an expert-major handle refuses to give token slots.
+TEST(CApi, TokenMajorBatchesCarrySlotsAndCombineSumsRanks) {
+  onTwoRanks([](moecommWorld_t world, int rank, std::string& failure) {
+    moecommConfig_t config = MOECOMM_CONFIG_INIT;
+    config.num_experts = 4;
+    config.hidden = 8;
+    config.dtype = moecommFloat32;
+    config.topk = 2;
+    config.token_major = 1;
+    moecommGroup_t group = nullptr;
+    if (moecommGroupCreate(world, rank, &config, &group) != moecommSuccess) {
+      failure = moecommGetLastError(nullptr);
+      return;
+    }
+    // Token 0 visits both ranks (experts 0 and 3), token 1 only rank 1 (experts 2 and 3).
+    std::vector<float> x(2 * 8), w = {0.5f, 0.25f, 1.0f, 2.0f};
+    for (size_t i = 0; i < x.size(); ++i) x[i] = float(i) + 100.0f * rank;
+    std::vector<int32_t> idx = {0, 3, 2, 3};
+    moecommTensor_t xt = matrix(x.data(), moecommFloat32, 2, 8);
+    moecommTensor_t it = matrix(idx.data(), moecommInt32, 2, 2);
+    moecommTensor_t wt = matrix(w.data(), moecommFloat32, 2, 2);
+    moecommHandle_t handle = nullptr;
+    if (moecommDispatch(group, &xt, &it, &wt, &handle, nullptr) != moecommSuccess) {
+      failure = moecommGetLastError(group);
+      return;
+    }
+    moecommTensor_t bx, bi, bw;
+    moecommHandleGetBatch(handle, &bx, nullptr, nullptr, nullptr);
+    if (moecommHandleGetTokenSlots(handle, &bi, &bw) != moecommSuccess) {
+      failure = moecommGetLastError(nullptr);
+      return;
+    }
+    const int64_t rows = rank == 0 ? 2 : 4;  // rank 0 gets token 0 of each rank
+    if (bx.sizes[0] != rows || bi.sizes[0] != rows || bi.sizes[1] != 2 || bw.sizes[1] != 2) {
+      failure = "token-major shapes";
+    } else {
+      const auto* ids = static_cast<const int32_t*>(bi.data);
+      const auto* ws = static_cast<const float*>(bw.data);
+      // Rank 0's rows: (rank 0, token 0), (rank 1, token 0), each with expert 0 in slot 0.
+      // Rank 1's: token 0 (slot 1, local expert 1) and token 1 (local 0, local 1) of each rank.
+      const std::vector<int32_t> want_ids = rank == 0
+                                                ? std::vector<int32_t>{0, -1, 0, -1}
+                                                : std::vector<int32_t>{-1, 1, 0, 1, -1, 1, 0, 1};
+      const std::vector<float> want_w =
+          rank == 0 ? std::vector<float>{0.5f, 0, 0.5f, 0}
+                    : std::vector<float>{0, 0.25f, 1.0f, 2.0f, 0, 0.25f, 1.0f, 2.0f};
+      for (size_t i = 0; i < want_ids.size(); ++i) {
+        if (ids[i] != want_ids[i] || ws[i] != want_w[i]) failure = "slot " + std::to_string(i);
+      }
+    }
+    // Experts that hand back each row as it is: combine gives each token one copy per rank.
+    std::vector<float> out(2 * 8, 0.0f);
+    moecommTensor_t ot = matrix(out.data(), moecommFloat32, 2, 8);
+    if (moecommCombine(group, &bx, handle, &ot, nullptr) != moecommSuccess) {
+      failure = moecommGetLastError(group);
+    }
+    for (int h = 0; h < 8; ++h) {
+      if (out[h] != 2 * x[h] || out[8 + h] != x[8 + h]) failure = "token-major combine";
+    }
+    moecommHandleDestroy(handle);
+    moecommGroupDestroy(group);
+  });
+}
+
 // FP8 dispatch through the C ABI: rows and their block scales arrive together, intact, and a
 // batch without scales says so.
 TEST(CApi, Fp8DispatchCarriesScales) {
