@@ -124,6 +124,38 @@ void packForRank(const Group::Impl& group, const RoutingPlan& plan, const Tensor
   }
 }
 
+// Bytes of rows before the ids in source p's message of n tokens: none in this rank's message to
+// itself when its own rows are read from x (token-major).
+size_t rowsBytesOf(const Group::Impl& group, int p, int64_t n, const WireRow& wire,
+                   bool own_rows_from_x) {
+  return own_rows_from_x && p == group.rank ? 0 : static_cast<size_t>(n) * wire.bytes;
+}
+
+// The rows offered to each local expert, from the ids that follow every message's rows, with a
+// check that the ids make sense.
+Status localDemand(const Group::Impl& group, const Staging& staging,
+                   const DispatchHandle::Impl& handle, bool own_rows_from_x,
+                   std::vector<int64_t>* demand) {
+  const int k = group.config.topk;
+  const int local = group.local_experts;
+  const WireRow wire = wireRow(group.config);
+  demand->assign(static_cast<size_t>(local), 0);
+  for (int p = 0; p < group.size; ++p) {
+    const int64_t n = handle.recv_tokens[p];
+    const auto* ids = reinterpret_cast<const int32_t*>(
+        staging.recvPayload(p) + rowsBytesOf(group, p, n, wire, own_rows_from_x));
+    for (int64_t i = 0; i < n * k; ++i) {
+      if (ids[i] >= local) {
+        return makeError(StatusCode::kInternalError,
+                         "rank {}: rank {} sent local expert id {} >= {}", group.rank, p, ids[i],
+                         local);
+      }
+      if (ids[i] >= 0) ++(*demand)[ids[i]];
+    }
+  }
+  return Status::ok();
+}
+
 // Lays the received tokens out expert-major and fills the receive side of the handle.
 Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOptions& options,
               DispatchHandle::Impl& handle, ExpertBatch& batch) {
@@ -133,20 +165,9 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
   const size_t row_bytes = wire.bytes;
   const size_t value_bytes = wire.values;
   const size_t scale_bytes = wire.scales;
-  std::vector<int64_t> demand(static_cast<size_t>(local), 0);
-  // Pass 1: rows per local expert, and a check that the ids we got make sense.
-  for (int p = 0; p < group.size; ++p) {
-    const int64_t n = handle.recv_tokens[p];
-    const auto* ids = reinterpret_cast<const int32_t*>(staging.recvPayload(p) + n * row_bytes);
-    for (int64_t i = 0; i < n * k; ++i) {
-      if (ids[i] >= local) {
-        return makeError(StatusCode::kInternalError,
-                         "rank {}: rank {} sent local expert id {} >= {}", group.rank, p, ids[i],
-                         local);
-      }
-      if (ids[i] >= 0) ++demand[ids[i]];
-    }
-  }
+  // Pass 1: rows per local expert.
+  std::vector<int64_t> demand;
+  MOECOMM_RETURN_IF_ERROR(localDemand(group, staging, handle, false, &demand));
   const int64_t rows = layoutExperts(options, demand, &batch);
   handle.num_rows = rows;
   // Only padding rows need zeros; every other row is written once below.
@@ -216,31 +237,14 @@ struct OwnRows {
   const std::vector<int32_t>& tokens;
 };
 
-// Where source p's rows start in its message: past nothing for this rank's own message.
-size_t rowsBytesOf(const Group::Impl& group, int p, int64_t n, const WireRow& wire) {
-  return p == group.rank ? 0 : static_cast<size_t>(n) * wire.bytes;
-}
-
 Status unpackTokenMajor(const Group::Impl& group, const Staging& staging,
                         const DispatchOptions& options, const OwnRows& own,
                         DispatchHandle::Impl& handle, ExpertBatch& batch) {
   const int k = group.config.topk;
   const int local = group.local_experts;
   const WireRow wire = wireRow(group.config);
-  std::vector<int64_t> demand(static_cast<size_t>(local), 0);
-  for (int p = 0; p < group.size; ++p) {
-    const int64_t n = handle.recv_tokens[p];
-    const auto* ids =
-        reinterpret_cast<const int32_t*>(staging.recvPayload(p) + rowsBytesOf(group, p, n, wire));
-    for (int64_t i = 0; i < n * k; ++i) {
-      if (ids[i] >= local) {
-        return makeError(StatusCode::kInternalError,
-                         "rank {}: rank {} sent local expert id {} >= {}", group.rank, p, ids[i],
-                         local);
-      }
-      if (ids[i] >= 0) ++demand[ids[i]];
-    }
-  }
+  std::vector<int64_t> demand;
+  MOECOMM_RETURN_IF_ERROR(localDemand(group, staging, handle, true, &demand));
   layoutExperts(options, demand, &batch);
   batch.expert_offsets.clear();
   const int64_t rows = handle.receivedTokens();
@@ -290,7 +294,8 @@ Status unpackTokenMajor(const Group::Impl& group, const Staging& staging,
         }
       }
     }
-    const auto* ids = reinterpret_cast<const int32_t*>(src_rows + rowsBytesOf(group, p, n, wire));
+    const auto* ids =
+        reinterpret_cast<const int32_t*>(src_rows + rowsBytesOf(group, p, n, wire, true));
     const auto* w = reinterpret_cast<const float*>(ids + n * k);
     for (int64_t s = 0; s < n * k; ++s) {
       const int32_t e = ids[s];
