@@ -16,6 +16,11 @@ namespace {
 Status checkLayout(const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
                    int64_t rows) {
   const size_t experts = counts.size();
+  if (offsets.empty() && experts > 0) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "no expert offsets: a token-major batch has one row per token, not per "
+                     "expert; grouped GEMMs need an expert-major batch (DispatchOptions::layout)");
+  }
   if (offsets.size() != experts + 1) {
     return makeError(StatusCode::kInvalidArgument,
                      "offsets has {} entries but counts has {}; offsets needs experts + 1",

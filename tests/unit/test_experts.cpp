@@ -115,6 +115,12 @@ TEST(GroupedGemm, BadShapesAndLayoutsAreRejectedWithTheirSizes) {
   EXPECT_THROW(groupedGemm(GemmForm::kNN, a, w, c, {4, 4}, {0, 4}), Error);     // short offsets
   EXPECT_THROW(groupedGemm(GemmForm::kNN, a, w, c, {4, 4}, {0, 4, 9}), Error);  // past the rows
   EXPECT_THROW(groupedGemm(GemmForm::kNN, a, w, c, {4, 4}, {0, 4, 8}, 1.0f), Error);  // beta
+  try {  // a token-major batch has no offsets
+    groupedGemm(GemmForm::kNN, a, w, c, {4, 4}, {});
+    FAIL() << "accepted empty offsets";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token-major"), std::string::npos) << e.what();
+  }
 }
 
 // ---- expert MLPs against a double-precision reference, forward and backward.
