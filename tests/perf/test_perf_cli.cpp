@@ -93,6 +93,7 @@ TEST(PerfCli, BadValuesAreRefusedWithAMessage) {
            {{"--routing", "hot:abc"}, "missing"},
            {{"--routing", "lumpy"}, "lumpy"},
            {{"--dtype", "int8"}, "int8"},
+           {{"--layout", "rows"}, "rows"},
            {{"--tokens", "0"}, "--tokens"}}) {
     DispatchBenchOptions o;
     const std::string error = parse(addDispatchOptions, args, &o);
@@ -103,11 +104,13 @@ TEST(PerfCli, BadValuesAreRefusedWithAMessage) {
 TEST(PerfCli, EveryDispatchFlag) {
   DispatchBenchOptions o;
   ASSERT_EQ(parse(addDispatchOptions,
-                  {"--tokens", "128",     "--hidden",   "64",          "--topk",  "2",  "--experts",
-                   "8",        "--dtype", "f32",        "--routing",   "hot:0.5", "-n", "3",
-                   "-w",       "1",       "--no-check", "--alignment", "16",      "-t", "2"},
+                  {"--tokens",  "128", "--hidden", "64",       "--topk",     "2",
+                   "--experts", "8",   "--dtype",  "f32",      "--routing",  "hot:0.5",
+                   "-n",        "3",   "-w",       "1",        "--no-check", "--alignment",
+                   "16",        "-t",  "2",        "--layout", "token"},
                   &o),
             "");
+  EXPECT_EQ(o.layout, "token");
   EXPECT_EQ(o.tokens, 128);
   EXPECT_EQ(o.hidden, 64);
   EXPECT_EQ(o.topk, 2);
@@ -211,6 +214,16 @@ TEST(PerfCli, DispatchRunsChecksAndWritesJson) {
   const nlohmann::json fp8 = readJson(path);
   EXPECT_EQ(fp8["config"]["dtype"], "fp8");
   EXPECT_EQ(fp8["summary"]["ok"], true);
+  // Token-major batches: checked the same way (the identity experts weigh each row), with the
+  // memcpy roofline and the ratio in the summary.
+  o.dtype = "bf16";
+  o.layout = "token";
+  ASSERT_EQ(runOnRanks(o, [&](RankContext& c) { return runDispatch(o, c); }), 0);
+  const nlohmann::json token = readJson(path);
+  EXPECT_EQ(token["config"]["layout"], "token");
+  EXPECT_EQ(token["summary"]["ok"], true);
+  EXPECT_GT(token["summary"]["memcpy_gbps"].get<double>(), 0);
+  EXPECT_GT(token["summary"]["both_x_memcpy"].get<double>(), 0);
 }
 
 TEST(PerfCli, RoutingGeneratorsAreDistinctAndSkewed) {
