@@ -234,7 +234,9 @@ Status ensureWindow(Group::Impl& group, Staging& staging, size_t half_bytes) {
 std::byte* placeInWindow(Group::Impl& group, Staging& staging, const SizeMatrix& sizes, int peer,
                          WireOp op, uint64_t sequence, int64_t count) {
   const int n = group.size;
-  if (peer == group.rank || !staging.window) return nullptr;
+  if (peer == group.rank || !staging.window || staging.placed.size() != static_cast<size_t>(n)) {
+    return nullptr;
+  }
   std::byte* part = group.transport->mappedPart(*staging.window, peer);
   if (part == nullptr) return nullptr;
   const PutLayout layout = putLayout(sizes, n);
@@ -255,6 +257,7 @@ Status exchange(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequen
   if (!local.isOk()) writeErrorMessages(staging, n, op, sequence, local);
   std::vector<uint8_t> placed(static_cast<size_t>(n), 0);
   placed.swap(staging.placed);  // they hold for this round only
+  placed.resize(static_cast<size_t>(n), 0);
   const bool any_placed = std::find(placed.begin(), placed.end(), 1) != placed.end();
   ++staging.rounds;
   if (sizes != nullptr && staging.window) {
