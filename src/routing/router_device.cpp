@@ -56,12 +56,11 @@ Routing routeOnDevice(const Router& router, const TensorView& logits, const Tens
   const int64_t tokens = logits.shape[0];
   const int experts = static_cast<int>(logits.shape[1]);
 #if defined(MOECOMM_HAVE_CUDA)
-  // Rerouting is sequential by definition (each reroute takes room the next may want): CPU.
-  if ((o.capacity_factor > 0.0 && o.overflow == OverflowPolicy::kReroute) ||
-      experts > cuda::kGateMaxExperts) {
-    return routeStaged(router, logits, bias, context);
-  }
+  if (experts > cuda::kGateMaxExperts) return routeStaged(router, logits, bias, context);
   const int64_t capacity = expertCapacity(o, tokens, experts);
+  // Rerouting ranks the gate's next-best experts after the top k (the candidates).
+  const bool reroute = capacity > 0 && o.overflow == OverflowPolicy::kReroute;
+  const int candidates = reroute ? o.reroute_candidates : 0;
   const int k = o.topk;
   const Device dev = logits.device;
   auto stream = static_cast<cudaStream_t>(context.stream);
@@ -74,14 +73,28 @@ Routing routeOnDevice(const Router& router, const TensorView& logits, const Tens
   const int32_t none = INT32_MAX;
   throwIfCuda(cudaMemcpyAsync(bad.data(), &none, sizeof(none), cudaMemcpyHostToDevice, stream),
               "cudaMemcpyAsync");
-  const cpu::GateParams params{
-      experts,       k, static_cast<int>(o.score), o.renormalize, o.scaling_factor, o.num_groups,
-      o.topk_groups, 0};
-  throwIfCuda(cuda::gate(logits.as<const float>(), tokens,
-                         bias != nullptr ? bias->as<const float>() : nullptr, params,
-                         routing.topk_idx.as<int32_t>(), routing.topk_weights.as<float>(), nullptr,
-                         nullptr, bad.as<int32_t>(), stream),
-              "the gate kernel");
+  const cpu::GateParams params{experts,
+                               k,
+                               static_cast<int>(o.score),
+                               o.renormalize,
+                               o.scaling_factor,
+                               o.num_groups,
+                               o.topk_groups,
+                               candidates};
+  Tensor candidate_idx, candidate_weights, reroute_load, reroute_counters;
+  if (reroute) {
+    candidate_idx = Tensor::empty({tokens, std::max(candidates, 1)}, DType::kI32, dev);
+    candidate_weights = Tensor::empty({tokens, std::max(candidates, 1)}, DType::kF32, dev);
+    reroute_load = Tensor::empty({experts}, DType::kI32, dev);
+    reroute_counters = Tensor::empty({2}, DType::kI32, dev);
+  }
+  throwIfCuda(
+      cuda::gate(logits.as<const float>(), tokens,
+                 bias != nullptr ? bias->as<const float>() : nullptr, params,
+                 routing.topk_idx.as<int32_t>(), routing.topk_weights.as<float>(),
+                 reroute ? candidate_idx.as<int32_t>() : nullptr,
+                 reroute ? candidate_weights.as<float>() : nullptr, bad.as<int32_t>(), stream),
+      "the gate kernel");
   throwIfCuda(cudaMemcpyAsync(routing.selected_idx.data(), routing.topk_idx.data(),
                               routing.topk_idx.bytes(), cudaMemcpyDeviceToDevice, stream),
               "cudaMemcpyAsync");
@@ -91,11 +104,18 @@ Routing routeOnDevice(const Router& router, const TensorView& logits, const Tens
       cudaMemcpyAsync(first_overflow.data(), &none, sizeof(none), cudaMemcpyHostToDevice, stream),
       "cudaMemcpyAsync");
   if (capacity > 0) {
+    cuda::Reroute moves;
+    if (reroute) {
+      moves = {
+          candidate_idx.as<const int32_t>(), candidate_weights.as<const float>(), candidates, k,
+          reroute_load.as<int32_t>(),        reroute_counters.as<int32_t>()};
+    }
     throwIfCuda(cuda::applyCapacity(routing.topk_idx.as<int32_t>(),
                                     routing.topk_weights.as<float>(), tokens * k, experts, capacity,
                                     o.drop_policy == DropPolicy::kProbability,
-                                    o.overflow == OverflowPolicy::kDrop,
-                                    {counts.as<int32_t>(), first_overflow.as<int32_t>()}, stream),
+                                    o.overflow != OverflowPolicy::kError,
+                                    {counts.as<int32_t>(), first_overflow.as<int32_t>()},
+                                    reroute ? &moves : nullptr, stream),
                 "capacity");
   } else {
     throwIfCuda(cuda::countExperts(routing.topk_idx.as<int32_t>(), tokens * k, experts,
@@ -115,6 +135,17 @@ Routing routeOnDevice(const Router& router, const TensorView& logits, const Tens
   throwIfCuda(cudaMemcpyAsync(&overflow_slot, first_overflow.data(), sizeof(overflow_slot),
                               cudaMemcpyDeviceToHost, stream),
               "cudaMemcpyAsync");
+  std::vector<int32_t> host_load;
+  int32_t host_moves[2] = {0, 0};  // rerouted, dropped
+  if (reroute) {
+    host_load.resize(static_cast<size_t>(experts));
+    throwIfCuda(cudaMemcpyAsync(host_load.data(), reroute_load.data(), reroute_load.bytes(),
+                                cudaMemcpyDeviceToHost, stream),
+                "cudaMemcpyAsync");
+    throwIfCuda(cudaMemcpyAsync(host_moves, reroute_counters.data(), sizeof(host_moves),
+                                cudaMemcpyDeviceToHost, stream),
+                "cudaMemcpyAsync");
+  }
   throwIfCuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   if (first_bad != none) {
     throw Error(
@@ -139,7 +170,11 @@ Routing routeOnDevice(const Router& router, const TensorView& logits, const Tens
   stats.capacity = capacity;
   stats.demand_per_expert.assign(host_counts.begin(), host_counts.end());
   stats.tokens_per_expert = stats.demand_per_expert;
-  if (capacity > 0) {
+  if (reroute) {
+    stats.tokens_per_expert.assign(host_load.begin(), host_load.end());
+    stats.rerouted = host_moves[0];
+    stats.dropped = host_moves[1];
+  } else if (capacity > 0) {
     for (int64_t& load : stats.tokens_per_expert) {
       stats.dropped += std::max<int64_t>(0, load - capacity);
       load = std::min(load, capacity);

@@ -95,7 +95,13 @@ GPU_TEST(router_on_gpu_matches_cpu) {
   RouterOptions capacity = softmax;
   capacity.capacity_factor = 1.0;
   capacity.overflow = OverflowPolicy::kReroute;
-  cases.push_back({"capacity reroute (staged)", capacity, 64, false});
+  cases.push_back({"capacity reroute by position (GPU)", capacity, 64, false});
+  RouterOptions reroute_probability = deepseek;
+  reroute_probability.capacity_factor = 0.9;
+  reroute_probability.drop_policy = DropPolicy::kProbability;
+  reroute_probability.overflow = OverflowPolicy::kReroute;
+  reroute_probability.reroute_candidates = 6;
+  cases.push_back({"capacity reroute by probability (GPU)", reroute_probability, 256, true});
   RouterOptions drop_position = softmax;
   drop_position.capacity_factor = 0.8;
   drop_position.drop_policy = DropPolicy::kPosition;
@@ -199,7 +205,7 @@ GPU_TEST(capacity_kernel_matches_cpu) {
         }());
         CUDA_OK(cuda::applyCapacity(d_idx.as<int32_t>(), d_w.as<float>(), tokens * 4, experts,
                                     capacity, policy == DropPolicy::kProbability, drop,
-                                    {demand.as<int32_t>(), first.as<int32_t>()}, nullptr));
+                                    {demand.as<int32_t>(), first.as<int32_t>()}, nullptr, nullptr));
         const Tensor g_idx = onHost(d_idx.view());
         const Tensor g_w = onHost(d_w.view());
         const Tensor g_demand = onHost(demand.view());
