@@ -30,10 +30,11 @@ int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateP
   // Token t's ranked experts into its k slots, then its reroute candidates; the j-th ranked
   // expert weighs scaling * a(j) / norm, and slots past `found` are empty (-1, 0).
   auto write = [&](int64_t t, int found, auto a, float norm) {
+    const float scale = p.scaling / norm;  // one division a token, not one a slot
     for (int j = 0; j < ranked_max; ++j) {
       const bool have = j < found;
       const int32_t e = have ? ranked[j] : -1;
-      const float w = have ? p.scaling * a(j) / norm : 0.0f;
+      const float w = have ? a(j) * scale : 0.0f;
       if (j < p.topk) {
         idx[t * p.topk + j] = e;
         weights[t * p.topk + j] = w;

@@ -154,7 +154,7 @@ __global__ void gateKernel(const float* logits, int64_t tokens, const float* bia
     } else if (lane == 0) {
       atomicMin(bad_token, static_cast<int32_t>(t));
     }
-    // Weights: scaling * a(j) / norm; norm sums the kept top-k in slot order, as the CPU does.
+    // Weights: a(j) * (scaling / norm); norm sums the kept top-k in slot order, as the CPU does.
     float top_logit = 0.0f;
     if (ranks_logits && found > 0) top_logit = row[ranked[0]];
     float norm = 1.0f;
@@ -172,7 +172,7 @@ __global__ void gateKernel(const float* logits, int64_t tokens, const float* bia
       float w = 0.0f;
       if (have) {
         const float a = ranks_logits ? expf(row[e] - top_logit) : raw[e];
-        w = p.scaling * a / norm;
+        w = a * (p.scaling / norm);
       }
       if (j < p.topk) {
         idx[t * p.topk + j] = e;
