@@ -70,6 +70,22 @@ __attribute__((target("avx2,popcnt,bmi"))) int packAtLeast(const float* values, 
   return found;
 }
 
+// packAtLeast over some groups of a row (ascending ids, per_group values each, whole vectors),
+// positions in the whole row; one call a row, so that the per-group packing inlines.
+__attribute__((target("avx2,popcnt,bmi"))) int packGroupsAtLeast(const float* values,
+                                                                  int per_group, const int* groups,
+                                                                  int num_groups, float floor,
+                                                                  int limit, int32_t* index) {
+  int found = 0;
+  for (int i = 0; i < num_groups; ++i) {
+    const int at = groups[i] * per_group;
+    const int more = packAtLeast(values + at, per_group, floor, limit - found, index + found, at);
+    if (more < 0) return -1;
+    found += more;
+  }
+  return found;
+}
+
 // The candidates for the top n, left-packed into `index`: the values at or above a floor, for rows
 // of whole 8-float vectors, at least 2n of them. The vectors are split into `sets` runs; the
 // lane-wise maximum of each run is the maximum of a disjoint set of values (one lane of each of
@@ -245,13 +261,8 @@ int selectTopInGroups(const float* values, int per_group, const int* groups, int
     const int limit = std::max(64, 4 * n);
     std::vector<int32_t>& index = scratch.index;
     growTo(index, static_cast<size_t>(limit) + 64);
-    int found = 0;
-    for (int i = 0; i < num_groups && found >= 0; ++i) {
-      const int at = groups[i] * per_group;
-      const int more =
-          packAtLeast(values + at, per_group, floor, limit - found, index.data() + found, at);
-      found = more < 0 ? -1 : found + more;
-    }
+    const int found = packGroupsAtLeast(values, per_group, groups, num_groups, floor, limit,
+                                        index.data());
     if (found >= 0) {
       rankCandidates(values, index.data(), found, n, out, scratch);
       return std::min(found, n);
