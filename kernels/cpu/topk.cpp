@@ -72,10 +72,10 @@ __attribute__((target("avx2,popcnt,bmi"))) int packAtLeast(const float* values, 
 
 // packAtLeast over some groups of a row (ascending ids, per_group values each, whole vectors),
 // positions in the whole row; one call a row, so that the per-group packing inlines.
-__attribute__((target("avx2,popcnt,bmi"))) int packGroupsAtLeast(const float* values,
-                                                                  int per_group, const int* groups,
-                                                                  int num_groups, float floor,
-                                                                  int limit, int32_t* index) {
+__attribute__((target("avx2,popcnt,bmi"))) int packGroupsAtLeast(const float* values, int per_group,
+                                                                 const int* groups, int num_groups,
+                                                                 float floor, int limit,
+                                                                 int32_t* index) {
   int found = 0;
   for (int i = 0; i < num_groups; ++i) {
     const int at = groups[i] * per_group;
@@ -261,8 +261,8 @@ int selectTopInGroups(const float* values, int per_group, const int* groups, int
     const int limit = std::max(64, 4 * n);
     std::vector<int32_t>& index = scratch.index;
     growTo(index, static_cast<size_t>(limit) + 64);
-    const int found = packGroupsAtLeast(values, per_group, groups, num_groups, floor, limit,
-                                        index.data());
+    const int found =
+        packGroupsAtLeast(values, per_group, groups, num_groups, floor, limit, index.data());
     if (found >= 0) {
       rankCandidates(values, index.data(), found, n, out, scratch);
       return std::min(found, n);
