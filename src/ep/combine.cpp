@@ -190,10 +190,16 @@ Status runCombineBackward(Dispatcher::State& state, const TensorView& grad_out, 
   const size_t row_bytes = rowBytes(grad_out);
   const std::vector<int64_t> counts = sendCounts(h);
 
-  // Phase 1: grad_out travels like a dispatch (once per destination rank).
+  // Phase 1: grad_out travels like a dispatch (once per destination rank), built in the
+  // receivers' windows where they are mapped here.
+  const SizeMatrix grad_sizes = h.sizes(row_bytes, true);
   for (int p = 0; p < group.size; ++p) {
-    std::byte* payload = staging.sendPayload(p, static_cast<size_t>(counts[p]) * row_bytes,
-                                             WireOp::kCombineBackwardGrad, sequence, counts[p]);
+    std::byte* payload = placeInWindow(group, staging, grad_sizes, p, WireOp::kCombineBackwardGrad,
+                                       sequence, counts[p]);
+    if (payload == nullptr) {
+      payload = staging.sendPayload(p, static_cast<size_t>(counts[p]) * row_bytes,
+                                    WireOp::kCombineBackwardGrad, sequence, counts[p]);
+    }
     for (size_t i = 0; i < h.send_tokens[p].size(); ++i) {
       std::memcpy(payload + i * row_bytes,
                   static_cast<const std::byte*>(grad_out.data) + h.send_tokens[p][i] * row_bytes,
@@ -201,7 +207,6 @@ Status runCombineBackward(Dispatcher::State& state, const TensorView& grad_out, 
     }
     staging.expect(p, static_cast<size_t>(h.recv_tokens[p]) * row_bytes);
   }
-  const SizeMatrix grad_sizes = h.sizes(row_bytes, true);
   MOECOMM_RETURN_IF_ERROR(exchange(group, staging, WireOp::kCombineBackwardGrad, sequence, 0,
                                    Status::ok(), &grad_sizes));
   MOECOMM_RETURN_IF_ERROR(
