@@ -39,6 +39,25 @@ void onTwoRanks(RankMain rank_main) {
   EXPECT_EQ(failures[1], "");
 }
 
+// A group of `world` for `rank` with the given shape; `adjust` sets the rest of the config.
+// Null (and `failure` set) when creation fails.
+template <typename Adjust>
+moecommGroup_t makeGroup(moecommWorld_t world, int rank, int experts, int hidden,
+                         moecommDataType_t dtype, int topk, std::string& failure, Adjust adjust) {
+  moecommConfig_t config = MOECOMM_CONFIG_INIT;
+  config.num_experts = experts;
+  config.hidden = hidden;
+  config.dtype = dtype;
+  config.topk = topk;
+  adjust(config);
+  moecommGroup_t group = nullptr;
+  if (moecommGroupCreate(world, rank, &config, &group) != moecommSuccess) {
+    failure = moecommGetLastError(nullptr);
+    return nullptr;
+  }
+  return group;
+}
+
 TEST(CApi, HeaderIsCAndInitializerIsValid) {
   EXPECT_EQ(moecomm_c_header_default_alignment(), 1);
   int version = 0;
@@ -50,17 +69,9 @@ TEST(CApi, HeaderIsCAndInitializerIsValid) {
 
 TEST(CApi, DispatchCombineRoundTripWithTwoRanks) {
   onTwoRanks([](moecommWorld_t world, int rank, std::string& failure) {
-    moecommConfig_t config = MOECOMM_CONFIG_INIT;
-    config.num_experts = 4;
-    config.hidden = 8;
-    config.dtype = moecommFloat32;
-    config.topk = 2;
-    config.expert_alignment = 4;
-    moecommGroup_t group = nullptr;
-    if (moecommGroupCreate(world, rank, &config, &group) != moecommSuccess) {
-      failure = moecommGetLastError(nullptr);
-      return;
-    }
+    moecommGroup_t group = makeGroup(world, rank, 4, 8, moecommFloat32, 2, failure,
+                                     [](moecommConfig_t& c) { c.expert_alignment = 4; });
+    if (group == nullptr) return;
     std::vector<float> x(3 * 8), w = {0.5f, 0.25f, 1.0f, 0.0f, 0.75f, 0.25f};
     for (size_t i = 0; i < x.size(); ++i) x[i] = float(i) + 100.0f * rank;
     std::vector<int32_t> idx = {0, 3, 2, -1, 1, 2};
@@ -76,6 +87,10 @@ TEST(CApi, DispatchCombineRoundTripWithTwoRanks) {
     int64_t counts[2], offsets[3];
     moecommHandleGetBatch(handle, &batch_x, &row_w, counts, offsets);
     if (offsets[1] % 4 != 0) failure = "offsets not aligned";
+    moecommTensor_t slots;
+    if (moecommHandleGetTokenSlots(handle, &slots, nullptr) != moecommInvalidArgument) {
+      failure = "an expert-major handle gave token slots";
+    }
     // Identity experts: combine must give back sum_j w_tj * x[t].
     std::vector<float> out(3 * 8, 0.0f);
     moecommTensor_t ot = matrix(out.data(), moecommFloat32, 3, 8);
@@ -102,20 +117,13 @@ TEST(CApi, DispatchCombineRoundTripWithTwoRanks) {
 }
 
 // Token-major batches through the C ABI: one row per token and rank, its local slots, and a
-// combine that sums the ranks' rows; an expert-major handle refuses to give token slots.
+// combine that sums the ranks' rows (the expert-major round trip checks that its handle has no
+// slots).
 TEST(CApi, TokenMajorBatchesCarrySlotsAndCombineSumsRanks) {
   onTwoRanks([](moecommWorld_t world, int rank, std::string& failure) {
-    moecommConfig_t config = MOECOMM_CONFIG_INIT;
-    config.num_experts = 4;
-    config.hidden = 8;
-    config.dtype = moecommFloat32;
-    config.topk = 2;
-    config.token_major = 1;
-    moecommGroup_t group = nullptr;
-    if (moecommGroupCreate(world, rank, &config, &group) != moecommSuccess) {
-      failure = moecommGetLastError(nullptr);
-      return;
-    }
+    moecommGroup_t group = makeGroup(world, rank, 4, 8, moecommFloat32, 2, failure,
+                                     [](moecommConfig_t& c) { c.token_major = 1; });
+    if (group == nullptr) return;
     // Token 0 visits both ranks (experts 0 and 3), token 1 only rank 1 (experts 2 and 3).
     std::vector<float> x(2 * 8), w = {0.5f, 0.25f, 1.0f, 2.0f};
     for (size_t i = 0; i < x.size(); ++i) x[i] = float(i) + 100.0f * rank;
@@ -170,16 +178,10 @@ TEST(CApi, TokenMajorBatchesCarrySlotsAndCombineSumsRanks) {
 // batch without scales says so.
 TEST(CApi, Fp8DispatchCarriesScales) {
   onTwoRanks([](moecommWorld_t world, int rank, std::string& failure) {
-    moecommConfig_t config = MOECOMM_CONFIG_INIT;
-    config.num_experts = 2;
-    config.hidden = 130;  // two scale blocks, the second of 2 values
-    config.dtype = moecommFp8E4M3;
-    config.topk = 1;
-    moecommGroup_t group = nullptr;
-    if (moecommGroupCreate(world, rank, &config, &group) != moecommSuccess) {
-      failure = moecommGetLastError(nullptr);
-      return;
-    }
+    // hidden 130: two scale blocks, the second of 2 values.
+    moecommGroup_t group =
+        makeGroup(world, rank, 2, 130, moecommFp8E4M3, 1, failure, [](moecommConfig_t&) {});
+    if (group == nullptr) return;
     // Token t of rank r: every value byte 16 * r + t, scales (r + 1, t + 2); token t goes to
     // expert t % 2, so each rank's expert gets one token from each rank.
     std::vector<uint8_t> x(2 * 130);
