@@ -1,6 +1,8 @@
 #include "kernels/cpu/gating.hpp"
 
 #include "kernels/cpu/finite.hpp"
+#include "kernels/cpu/gate_common.hpp"
+#include "kernels/cpu/gate_grouped_sigmoid.hpp"
 #include "kernels/cpu/group_scores.hpp"
 #include "kernels/cpu/topk.hpp"
 #include "kernels/cpu/vector_math.hpp"
@@ -14,6 +16,16 @@ namespace moecomm::cpu {
 
 int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateParams& p,
              int32_t* idx, float* weights, int32_t* candidate_idx, float* candidate_weights) {
+  if (fusedGroupedSigmoidApplies(p)) {
+    return gateGroupedSigmoid(logits, tokens, bias, p, idx, weights, candidate_idx,
+                              candidate_weights);
+  }
+  return gateGeneral(logits, tokens, bias, p, idx, weights, candidate_idx, candidate_weights);
+}
+
+int64_t gateGeneral(const float* logits, int64_t tokens, const float* bias, const GateParams& p,
+                    int32_t* idx, float* weights, int32_t* candidate_idx,
+                    float* candidate_weights) {
   const int E = p.experts;
   const int ranked_max = p.topk + p.candidates;
   TopScratch scratch;
@@ -27,50 +39,21 @@ int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateP
   // The ranked experts' logits and the quantity their weights are made of (exp or sigmoid),
   // computed for those few only where the score pass does not need them for every expert.
   std::vector<float> picked(ranked_max), chosen(ranked_max);
-  // Token t's ranked experts into its k slots, then its reroute candidates; the j-th ranked
-  // expert weighs scaling * a(j) / norm, and slots past `found` are empty (-1, 0).
-  auto write = [&](int64_t t, int found, auto a, float norm) {
-    const float scale = p.scaling / norm;  // one division a token, not one a slot
-    for (int j = 0; j < ranked_max; ++j) {
-      const bool have = j < found;
-      const int32_t e = have ? ranked[j] : -1;
-      const float w = have ? a(j) * scale : 0.0f;
-      if (j < p.topk) {
-        idx[t * p.topk + j] = e;
-        weights[t * p.topk + j] = w;
-      } else {
-        candidate_idx[t * p.candidates + (j - p.topk)] = e;
-        candidate_weights[t * p.candidates + (j - p.topk)] = w;
-      }
-    }
-  };
   int64_t non_finite = -1;
-  // Rows a page ahead are requested early: the hardware prefetcher stops at page boundaries,
-  // and a row's compute is long enough to hide the memory latency of a later one.
-  const int64_t ahead = std::max<int64_t>(1, 4096 / (static_cast<int64_t>(E) * 4));
-  auto prefetch = [&](int64_t t) {
-    if (t + ahead >= tokens) return;
-    const char* next = reinterpret_cast<const char*>(logits + (t + ahead) * E);
-    for (int64_t off = 0; off < static_cast<int64_t>(E) * 4; off += 64) {
-      __builtin_prefetch(next + off);
-    }
-  };
   for (int64_t t = 0; t < tokens && ranks_logits; ++t) {
     const float* row = logits + t * E;
-    prefetch(t);
+    prefetchRowAhead(logits, tokens, E, t);
     if (non_finite < 0 && !allFinite(row, E)) non_finite = t;
     const int found = selectTop(row, E, ranked_max, ranked.data(), scratch);
     const float top = found > 0 ? row[ranked[0]] : 0.0f;
     for (int j = 0; j < found; ++j) picked[j] = row[ranked[j]];
     expShifted(picked.data(), top, chosen.data(), found);
-    float norm = 0.0f;
-    for (int j = 0; j < std::min(found, p.topk); ++j) norm += chosen[j];
-    write(
-        t, found, [&](int j) { return chosen[j]; }, norm);
+    writeSlots(p, t, ranked.data(), found, chosen.data(), slotNorm(p, chosen.data(), found), idx,
+               weights, candidate_idx, candidate_weights);
   }
   for (int64_t t = 0; t < tokens && !ranks_logits; ++t) {
     const float* row = logits + t * E;
-    prefetch(t);
+    prefetchRowAhead(logits, tokens, E, t);
     // raw: the quantity weights are made of; select: what is ranked (raw + bias). The sigmoid
     // pass writes select only: the few ranked experts' sigmoids are taken again below.
     const bool finite =
@@ -124,13 +107,8 @@ int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateP
     } else {
       for (int j = 0; j < found; ++j) chosen[j] = raw[ranked[j]];
     }
-    float norm = 1.0f;
-    if (p.renormalize || p.score == 2) {
-      norm = 0.0f;
-      for (int j = 0; j < std::min(found, p.topk); ++j) norm += chosen[j];
-    }
-    write(
-        t, found, [&](int j) { return chosen[j]; }, norm);
+    writeSlots(p, t, ranked.data(), found, chosen.data(), slotNorm(p, chosen.data(), found), idx,
+               weights, candidate_idx, candidate_weights);
   }
   return non_finite;
 }

@@ -24,4 +24,9 @@ struct GateParams {
 int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateParams& params,
              int32_t* idx, float* weights, int32_t* candidate_idx, float* candidate_weights);
 
+// gate()'s general path, for every option and CPU. gate() takes a fused kernel instead where one
+// fits the options; the tests hold those kernels to this path.
+int64_t gateGeneral(const float* logits, int64_t tokens, const float* bias, const GateParams& p,
+                    int32_t* idx, float* weights, int32_t* candidate_idx, float* candidate_weights);
+
 }  // namespace moecomm::cpu

@@ -1,17 +1,13 @@
 #include "kernels/cpu/group_scores.hpp"
 
-#include "kernels/cpu/simd_ranks.hpp"
-
 #include <limits>
 #if defined(__x86_64__)
-#include <immintrin.h>
+#include "kernels/cpu/avx2_groups.hpp"
 #endif
 
 namespace moecomm::cpu {
 
 namespace {
-
-constexpr float kExcluded = -std::numeric_limits<float>::infinity();
 
 struct TopTwo {
   float first, second;  // second is -inf for a group of one
@@ -19,7 +15,7 @@ struct TopTwo {
 
 // The two largest of n values, the largest twice when it occurs twice.
 TopTwo topTwo(const float* v, int n) {
-  float first = v[0], second = kExcluded;
+  float first = v[0], second = -std::numeric_limits<float>::infinity();
   for (int i = 1; i < n; ++i) {
     if (v[i] > first) {
       second = first;
@@ -32,62 +28,21 @@ TopTwo topTwo(const float* v, int n) {
 }
 
 #if defined(__x86_64__)
-// The 8x8 transpose: row r of the result holds lane r of each input.
-__attribute__((target("avx2"), always_inline)) inline void transpose8(__m256 r[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+// Whole sets of eight groups; returns how many groups were done.
+__attribute__((target("avx2"))) int groupTopTwoSumsAvx2(const float* values, int groups,
+                                                        int per_group, float* scores,
+                                                        float* seconds) {
+  int g = 0;
+  for (; g + 8 <= groups; g += 8) {
+    eightGroupTopTwoSums(values + static_cast<int64_t>(g) * per_group, per_group, scores + g,
+                         seconds != nullptr ? seconds + g : nullptr);
+  }
+  return g;
 }
 
-// Eight groups at once: each lane keeps its two best (first, runner-up) across its group's
-// vectors; the group's best is the largest first, and its second best is the largest of what
-// remains once one copy of the best is taken out. Both sets are transposed
-// so that lane g holds group g, and the reductions run across vectors for all eight together.
-// Taking out one copy of the best walks the lanes in order and removes the first match.
-__attribute__((target("avx2"))) void eightGroupTopTwoSums(const float* values, int per_group,
-                                                          float* scores, float* seconds) {
-  const __m256 excluded = _mm256_set1_ps(kExcluded);
-  __m256 first[8], runner_up[8];
-  for (int g = 0; g < 8; ++g) {
-    const float* v = values + static_cast<int64_t>(g) * per_group;
-    first[g] = _mm256_loadu_ps(v);
-    runner_up[g] = excluded;
-    for (int i = 8; i < per_group; i += 8) {
-      const __m256 x = _mm256_loadu_ps(v + i);
-      runner_up[g] = _mm256_max_ps(runner_up[g], _mm256_min_ps(first[g], x));
-      first[g] = _mm256_max_ps(first[g], x);
-    }
-  }
-  transpose8(first);
-  transpose8(runner_up);
-  __m256 best = first[0];
-  for (int l = 1; l < 8; ++l) best = _mm256_max_ps(best, first[l]);
-  __m256 rest = runner_up[0], removed = _mm256_setzero_ps();
-  for (int l = 0; l < 8; ++l) {
-    if (l > 0) rest = _mm256_max_ps(rest, runner_up[l]);
-    const __m256 take = _mm256_andnot_ps(removed, _mm256_cmp_ps(first[l], best, _CMP_EQ_OQ));
-    removed = _mm256_or_ps(removed, take);
-    rest = _mm256_max_ps(rest, _mm256_blendv_ps(first[l], excluded, take));
-  }
-  _mm256_storeu_ps(scores, _mm256_add_ps(best, rest));
-  if (seconds != nullptr) _mm256_storeu_ps(seconds, rest);
+__attribute__((target("avx2,bmi"))) int keptGroupsAvx2(const float* scores, int groups, int keep,
+                                                       int* kept) {
+  return keptGroupsOfEights(scores, groups, keep, kept);
 }
 #endif
 
@@ -99,10 +54,7 @@ void groupTopTwoSums(const float* values, int groups, int per_group, float* scor
   static const bool avx2 = __builtin_cpu_supports("avx2");
   int g = 0;  // groups done
   if (avx2 && per_group >= 8 && per_group % 8 == 0) {
-    for (; g + 8 <= groups; g += 8) {
-      eightGroupTopTwoSums(values + static_cast<int64_t>(g) * per_group, per_group, scores + g,
-                           seconds != nullptr ? seconds + g : nullptr);
-    }
+    g = groupTopTwoSumsAvx2(values, groups, per_group, scores, seconds);
   }
 #else
   int g = 0;
@@ -113,25 +65,6 @@ void groupTopTwoSums(const float* values, int groups, int per_group, float* scor
     if (seconds != nullptr) seconds[g] = top.second;
   }
 }
-
-#if defined(__x86_64__)
-// Eight groups' ranks at a time against every group, then the kept ones by mask, in order.
-__attribute__((target("avx2,bmi"))) int keptGroupsAvx2(const float* scores, int groups, int keep,
-                                                       int* kept) {
-  const __m256i limit = _mm256_set1_epi32(keep);
-  int count = 0;
-  for (int g = 0; g < groups; g += 8) {
-    const __m256i rank = ranksOfEight(scores, groups, g);
-    auto mask = static_cast<unsigned>(
-        _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(limit, rank))));
-    while (mask != 0) {
-      kept[count++] = g + static_cast<int>(_tzcnt_u32(mask));
-      mask &= mask - 1;
-    }
-  }
-  return count;
-}
-#endif
 
 int keptGroups(const float* scores, int groups, int keep, int* kept) {
 #if defined(__x86_64__)

@@ -28,5 +28,18 @@ __attribute__((target("avx2"), always_inline)) inline __m256i ranksOfEight(const
   return rank;
 }
 
+// The same by a larger value alone: half the work, and equal to ranksOfEight when no two of the
+// values are equal (equal ones then share the lowest rank of their run).
+__attribute__((target("avx2"), always_inline)) inline __m256i strictRanksOfEight(
+    const float* values, int count, int first) {
+  const __m256 mine = _mm256_loadu_ps(values + first);
+  __m256i rank = _mm256_setzero_si256();
+  for (int b = 0; b < count; ++b) {
+    const __m256 beats = _mm256_cmp_ps(_mm256_broadcast_ss(values + b), mine, _CMP_GT_OQ);
+    rank = _mm256_sub_epi32(rank, _mm256_castps_si256(beats));
+  }
+  return rank;
+}
+
 }  // namespace moecomm::cpu
 #endif

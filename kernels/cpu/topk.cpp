@@ -1,11 +1,9 @@
 #include "kernels/cpu/topk.hpp"
 
-#include "kernels/cpu/simd_ranks.hpp"
-
 #include <algorithm>
 #include <limits>
 #if defined(__x86_64__)
-#include <immintrin.h>
+#include "kernels/cpu/avx2_select.hpp"
 #endif
 
 namespace moecomm::cpu {
@@ -42,32 +40,9 @@ __attribute__((target("avx2"))) float nthLargest(const float* values, int count,
   return _mm_cvtss_f32(h);
 }
 
-// The indices of the values at or above `floor`, ascending, into `index` (room for `limit`), for
-// rows of whole 8-float vectors. Returns -1 when the floor is an excluded entry (-inf) or more
-// than `limit` values pass (many ties at the top). The comparisons of 64 values become one word
-// of bits, and only its set bits are visited: a dozen of 256 pass a tight floor, so walking the
-// bits beats packing every vector.
-// `offset` is added to every index written.
 __attribute__((target("avx2,popcnt,bmi"))) int packAtLeast(const float* values, int count,
-                                                           float floor, int limit, int32_t* index,
-                                                           int32_t offset = 0) {
-  if (!(floor > kExcluded)) return -1;
-  const __m256 low = _mm256_set1_ps(floor);
-  int found = 0;
-  for (int base = 0; base < count; base += 64) {
-    const int vectors = std::min(8, (count - base) / 8);
-    uint64_t bits = 0;
-    for (int v = 0; v < vectors; ++v) {
-      const auto mask = static_cast<uint32_t>(_mm256_movemask_ps(
-          _mm256_cmp_ps(_mm256_loadu_ps(values + base + 8 * v), low, _CMP_GE_OQ)));
-      bits |= static_cast<uint64_t>(mask) << (8 * v);
-    }
-    if (found + static_cast<int>(_mm_popcnt_u64(bits)) > limit) return -1;
-    for (; bits != 0; bits = _blsr_u64(bits)) {
-      index[found++] = offset + base + static_cast<int32_t>(_tzcnt_u64(bits));
-    }
-  }
-  return found;
+                                                           float floor, int limit, int32_t* index) {
+  return packAtLeastInline(values, count, floor, limit, index, 0);
 }
 
 // packAtLeast over some groups of a row (ascending ids, per_group values each, whole vectors),
@@ -79,7 +54,8 @@ __attribute__((target("avx2,popcnt,bmi"))) int packGroupsAtLeast(const float* va
   int found = 0;
   for (int i = 0; i < num_groups; ++i) {
     const int at = groups[i] * per_group;
-    const int more = packAtLeast(values + at, per_group, floor, limit - found, index + found, at);
+    const int more =
+        packAtLeastInline(values + at, per_group, floor, limit - found, index + found, at);
     if (more < 0) return -1;
     found += more;
   }
@@ -120,19 +96,16 @@ __attribute__((target("avx2"))) void rankCandidates(const float* values, const i
                                                     TopScratch& scratch) {
   std::vector<float>& picked = scratch.picked;
   std::vector<int32_t>& ordered = scratch.ordered;
+  std::vector<int32_t>& ranks = scratch.ranks;
   growTo(picked, static_cast<size_t>(found) + 8);
   growTo(ordered, static_cast<size_t>(found));
+  growTo(ranks, static_cast<size_t>(found) + 8);
   for (int i = 0; i < found; ++i) picked[i] = values[index[i]];
+  rankEach(picked.data(), found, ranks.data());
   // NaNs compare false, so their ranks can collide and leave slots unwritten: those then hold an
   // index of this row, not a stale one (the gate discards such rows, but must stay in bounds).
   std::fill_n(ordered.begin(), found, found > 0 ? index[0] : 0);
-  for (int a = 0; a < found; a += 8) {
-    const __m256i rank = ranksOfEight(picked.data(), found, a);
-    alignas(32) int32_t ranks[8];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(ranks), rank);
-    const int lanes = std::min(8, found - a);
-    for (int j = 0; j < lanes; ++j) ordered[ranks[j]] = index[a + j];
-  }
+  for (int i = 0; i < found; ++i) ordered[ranks[i]] = index[i];
   std::copy_n(ordered.data(), std::min(n, found), out);
 }
 #endif

@@ -10,7 +10,7 @@ namespace moecomm::cpu {
 // Reused buffers: one per gate call, so the per-token selections allocate nothing.
 struct TopScratch {
   std::vector<int32_t> index;
-  std::vector<int32_t> ordered;
+  std::vector<int32_t> ordered, ranks;
   std::vector<float> picked, held, maxima, order, compact;
 };
 

@@ -9,7 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #if defined(__x86_64__)
-#include <immintrin.h>
+#include "kernels/cpu/avx2_math.hpp"
 #endif
 
 namespace moecomm::cpu {
@@ -34,35 +34,8 @@ void sigmoidPortable(const float* in, const float* bias, float* out, float* bias
 #if defined(__x86_64__)
 const bool kAvx2Fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 
-// exp(x) for x clamped to [-87.34, 88.38], where 2^n stays a normal float: below, the result is
-// about 1e-38 instead of 0, which no weight can tell apart.
-__attribute__((target("avx2,fma"))) __m256 exp8(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365f)), _mm256_set1_ps(88.3762f));
-  // n = round(x / ln2) by the magic-number addition: 1.5 * 2^23 + 127 pushes the fraction out,
-  // leaving n + 127 in the low mantissa bits, which shifted into place are 2^n's exponent.
-  const __m256 magic = _mm256_set1_ps(12583039.0f);
-  const __m256 shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
-  const __m256 n = _mm256_sub_ps(shifted, magic);
-  // r = x - n ln2, with ln2 in two parts so that n * the first part is exact.
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-  const __m256i exponent = _mm256_slli_epi32(_mm256_castps_si256(shifted), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(exponent));
-}
-
-// 1 / d from the hardware estimate and one Newton step: within about an ulp, without a divide.
-__attribute__((target("avx2,fma"))) __m256 reciprocal8(__m256 d) {
-  const __m256 y = _mm256_rcp_ps(d);
-  return _mm256_fmadd_ps(y, _mm256_fnmadd_ps(d, y, _mm256_set1_ps(1.0f)), y);
-}
-
+// A row's last n % 8 values go through the same eight-lane code, padded: every element of a row
+// comes out of one formula, whatever its position.
 __attribute__((target("avx2,fma"))) void expShiftedAvx2(const float* in, float shift, float* out,
                                                         int n) {
   const __m256 s = _mm256_set1_ps(shift);
@@ -70,31 +43,39 @@ __attribute__((target("avx2,fma"))) void expShiftedAvx2(const float* in, float s
   for (; i + 8 <= n; i += 8) {
     _mm256_storeu_ps(out + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(in + i), s)));
   }
-  if (i < n) expShiftedPortable(in + i, shift, out + i, n - i);
+  if (i < n) {
+    alignas(32) float tail[8] = {};
+    std::copy_n(in + i, n - i, tail);
+    _mm256_store_ps(tail, exp8(_mm256_sub_ps(_mm256_load_ps(tail), s)));
+    std::copy_n(tail, n - i, out + i);
+  }
 }
 
-// Also checks the inputs' finiteness on their bits (an all-ones exponent), in the same pass.
+// Also checks the inputs' finiteness on their bits, in the same pass.
 __attribute__((target("avx2,fma"))) bool sigmoidAvx2(const float* in, const float* bias, float* out,
                                                      float* biased, int n) {
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  const __m256i exponent = _mm256_set1_epi32(0x7f800000);
-  __m256i bad = _mm256_setzero_si256();
+  __m256i largest = _mm256_setzero_si256();
   int i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 x = _mm256_loadu_ps(in + i);
-    bad = _mm256_or_si256(
-        bad, _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x), exponent), exponent));
-    const __m256 e = exp8(_mm256_xor_ps(x, sign));
-    const __m256 s = reciprocal8(_mm256_add_ps(one, e));
+    largest = foldMagnitude8(largest, x);
+    const __m256 s = sigmoid8(x);
     if (out != nullptr) _mm256_storeu_ps(out + i, s);
     _mm256_storeu_ps(biased + i, bias != nullptr ? _mm256_add_ps(s, _mm256_loadu_ps(bias + i)) : s);
   }
   if (i < n) {
-    sigmoidPortable(in + i, bias != nullptr ? bias + i : nullptr,
-                    out != nullptr ? out + i : nullptr, biased + i, n - i);
+    alignas(32) float tail[8] = {}, tail_bias[8] = {};
+    std::copy_n(in + i, n - i, tail);
+    if (bias != nullptr) std::copy_n(bias + i, n - i, tail_bias);
+    const __m256 x = _mm256_load_ps(tail);
+    largest = foldMagnitude8(largest, x);
+    const __m256 s = sigmoid8(x);
+    _mm256_store_ps(tail, s);
+    if (out != nullptr) std::copy_n(tail, n - i, out + i);
+    _mm256_store_ps(tail, _mm256_add_ps(s, _mm256_load_ps(tail_bias)));
+    std::copy_n(tail, n - i, biased + i);
   }
-  return _mm256_testz_si256(bad, bad) != 0 && allFinite(in + i, n - i);
+  return allFinite8(largest);
 }
 #endif
 

@@ -5,8 +5,10 @@
 #include <benchmark/benchmark.h>
 #include <moecomm/moecomm.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -60,24 +62,33 @@ void BM_ReadLogitsFromMemory(benchmark::State& state) {
   setCounters(state);
 }
 
-// Each iteration times one read of the logits and then one routing call, both from DRAM, and
-// x_read is the ratio of their totals: this VM's speed drifts by a third over seconds, and the
-// drift cancels in a ratio taken side by side.
+// Each iteration times one read of the logits and then one routing call, both from DRAM. x_read
+// is the ratio of their totals, and x_read_median the median of the iterations' own ratios: this
+// VM's speed drifts by a third over seconds, and the drift cancels in ratios taken side by side;
+// the median also sheds the iterations that another tenant's burst slowed on one side only.
 template <typename Route>
 void timeAgainstRead(benchmark::State& state, const std::vector<float>& logits, Route route) {
   double read = 0.0, routed = 0.0;
+  std::vector<double> ratios;
   for (auto _ : state) {
-    read += secondsToReadOnce(logits);
+    const double read_once = secondsToReadOnce(logits);
+    read += read_once;
     flush(logits);
     const auto start = std::chrono::steady_clock::now();
     benchmark::DoNotOptimize(route());
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     routed += seconds;
+    if (read_once > 0.0) ratios.push_back(seconds / read_once);
     state.SetIterationTime(seconds);
   }
   setCounters(state);
   state.counters["x_read"] = read > 0.0 ? routed / read : 0.0;
+  if (!ratios.empty()) {
+    auto middle = ratios.begin() + static_cast<std::ptrdiff_t>(ratios.size() / 2);
+    std::nth_element(ratios.begin(), middle, ratios.end());
+    state.counters["x_read_median"] = *middle;
+  }
 }
 
 void BM_RouteSoftmaxTop8(benchmark::State& state) {

@@ -9,9 +9,12 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/finite.hpp"
+#include "kernels/cpu/gate_grouped_sigmoid.hpp"
+#include "kernels/cpu/gating.hpp"
 #include "kernels/cpu/group_scores.hpp"
 #include "kernels/cpu/topk.hpp"
 #include "kernels/cpu/vector_math.hpp"
@@ -232,6 +235,93 @@ TEST(VectorMath, ExpAndSigmoidMatchDoublePrecision) {
     in[static_cast<size_t>(at)] = 1.0f;
   }
   EXPECT_TRUE(sigmoid(in.data(), nullptr, out.data(), biased.data(), 40));
+}
+
+// The fused grouped-sigmoid gate against gate()'s general path: the same experts in the same slots
+// and bit for bit the same weights (both take every sigmoid from one eight-lane formula), on random
+// rows, rows of ties (the fused selection's fallback when more than 64 candidates tie at the
+// floor), one dominant expert, and rows with NaN or infinity (the same row reported, indices in
+// range).
+TEST(FusedGroupedSigmoid, MatchesTheGeneralPath) {
+  struct Shape {
+    int experts, groups, topk, topk_groups, candidates;
+  };
+  const Shape shapes[] = {{64, 8, 8, 4, 0},   {256, 8, 8, 4, 0},  {256, 8, 4, 4, 3},
+                          {512, 8, 6, 3, 0},  {256, 16, 8, 6, 2}, {128, 16, 1, 1, 0},
+                          {1024, 16, 8, 8, 8}};
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::uniform_real_distribution<float> small(-0.05f, 0.05f);
+  std::uniform_int_distribution<int> few(-2, 2);
+  int fused_shapes = 0;
+  for (const Shape& s : shapes) {
+    for (int variant = 0; variant < 4; ++variant) {
+      const bool renormalize = variant % 2 == 0;
+      const GateParams p{s.experts, s.topk,        1,           renormalize, 2.5f,
+                         s.groups,  s.topk_groups, s.candidates};
+      if (!fusedGroupedSigmoidApplies(p)) continue;
+      ++fused_shapes;
+      const int64_t tokens = 96;
+      const int E = s.experts;
+      std::vector<float> logits(static_cast<size_t>(tokens * E)), bias(static_cast<size_t>(E));
+      for (float& b : bias) b = variant < 2 ? small(rng) : 0.125f * static_cast<float>(few(rng));
+      for (int64_t t = 0; t < tokens; ++t) {
+        float* row = logits.data() + t * E;
+        for (int e = 0; e < E; ++e) {
+          switch (t % 4) {
+            case 0:
+              row[e] = normal(rng);
+              break;
+            case 1:
+              row[e] = static_cast<float>(few(rng));
+              break;  // ties everywhere
+            case 2:
+              row[e] = t % 8 == 2 ? 0.5f : normal(rng) - 8.0f;
+              break;  // all equal, or cold
+            default:
+              row[e] = normal(rng) * 0.01f;
+              break;
+          }
+        }
+        if (t % 4 == 2 && t % 8 != 2) row[static_cast<size_t>(t) % E] = 12.0f;  // one hot expert
+      }
+      const bool with_bias = variant != 3;
+      const float* b = with_bias ? bias.data() : nullptr;
+      const int k = s.topk, c = s.candidates;
+      std::vector<int32_t> idx(static_cast<size_t>(tokens * k), -7), want_idx(idx.size(), -9);
+      std::vector<float> w(idx.size()), want_w(idx.size());
+      std::vector<int32_t> cidx(static_cast<size_t>(tokens * c)), want_cidx(cidx.size());
+      std::vector<float> cw(cidx.size()), want_cw(cidx.size());
+      const std::string what = "E=" + std::to_string(E) + " groups=" + std::to_string(s.groups) +
+                               " k=" + std::to_string(k) + " variant=" + std::to_string(variant);
+      ASSERT_EQ(gateGroupedSigmoid(logits.data(), tokens, b, p, idx.data(), w.data(), cidx.data(),
+                                   cw.data()),
+                -1)
+          << what;
+      ASSERT_EQ(gateGeneral(logits.data(), tokens, b, p, want_idx.data(), want_w.data(),
+                            want_cidx.data(), want_cw.data()),
+                -1)
+          << what;
+      EXPECT_EQ(idx, want_idx) << what;
+      EXPECT_EQ(cidx, want_cidx) << what;
+      EXPECT_EQ(w, want_w) << what;
+      EXPECT_EQ(cw, want_cw) << what;
+      // Non-finite logits: both report the first such row, and every index stays in range.
+      logits[static_cast<size_t>(37 * E + 5)] = std::numeric_limits<float>::quiet_NaN();
+      logits[static_cast<size_t>(50 * E + 1)] = std::numeric_limits<float>::infinity();
+      EXPECT_EQ(gateGroupedSigmoid(logits.data(), tokens, b, p, idx.data(), w.data(), cidx.data(),
+                                   cw.data()),
+                37)
+          << what;
+      EXPECT_EQ(gateGeneral(logits.data(), tokens, b, p, want_idx.data(), want_w.data(),
+                            want_cidx.data(), want_cw.data()),
+                37)
+          << what;
+      for (int32_t e : idx) EXPECT_TRUE(e >= -1 && e < E) << what;
+      for (int32_t e : cidx) EXPECT_TRUE(e >= -1 && e < E) << what;
+    }
+  }
+  if (fused_shapes == 0) GTEST_SKIP() << "this CPU lacks AVX2/FMA/BMI: gate() never fuses here";
 }
 
 }  // namespace

@@ -1,0 +1,61 @@
+// AVX2+FMA building blocks for exp and sigmoid, eight floats at a time: a Cody-Waite range
+// reduction and Cephes' degree-6 polynomial, about 1 ulp. Inline, for kernels that fuse them into
+// larger loops; callers check the CPU first. x86-64 only.
+#pragma once
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+namespace moecomm::cpu {
+
+// exp(x) for x clamped to [-87.34, 88.38], where 2^n stays a normal float: below, the result is
+// about 1e-38 instead of 0, which no weight can tell apart.
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3365f)), _mm256_set1_ps(88.3762f));
+  // n = round(x / ln2) by the magic-number addition: 1.5 * 2^23 + 127 pushes the fraction out,
+  // leaving n + 127 in the low mantissa bits, which shifted into place are 2^n's exponent.
+  const __m256 magic = _mm256_set1_ps(12583039.0f);
+  const __m256 shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
+  const __m256 n = _mm256_sub_ps(shifted, magic);
+  // r = x - n ln2, with ln2 in two parts so that n * the first part is exact.
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  const __m256i exponent = _mm256_slli_epi32(_mm256_castps_si256(shifted), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(exponent));
+}
+
+// 1 / d from the hardware estimate and one Newton step: within about an ulp, without a divide.
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 reciprocal8(__m256 d) {
+  const __m256 y = _mm256_rcp_ps(d);
+  return _mm256_fmadd_ps(y, _mm256_fnmadd_ps(d, y, _mm256_set1_ps(1.0f)), y);
+}
+
+// 1 / (1 + exp(-x)); exp's clamp keeps the sum finite, so large negative x gives about 1e-38.
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 sigmoid8(__m256 x) {
+  const __m256 e = exp8(_mm256_xor_ps(x, _mm256_set1_ps(-0.0f)));
+  return reciprocal8(_mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+// Folds x into a running check of finiteness, two operations a vector: the largest magnitude
+// seen, on the bits (unsigned, so NaN's larger bits are kept, not lost as a float max loses them).
+__attribute__((target("avx2"), always_inline)) inline __m256i foldMagnitude8(__m256i largest,
+                                                                             __m256 x) {
+  const __m256i magnitude = _mm256_and_si256(_mm256_castps_si256(x), _mm256_set1_epi32(0x7fffffff));
+  return _mm256_max_epu32(largest, magnitude);
+}
+
+// Whether every value folded into `largest` (from zero) was finite: below infinity's bits.
+__attribute__((target("avx2"), always_inline)) inline bool allFinite8(__m256i largest) {
+  const __m256i over = _mm256_cmpgt_epi32(largest, _mm256_set1_epi32(0x7f7fffff));
+  return _mm256_testz_si256(over, over) != 0;
+}
+
+}  // namespace moecomm::cpu
+#endif
