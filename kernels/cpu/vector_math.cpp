@@ -1,13 +1,13 @@
-// exp and sigmoid over arrays of finite floats. With AVX2 and FMA: a Cody-Waite range reduction
-// and Cephes' degree-6 polynomial, about 1 ulp, eight lanes at once. Elsewhere: glibc's libmvec
-// (this file is built with -ffast-math, which is what makes GCC call its vector expf). Nothing
-// here compares floats against infinity or NaN: sigmoid's finiteness check reads the bits.
+// exp and sigmoid over arrays of finite floats. With AVX2 and FMA: avx2_math.hpp's eight-lane
+// formulas, the same ones the fused gate kernels inline (this file is built without -ffast-math,
+// which would let the compiler rewrite them differently here than there). Elsewhere: the portable
+// loops of vector_math_portable.cpp.
 #include "kernels/cpu/vector_math.hpp"
 
 #include "kernels/cpu/finite.hpp"
+#include "kernels/cpu/vector_math_portable.hpp"
 
 #include <algorithm>
-#include <cmath>
 #if defined(__x86_64__)
 #include "kernels/cpu/avx2_math.hpp"
 #endif
@@ -15,21 +15,6 @@
 namespace moecomm::cpu {
 
 namespace {
-
-void expShiftedPortable(const float* in, float shift, float* out, int n) {
-  for (int i = 0; i < n; ++i) out[i] = std::exp(in[i] - shift);
-}
-
-void sigmoidPortable(const float* in, const float* bias, float* out, float* biased, int n) {
-  // The finiteness check is the caller's here: -ffast-math would fold a float one away.
-  // exp's argument capped below overflow: 1 / (1 + inf) becomes NaN through -ffast-math's
-  // reciprocal estimate, where the cap gives 0 (as it should, to within 1e-38).
-  for (int i = 0; i < n; ++i) {
-    const float s = 1.0f / (1.0f + std::exp(std::min(-in[i], 88.0f)));
-    if (out != nullptr) out[i] = s;
-    biased[i] = bias != nullptr ? s + bias[i] : s;
-  }
-}
 
 #if defined(__x86_64__)
 const bool kAvx2Fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
