@@ -6,6 +6,7 @@
 #include "kernels/cpu/simd_ranks.hpp"
 
 #include <immintrin.h>
+#include <cstdint>
 #include <limits>
 
 namespace moecomm::cpu {
@@ -34,27 +35,24 @@ __attribute__((target("avx2"), always_inline)) inline void transpose8(__m256 r[8
   r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
-// Eight groups at once: each lane keeps its two best (first, runner-up) across its group's
-// vectors; the group's best is the largest first, and its second best is the largest of what
-// remains once one copy of the best is taken out. Both sets are transposed
-// so that lane g holds group g, and the reductions run across vectors for all eight together.
-// Taking out one copy of the best walks the lanes in order and removes the first match.
-__attribute__((target("avx2"), always_inline)) inline void eightGroupTopTwoSums(const float* values,
-                                                                                int per_group,
-                                                                                float* scores,
-                                                                                float* seconds) {
+// One group's vectors folded lane by lane into the two best values each lane has seen (first,
+// runner-up), starting from -inf for both.
+__attribute__((target("avx2"), always_inline)) inline void foldTopTwo(__m256 x, __m256& first,
+                                                                      __m256& runner_up) {
+  runner_up = _mm256_max_ps(runner_up, _mm256_min_ps(first, x));
+  first = _mm256_max_ps(first, x);
+}
+
+// Eight groups' lane-wise (first, runner-up) into their scores (best + second best) and second
+// bests. A group's best is its largest first, and its second best the largest of what remains once
+// one copy of the best is taken out. Both sets are transposed so that lane g holds group g, and
+// the reductions run across vectors for all eight together; taking out one copy of the best walks
+// the lanes in order and removes the first match.
+__attribute__((target("avx2"), always_inline)) inline void reduceEightGroups(__m256 first[8],
+                                                                             __m256 runner_up[8],
+                                                                             float* scores,
+                                                                             float* seconds) {
   const __m256 excluded = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  __m256 first[8], runner_up[8];
-  for (int g = 0; g < 8; ++g) {
-    const float* v = values + static_cast<int64_t>(g) * per_group;
-    first[g] = _mm256_loadu_ps(v);
-    runner_up[g] = excluded;
-    for (int i = 8; i < per_group; i += 8) {
-      const __m256 x = _mm256_loadu_ps(v + i);
-      runner_up[g] = _mm256_max_ps(runner_up[g], _mm256_min_ps(first[g], x));
-      first[g] = _mm256_max_ps(first[g], x);
-    }
-  }
   transpose8(first);
   transpose8(runner_up);
   __m256 best = first[0];
@@ -70,20 +68,46 @@ __attribute__((target("avx2"), always_inline)) inline void eightGroupTopTwoSums(
   if (seconds != nullptr) _mm256_storeu_ps(seconds, rest);
 }
 
-// Eight groups' ranks at a time against every group (a multiple of 8 of them), then the kept
-// ones by mask, in ascending order.
-__attribute__((target("avx2,bmi"), always_inline)) inline int keptGroupsOfEights(
-    const float* scores, int groups, int keep, int* kept) {
-  const __m256i limit = _mm256_set1_epi32(keep);
-  int count = 0;
+// Eight groups of per_group values (whole vectors) at once: scores and second bests.
+__attribute__((target("avx2"), always_inline)) inline void eightGroupTopTwoSums(const float* values,
+                                                                                int per_group,
+                                                                                float* scores,
+                                                                                float* seconds) {
+  const __m256 excluded = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 first[8], runner_up[8];
+  for (int g = 0; g < 8; ++g) {
+    const float* v = values + static_cast<int64_t>(g) * per_group;
+    first[g] = excluded;
+    runner_up[g] = excluded;
+    for (int i = 0; i < per_group; i += 8)
+      foldTopTwo(_mm256_loadu_ps(v + i), first[g], runner_up[g]);
+  }
+  reduceEightGroups(first, runner_up, scores, seconds);
+}
+
+// The `keep` best groups by score (ties to the lower group), ascending, into kept, which has room
+// for all `groups` (a multiple of 8): it first holds every group's rank, then the kept ids are
+// compacted over it without a branch. Ranks are taken by a larger score alone unless two scores
+// tie (their sum tells, as in rankEach).
+__attribute__((target("avx2"), always_inline)) inline int keptGroupsOfEights(const float* scores,
+                                                                             int groups, int keep,
+                                                                             int* kept) {
+  int64_t sum = 0;
   for (int g = 0; g < groups; g += 8) {
-    const __m256i rank = ranksOfEight(scores, groups, g);
-    auto mask = static_cast<unsigned>(
-        _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(limit, rank))));
-    while (mask != 0) {
-      kept[count++] = g + static_cast<int>(_tzcnt_u32(mask));
-      mask &= mask - 1;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(kept + g),
+                        strictRanksOfEight(scores, groups, g));
+  }
+  for (int g = 0; g < groups; ++g) sum += kept[g];
+  if (sum != int64_t{groups} * (groups - 1) / 2) {
+    for (int g = 0; g < groups; g += 8) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(kept + g), ranksOfEight(scores, groups, g));
     }
+  }
+  int count = 0;
+  for (int g = 0; g < groups; ++g) {  // count <= g: each rank is read before its slot is reused
+    const int rank = kept[g];
+    kept[count] = g;
+    count += rank < keep ? 1 : 0;
   }
   return count;
 }

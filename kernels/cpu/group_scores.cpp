@@ -40,8 +40,8 @@ __attribute__((target("avx2"))) int groupTopTwoSumsAvx2(const float* values, int
   return g;
 }
 
-__attribute__((target("avx2,bmi"))) int keptGroupsAvx2(const float* scores, int groups, int keep,
-                                                       int* kept) {
+__attribute__((target("avx2"))) int keptGroupsAvx2(const float* scores, int groups, int keep,
+                                                   int* kept) {
   return keptGroupsOfEights(scores, groups, keep, kept);
 }
 #endif
@@ -68,7 +68,7 @@ void groupTopTwoSums(const float* values, int groups, int per_group, float* scor
 
 int keptGroups(const float* scores, int groups, int keep, int* kept) {
 #if defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi");
+  static const bool avx2 = __builtin_cpu_supports("avx2");
   if (avx2 && groups % 8 == 0) return keptGroupsAvx2(scores, groups, keep, kept);
 #endif
   // A group's rank is the number of groups that beat it: a higher score, or the same score and a
