@@ -56,8 +56,7 @@ int64_t gateGeneral(const float* logits, int64_t tokens, const float* bias, cons
     prefetchRowAhead(logits, tokens, E, t);
     // raw: the quantity weights are made of; select: what is ranked (raw + bias). The sigmoid
     // pass writes select only: the few ranked experts' sigmoids are taken again below.
-    const bool finite =
-        p.score == 1 ? sigmoid(row, bias, nullptr, select.data(), E) : allFinite(row, E);
+    const bool finite = p.score == 1 ? sigmoid(row, bias, select.data(), E) : allFinite(row, E);
     if (non_finite < 0 && !finite) non_finite = t;
     if (p.score != 1) {
       const float max = *std::max_element(row, row + E);
@@ -103,7 +102,7 @@ int64_t gateGeneral(const float* logits, int64_t tokens, const float* bias, cons
     }
     if (p.score == 1) {
       for (int j = 0; j < found; ++j) picked[j] = row[ranked[j]];
-      sigmoid(picked.data(), nullptr, nullptr, chosen.data(), found);
+      sigmoid(picked.data(), nullptr, chosen.data(), found);
     } else {
       for (int j = 0; j < found; ++j) chosen[j] = raw[ranked[j]];
     }

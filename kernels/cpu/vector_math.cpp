@@ -38,15 +38,14 @@ __attribute__((target("avx2,fma"))) void expShiftedAvx2(const float* in, float s
 
 // Also checks the inputs' finiteness on their bits, in the same pass.
 __attribute__((target("avx2,fma"))) bool sigmoidAvx2(const float* in, const float* bias, float* out,
-                                                     float* biased, int n) {
+                                                     int n) {
   __m256i largest = _mm256_setzero_si256();
   int i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 x = _mm256_loadu_ps(in + i);
     largest = foldMagnitude8(largest, x);
     const __m256 s = sigmoid8(x);
-    if (out != nullptr) _mm256_storeu_ps(out + i, s);
-    _mm256_storeu_ps(biased + i, bias != nullptr ? _mm256_add_ps(s, _mm256_loadu_ps(bias + i)) : s);
+    _mm256_storeu_ps(out + i, bias != nullptr ? _mm256_add_ps(s, _mm256_loadu_ps(bias + i)) : s);
   }
   if (i < n) {
     alignas(32) float tail[8] = {}, tail_bias[8] = {};
@@ -54,11 +53,8 @@ __attribute__((target("avx2,fma"))) bool sigmoidAvx2(const float* in, const floa
     if (bias != nullptr) std::copy_n(bias + i, n - i, tail_bias);
     const __m256 x = _mm256_load_ps(tail);
     largest = foldMagnitude8(largest, x);
-    const __m256 s = sigmoid8(x);
-    _mm256_store_ps(tail, s);
-    if (out != nullptr) std::copy_n(tail, n - i, out + i);
-    _mm256_store_ps(tail, _mm256_add_ps(s, _mm256_load_ps(tail_bias)));
-    std::copy_n(tail, n - i, biased + i);
+    _mm256_store_ps(tail, _mm256_add_ps(sigmoid8(x), _mm256_load_ps(tail_bias)));
+    std::copy_n(tail, n - i, out + i);
   }
   return allFinite8(largest);
 }
@@ -73,11 +69,11 @@ void expShifted(const float* in, float shift, float* out, int n) {
   expShiftedPortable(in, shift, out, n);
 }
 
-bool sigmoid(const float* in, const float* bias, float* out, float* biased, int n) {
+bool sigmoid(const float* in, const float* bias, float* out, int n) {
 #if defined(__x86_64__)
-  if (kAvx2Fma) return sigmoidAvx2(in, bias, out, biased, n);
+  if (kAvx2Fma) return sigmoidAvx2(in, bias, out, n);
 #endif
-  sigmoidPortable(in, bias, out, biased, n);
+  sigmoidPortable(in, bias, out, n);
   return allFinite(in, n);
 }
 

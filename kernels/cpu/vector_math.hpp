@@ -4,9 +4,8 @@
 namespace moecomm::cpu {
 
 void expShifted(const float* in, float shift, float* out, int n);  // out = exp(in - shift)
-// out = 1 / (1 + exp(-in)); biased = out + bias (bias may be null: biased = out; out may be null
-// when only biased is wanted). Returns whether every input was finite (checked in the same pass;
-// the outputs are meaningless when not).
-bool sigmoid(const float* in, const float* bias, float* out, float* biased, int n);
+// out = 1 / (1 + exp(-in)) + bias (bias may be null). Returns whether every input was finite
+// (checked in the same pass; the outputs are meaningless when not).
+bool sigmoid(const float* in, const float* bias, float* out, int n);
 
 }  // namespace moecomm::cpu

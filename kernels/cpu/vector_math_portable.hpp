@@ -5,6 +5,6 @@ namespace moecomm::cpu {
 
 void expShiftedPortable(const float* in, float shift, float* out, int n);
 // As sigmoid() in vector_math.hpp, without the finiteness check (the caller's).
-void sigmoidPortable(const float* in, const float* bias, float* out, float* biased, int n);
+void sigmoidPortable(const float* in, const float* bias, float* out, int n);
 
 }  // namespace moecomm::cpu

@@ -38,6 +38,16 @@ inline void streamCopy(void* dst, const void* src, size_t bytes) {
 #endif
 }
 
+// A copy into an output the caller decided to stream (streamsOutput) or not: the one place that
+// choice turns into code. A streamed copy still needs streamFence() before the data is published.
+inline void outputCopy(void* dst, const void* src, size_t bytes, bool stream) {
+  if (stream) {
+    streamCopy(dst, src, bytes);
+  } else {
+    std::memcpy(dst, src, bytes);
+  }
+}
+
 inline void streamFence() {
 #if defined(__SSE2__)
   _mm_sfence();

@@ -111,11 +111,7 @@ void packForRank(const Group::Impl& group, const RoutingPlan& plan, const Tensor
       w[i * k + j] = here ? weights[slot] : 0.0f;
     }
     if (!with_rows) continue;
-    if (stream) {
-      streamCopy(row, static_cast<const std::byte*>(x.data) + t * wire.values, wire.values);
-    } else {
-      std::memcpy(row, static_cast<const std::byte*>(x.data) + t * wire.values, wire.values);
-    }
+    outputCopy(row, static_cast<const std::byte*>(x.data) + t * wire.values, wire.values, stream);
     if (row_bytes > wire.values) std::memset(row + wire.values, 0, row_bytes - wire.values);
     if (wire.scales > 0) {
       std::memcpy(row + wire.scales_at,
@@ -207,11 +203,7 @@ Status unpack(const Group::Impl& group, const Staging& staging, const DispatchOp
         if (e < 0) continue;
         if (cursor[e] - batch.expert_offsets[e] >= batch.expert_counts[e]) continue;  // refused
         const int64_t row = cursor[e]++;
-        if (stream) {
-          streamCopy(out_rows + row * value_bytes, src_rows + i * row_bytes, value_bytes);
-        } else {
-          std::memcpy(out_rows + row * value_bytes, src_rows + i * row_bytes, value_bytes);
-        }
+        outputCopy(out_rows + row * value_bytes, src_rows + i * row_bytes, value_bytes, stream);
         if (scale_bytes > 0) {
           std::memcpy(out_scales + row * scale_bytes, src_rows + i * row_bytes + wire.scales_at,
                       scale_bytes);
@@ -257,11 +249,7 @@ Status unpackTokenMajor(const Group::Impl& group, const Staging& staging,
 
   const bool stream = streamsOutput(static_cast<size_t>(rows) * wire.values);
   auto copy = [stream](std::byte* dst, const std::byte* src, size_t bytes) {
-    if (stream) {
-      streamCopy(dst, src, bytes);
-    } else {
-      std::memcpy(dst, src, bytes);
-    }
+    outputCopy(dst, src, bytes, stream);
   };
   auto* out_rows = static_cast<std::byte*>(batch.x.data());
   auto* out_ids = static_cast<int32_t*>(batch.topk_idx.data());
