@@ -113,13 +113,14 @@ Status reduceToSources(Dispatcher::State& state, const TensorView& rows,
       cpu::storeRow(payload + i * row_bytes, bf16, acc.data(), hidden);
     }
   }
+  // The rows each rank's message carries: a token-major rank's message to itself has none.
   std::vector<int64_t> counts = sendCounts(h);
+  if (h.token_major) counts[me] = 0;
   for (int p = 0; p < group.size; ++p)
     staging.expect(p, static_cast<size_t>(counts[p]) * row_bytes);
   times.pack_ms = watch.lap();
   MOECOMM_RETURN_IF_ERROR(exchange(group, staging, op, sequence, 0, Status::ok(), &sizes));
   times.transfer_ms = watch.lap();
-  if (own_rows != nullptr) counts[me] = 0;  // its message to itself had no rows
   MOECOMM_RETURN_IF_ERROR(checkExpectedSizes(group, staging, counts, row_bytes, op));
 
   // Sum over ranks in rank order (deterministic), in f32, one token at a time: its row's sum
