@@ -62,6 +62,22 @@ __attribute__((target("avx2,popcnt"), always_inline)) inline int packAtLeastInli
   return found;
 }
 
+// packAtLeastInline over some groups of a row (ascending ids, per_group values each, whole
+// vectors), positions in the whole row; index has room for limit + 8.
+__attribute__((target("avx2,popcnt"), always_inline)) inline int packGroupsAtLeast(
+    const float* values, int per_group, const int* groups, int num_groups, float floor, int limit,
+    int32_t* index) {
+  int found = 0;
+  for (int i = 0; i < num_groups; ++i) {
+    const int at = groups[i] * per_group;
+    const int more =
+        packAtLeastInline(values + at, per_group, floor, limit - found, index + found, at);
+    if (more < 0) return -1;
+    found += more;
+  }
+  return found;
+}
+
 // The rank of each of values[0, found) among them (a larger value, or an equal one earlier), into
 // ranks[0, found); both arrays have room for found + 8. Ties are rare among a row's candidates, so
 // the ranks are first taken by a larger value alone (half the comparisons). Those are the true
@@ -80,6 +96,21 @@ __attribute__((target("avx2"), always_inline)) inline void rankEach(const float*
   for (int a = 0; a < found; a += 8) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(ranks + a), ranksOfEight(values, found, a));
   }
+}
+
+// The top n of `found` candidates (ascending positions in `index`) into out, best first, ties to
+// the lower position; out gets min(n, found). Buffers: picked and ranks have room for found + 8,
+// ordered for found. NaNs compare false, so their ranks can collide and leave slots unwritten:
+// those then hold a position of this row, not a stale one (the gate discards such rows, but must
+// stay in bounds).
+__attribute__((target("avx2"), always_inline)) inline void rankCandidates(
+    const float* values, const int32_t* index, int found, int n, int* out, float* picked,
+    int32_t* ranks, int32_t* ordered) {
+  for (int i = 0; i < found; ++i) picked[i] = values[index[i]];
+  rankEach(picked, found, ranks);
+  std::fill_n(ordered, found, found > 0 ? index[0] : 0);
+  for (int i = 0; i < found; ++i) ordered[ranks[i]] = index[i];
+  std::copy_n(ordered, std::min(n, found), out);
 }
 
 }  // namespace moecomm::cpu

@@ -67,23 +67,14 @@ __attribute__((target("avx2,fma,bmi,popcnt"))) int64_t gateGroupedSigmoidAvx2(
     if (ranked_max <= 2 * kept_groups) {
       floor = std::numeric_limits<float>::infinity();
       for (int i = 0; i < kept_groups; ++i) floor = std::min(floor, seconds[kept[i]]);
-      found = 0;
-      for (int i = 0; i < kept_groups && found >= 0; ++i) {
-        const int at = kept[i] * per_group;
-        const int more = packAtLeastInline(select.data() + at, per_group, floor,
-                                           kCandidates - found, index.data() + found, at);
-        found = more < 0 ? -1 : found + more;
-      }
+      found = packGroupsAtLeast(select.data(), per_group, kept.data(), kept_groups, floor,
+                                kCandidates, index.data());
     }
     int ranked_count = 0;
     if (found >= 0) {
-      // The candidates are never NaN (they passed an ordered compare), so their ranks are a
-      // permutation and every slot of `ordered` is written.
-      for (int i = 0; i < found; ++i) picked[i] = select[index[i]];
-      rankEach(picked.data(), found, ranks.data());
-      for (int i = 0; i < found; ++i) ordered[ranks[i]] = index[i];
+      rankCandidates(select.data(), index.data(), found, ranked_max, ranked.data(), picked.data(),
+                     ranks.data(), ordered.data());
       ranked_count = std::min(found, ranked_max);
-      std::copy_n(ordered.data(), ranked_count, ranked.data());
     } else {
       ranked_count = selectTopInGroups(select.data(), per_group, kept.data(), kept_groups,
                                        ranked_max, floor, ranked.data(), scratch);

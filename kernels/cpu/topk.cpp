@@ -45,21 +45,11 @@ __attribute__((target("avx2,popcnt,bmi"))) int packAtLeast(const float* values, 
   return packAtLeastInline(values, count, floor, limit, index, 0);
 }
 
-// packAtLeast over some groups of a row (ascending ids, per_group values each, whole vectors),
-// positions in the whole row; one call a row, so that the per-group packing inlines.
-__attribute__((target("avx2,popcnt,bmi"))) int packGroupsAtLeast(const float* values, int per_group,
+__attribute__((target("avx2,popcnt"))) int packGroupsAtLeastAvx2(const float* values, int per_group,
                                                                  const int* groups, int num_groups,
                                                                  float floor, int limit,
                                                                  int32_t* index) {
-  int found = 0;
-  for (int i = 0; i < num_groups; ++i) {
-    const int at = groups[i] * per_group;
-    const int more =
-        packAtLeastInline(values + at, per_group, floor, limit - found, index + found, at);
-    if (more < 0) return -1;
-    found += more;
-  }
-  return found;
+  return packGroupsAtLeast(values, per_group, groups, num_groups, floor, limit, index);
 }
 
 // The candidates for the top n, left-packed into `index`: the values at or above a floor, for rows
@@ -87,26 +77,15 @@ __attribute__((target("avx2,popcnt"))) int candidatesAboveFloor(const float* val
   return packAtLeast(values, count, nthLargest(maxima.data(), 8 * sets, n), limit, index);
 }
 
-// The top n of `found` candidates by rank, eight candidates at a time: a candidate's rank is the
-// number of candidates with a larger value, plus those with an equal value and a lower index
-// (earlier in `index`, which is ascending). Ranks are a permutation of [0, found), so every write
-// is unconditional; out gets the first min(n, found).
-__attribute__((target("avx2"))) void rankCandidates(const float* values, const int32_t* index,
-                                                    int found, int n, int* out,
-                                                    TopScratch& scratch) {
-  std::vector<float>& picked = scratch.picked;
-  std::vector<int32_t>& ordered = scratch.ordered;
-  std::vector<int32_t>& ranks = scratch.ranks;
-  growTo(picked, static_cast<size_t>(found) + 8);
-  growTo(ordered, static_cast<size_t>(found));
-  growTo(ranks, static_cast<size_t>(found) + 8);
-  for (int i = 0; i < found; ++i) picked[i] = values[index[i]];
-  rankEach(picked.data(), found, ranks.data());
-  // NaNs compare false, so their ranks can collide and leave slots unwritten: those then hold an
-  // index of this row, not a stale one (the gate discards such rows, but must stay in bounds).
-  std::fill_n(ordered.begin(), found, found > 0 ? index[0] : 0);
-  for (int i = 0; i < found; ++i) ordered[ranks[i]] = index[i];
-  std::copy_n(ordered.data(), std::min(n, found), out);
+// rankCandidates with the scratch's buffers, grown to fit.
+__attribute__((target("avx2"))) void rankCandidatesInScratch(const float* values,
+                                                             const int32_t* index, int found, int n,
+                                                             int* out, TopScratch& scratch) {
+  growTo(scratch.picked, static_cast<size_t>(found) + 8);
+  growTo(scratch.ranks, static_cast<size_t>(found) + 8);
+  growTo(scratch.ordered, static_cast<size_t>(found));
+  rankCandidates(values, index, found, n, out, scratch.picked.data(), scratch.ranks.data(),
+                 scratch.ordered.data());
 }
 #endif
 
@@ -215,7 +194,7 @@ int selectTopAbove(const float* values, int count, int n, float floor, int* out,
     found = candidatesAboveFloor(values, count, n, limit, index.data(), scratch);
   }
   if (found >= 0) {
-    rankCandidates(values, index.data(), found, n, out, scratch);
+    rankCandidatesInScratch(values, index.data(), found, n, out, scratch);
     return std::min(found, n);
   }
 #endif
@@ -235,9 +214,9 @@ int selectTopInGroups(const float* values, int per_group, const int* groups, int
     std::vector<int32_t>& index = scratch.index;
     growTo(index, static_cast<size_t>(limit) + 64);
     const int found =
-        packGroupsAtLeast(values, per_group, groups, num_groups, floor, limit, index.data());
+        packGroupsAtLeastAvx2(values, per_group, groups, num_groups, floor, limit, index.data());
     if (found >= 0) {
-      rankCandidates(values, index.data(), found, n, out, scratch);
+      rankCandidatesInScratch(values, index.data(), found, n, out, scratch);
       return std::min(found, n);
     }
   }

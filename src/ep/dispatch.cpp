@@ -248,9 +248,6 @@ Status unpackTokenMajor(const Group::Impl& group, const Staging& staging,
   batch.topk_weights = Tensor::empty({rows, k}, DType::kF32);
 
   const bool stream = streamsOutput(static_cast<size_t>(rows) * wire.values);
-  auto copy = [stream](std::byte* dst, const std::byte* src, size_t bytes) {
-    outputCopy(dst, src, bytes, stream);
-  };
   auto* out_rows = static_cast<std::byte*>(batch.x.data());
   auto* out_ids = static_cast<int32_t*>(batch.topk_idx.data());
   auto* out_w = static_cast<float*>(batch.topk_weights.data());
@@ -264,7 +261,7 @@ Status unpackTokenMajor(const Group::Impl& group, const Staging& staging,
       const auto* x = static_cast<const std::byte*>(own.x.data);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t t = own.tokens[i];
-        copy(out_rows + (g + i) * wire.values, x + t * wire.values, wire.values);
+        outputCopy(out_rows + (g + i) * wire.values, x + t * wire.values, wire.values, stream);
         if (out_scales != nullptr) {
           std::memcpy(out_scales + (g + i) * wire.scales,
                       static_cast<const std::byte*>(own.x_scales->data) + t * wire.scales,
@@ -272,10 +269,12 @@ Status unpackTokenMajor(const Group::Impl& group, const Staging& staging,
         }
       }
     } else if (wire.bytes == wire.values) {  // rows without padding arrive as one block
-      copy(out_rows + g * wire.values, src_rows, static_cast<size_t>(n) * wire.values);
+      outputCopy(out_rows + g * wire.values, src_rows, static_cast<size_t>(n) * wire.values,
+                 stream);
     } else {
       for (int64_t i = 0; i < n; ++i) {
-        copy(out_rows + (g + i) * wire.values, src_rows + i * wire.bytes, wire.values);
+        outputCopy(out_rows + (g + i) * wire.values, src_rows + i * wire.bytes, wire.values,
+                   stream);
         if (out_scales != nullptr) {
           std::memcpy(out_scales + (g + i) * wire.scales,
                       src_rows + i * wire.bytes + wire.scales_at, wire.scales);
