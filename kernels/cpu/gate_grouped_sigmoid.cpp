@@ -4,6 +4,7 @@
 #include "kernels/cpu/topk.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 #if defined(__x86_64__)
@@ -25,80 +26,313 @@ int roundUpTo8(int n) {
 }
 
 #if defined(__x86_64__)
+
+// How far a ranked value made of the sigmoid estimate may lie from the one made of sigmoid8: the
+// estimate's error, plus room for rounding the bias sum (and a group's sum of two) at up to this
+// magnitude. Infinite or NaN when the bias is, which sends every row to the exact path.
+float estimateTolerance(const float* bias, int experts) {
+  float largest = 0.0f;
+  for (int e = 0; e < experts; ++e) {
+    if (!(std::fabs(bias[e]) <= largest)) largest = std::fabs(bias[e]);
+  }
+  return kSigmoidEstimateError + (1.0f + largest) * 0x1p-20f;
+}
+
+// Every buffer a row needs, sized once; reads and writes of whole vectors past a count have room
+// (the + 8s).
+struct RowScratch {
+  RowScratch(int experts, int groups, int ranked_max)
+      : select(experts),
+        scores(groups),
+        seconds(groups),
+        picked(std::max(kCandidates, roundUpTo8(ranked_max)) + 8),
+        chosen(roundUpTo8(ranked_max)),
+        index(kCandidates + 8),
+        ranks(kCandidates + 8),
+        ordered(kCandidates + 1),
+        kept(groups),
+        is_kept(groups),
+        ranked(roundUpTo8(ranked_max)) {}
+  std::vector<float> select, scores, seconds, picked, chosen;
+  std::vector<int32_t> index, ranks, ordered;
+  std::vector<int> kept, is_kept, ranked;
+  TopScratch general;  // for the rows that leave the fused selection
+};
+
+// The kept groups and the ranked experts of a row whose scores are in s.select, as gate()'s
+// general path selects them (the ranked best first); returns how many were ranked.
+__attribute__((target("avx2,fma,bmi,popcnt"))) int selectExactly(const GateParams& p,
+                                                                 RowScratch& s) {
+  const int groups = p.num_groups, per_group = p.experts / groups;
+  const int ranked_max = p.topk + p.candidates;
+  for (int g = 0; g < groups; g += 8) {
+    eightGroupTopTwoSums(s.select.data() + g * per_group, per_group, s.scores.data() + g,
+                         s.seconds.data() + g);
+  }
+  const int kept_groups = keptGroupsOfEights(s.scores.data(), groups, p.topk_groups, s.kept.data());
+  // Each kept group has two values at or above its second best, so the smallest of those is a
+  // floor for the selection (fewer kept groups than that come only from NaN rows).
+  float floor = -std::numeric_limits<float>::infinity();
+  int found = -1;
+  if (ranked_max <= 2 * kept_groups) {
+    floor = std::numeric_limits<float>::infinity();
+    for (int i = 0; i < kept_groups; ++i) floor = std::min(floor, s.seconds[s.kept[i]]);
+    found = packGroupsAtLeast(s.select.data(), per_group, s.kept.data(), kept_groups, floor,
+                              kCandidates, s.index.data());
+  }
+  if (found >= 0) {
+    rankCandidates(s.select.data(), s.index.data(), found, ranked_max, s.ranked.data(),
+                   s.picked.data(), s.ranks.data(), s.ordered.data());
+    return std::min(found, ranked_max);
+  }
+  return selectTopInGroups(s.select.data(), per_group, s.kept.data(), kept_groups, ranked_max,
+                           floor, s.ranked.data(), s.general);
+}
+
+// The order of found <= 16 candidates (positions index[0, found) in values), best first, into
+// ordered[0, found), in loops of fixed length: a row's candidate count does not steer a branch.
+// Returns false when two of them tie (the caller then ranks them with ties broken). ordered has
+// room for 17: the unused lanes all write ordered[found].
+__attribute__((target("avx2"), always_inline)) inline bool orderSixteen(const float* values,
+                                                                        const int32_t* index,
+                                                                        int found,
+                                                                        int32_t* ordered) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i count = _mm256_set1_epi32(found);
+  const __m256i real_lo = _mm256_cmpgt_epi32(count, lane);
+  const __m256i real_hi = _mm256_cmpgt_epi32(count, _mm256_add_epi32(lane, _mm256_set1_epi32(8)));
+  // Unused lanes read position 0 and then rank as -inf, below every candidate.
+  const __m256i at_lo =
+      _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(index)), real_lo);
+  const __m256i at_hi =
+      _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(index + 8)), real_hi);
+  const __m256 excluded = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m256 lo = _mm256_blendv_ps(excluded, _mm256_i32gather_ps(values, at_lo, 4),
+                                     _mm256_castsi256_ps(real_lo));
+  const __m256 hi = _mm256_blendv_ps(excluded, _mm256_i32gather_ps(values, at_hi, 4),
+                                     _mm256_castsi256_ps(real_hi));
+  alignas(32) float all[16];
+  _mm256_store_ps(all, lo);
+  _mm256_store_ps(all + 8, hi);
+  __m256i rank_lo = _mm256_setzero_si256(), rank_hi = _mm256_setzero_si256();
+  for (int b = 0; b < 16; ++b) {
+    const __m256 other = _mm256_broadcast_ss(all + b);
+    rank_lo = _mm256_sub_epi32(rank_lo, _mm256_castps_si256(_mm256_cmp_ps(other, lo, _CMP_GT_OQ)));
+    rank_hi = _mm256_sub_epi32(rank_hi, _mm256_castps_si256(_mm256_cmp_ps(other, hi, _CMP_GT_OQ)));
+  }
+  // Distinct values give the ranks 0 .. found - 1; a tie makes them sum to less (as in rankEach).
+  const __m256i both =
+      _mm256_add_epi32(_mm256_and_si256(rank_lo, real_lo), _mm256_and_si256(rank_hi, real_hi));
+  __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(both), _mm256_extracti128_si256(both, 1));
+  sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, _MM_SHUFFLE(1, 0, 3, 2)));
+  sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, _MM_SHUFFLE(2, 3, 0, 1)));
+  if (_mm_cvtsi128_si32(sum) != found * (found - 1) / 2) return false;
+  alignas(32) int32_t rank[16], position[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(rank), rank_lo);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(rank + 8), rank_hi);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(position), at_lo);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(position + 8), at_hi);
+  for (int i = 0; i < 16; ++i) ordered[rank[i]] = position[i];
+  return true;
+}
+
+__attribute__((target("avx2"), always_inline)) inline float smallestOf8(__m256 v) {
+  __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_min_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+
+__attribute__((target("avx2"), always_inline)) inline float largestOf8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+
+// Eight groups' kept ones in vector steps: their ids ascending (into kept, room for 8), the floor
+// (their smallest second best), and the gap from the weakest kept score down to the best other
+// one. False when the groups that fewer than `keep` beat are not exactly `keep` (a tie at the
+// boundary, or NaN).
+__attribute__((target("avx2,popcnt"), always_inline)) inline bool keptOfEight(
+    const float* scores, const float* seconds, int keep, int* kept, float& floor, float& gap) {
+  const __m256 score = _mm256_loadu_ps(scores);
+  const __m256 in = _mm256_castsi256_ps(
+      _mm256_cmpgt_epi32(_mm256_set1_epi32(keep), strictRanksOfEight(scores, 8, 0)));
+  const auto mask = static_cast<unsigned>(_mm256_movemask_ps(in));
+  if (static_cast<int>(_mm_popcnt_u32(mask)) != keep) return false;
+  appendSetPositions(mask, 0, kept, 0);
+  const __m256 above = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  const __m256 below = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  floor = smallestOf8(_mm256_blendv_ps(above, _mm256_loadu_ps(seconds), in));
+  gap = smallestOf8(_mm256_blendv_ps(above, score, in)) -
+        largestOf8(_mm256_blendv_ps(score, below, in));
+  return true;
+}
+
+// The same selection from scores made of the sigmoid estimate, each within `tolerance` of its
+// exact value. Returns ranked_max when every decision clears its tolerance, which makes the
+// selected set the exact one (only its order may differ), else -1: the row is then decided with
+// exact sigmoids. The decisions: the weakest kept group against the best other one (group scores
+// move by up to 2 tolerances each), and the last ranked expert against the next (1 each).
+// kGroups and kPerGroup, when not 0, are the options' values as constants (loops of known length).
+template <int kGroups, int kPerGroup>
+__attribute__((target("avx2,fma,bmi,popcnt"), always_inline)) inline int selectByEstimate(
+    const GateParams& p, float tolerance, RowScratch& s) {
+  const int groups = kGroups != 0 ? kGroups : p.num_groups;
+  const int per_group = kPerGroup != 0 ? kPerGroup : p.experts / p.num_groups;
+  const int ranked_max = p.topk + p.candidates;
+  for (int g = 0; g < groups; g += 8) {
+    eightGroupTopTwoSums(s.select.data() + g * per_group, per_group, s.scores.data() + g,
+                         s.seconds.data() + g);
+  }
+  const int kept_groups = p.topk_groups;
+  float floor = std::numeric_limits<float>::infinity(), gap = 0.0f;
+  if constexpr (kGroups == 8) {
+    if (!keptOfEight(s.scores.data(), s.seconds.data(), kept_groups, s.kept.data(), floor, gap)) {
+      return -1;
+    }
+  } else {
+    if (keptGroupsOfEights(s.scores.data(), groups, kept_groups, s.kept.data()) != kept_groups) {
+      return -1;
+    }
+    std::fill(s.is_kept.begin(), s.is_kept.end(), 0);
+    for (int i = 0; i < kept_groups; ++i) {
+      s.is_kept[s.kept[i]] = 1;
+      floor = std::min(floor, s.seconds[s.kept[i]]);
+    }
+    float weakest_kept = std::numeric_limits<float>::infinity();
+    float best_other = -std::numeric_limits<float>::infinity();
+    for (int g = 0; g < groups; ++g) {
+      const float score = s.scores[g];
+      weakest_kept = s.is_kept[g] != 0 ? std::min(weakest_kept, score) : weakest_kept;
+      best_other = s.is_kept[g] != 0 ? best_other : std::max(best_other, score);
+    }
+    gap = weakest_kept - best_other;
+  }
+  if (!(gap > 4.0f * tolerance)) return -1;
+  // At least ranked_max values lie at or above the floor, so any value left below floor - 3
+  // tolerances trails the last ranked one by more than 2.
+  const int found = packGroupsAtLeast(s.select.data(), per_group, s.kept.data(), kept_groups,
+                                      floor - 3.0f * tolerance, kCandidates, s.index.data());
+  if (found < ranked_max) return -1;
+  if (found <= 16 && orderSixteen(s.select.data(), s.index.data(), found, s.ordered.data())) {
+    std::copy_n(s.ordered.data(), ranked_max, s.ranked.data());
+  } else {
+    rankCandidates(s.select.data(), s.index.data(), found, ranked_max, s.ranked.data(),
+                   s.picked.data(), s.ranks.data(), s.ordered.data());
+  }
+  if (found > ranked_max) {
+    const float last = s.select[s.ordered[ranked_max - 1]];
+    const float next = s.select[s.ordered[ranked_max]];
+    if (!(last - next > 2.0f * tolerance)) return -1;
+  }
+  return ranked_max;
+}
+
+// Puts n ranked experts (and their chosen values) in the exact order: ranked value descending,
+// ties to the lower expert, as the general path ranks them. The estimate's order is almost always
+// right already, so an insertion sort does about n comparisons.
+void orderExactly(int* ranked, float* chosen, const float* value, int n) {
+  float values[kCandidates];
+  std::copy_n(value, n, values);
+  for (int i = 1; i < n; ++i) {
+    const int expert = ranked[i];
+    const float v = values[i], c = chosen[i];
+    int j = i;
+    for (; j > 0 && (values[j - 1] < v || (values[j - 1] == v && ranked[j - 1] > expert)); --j) {
+      ranked[j] = ranked[j - 1];
+      chosen[j] = chosen[j - 1];
+      values[j] = values[j - 1];
+    }
+    ranked[j] = expert;
+    chosen[j] = c;
+    values[j] = v;
+  }
+}
+
+// Whether eight ranked experts with these ranked values are in the exact order.
+__attribute__((target("avx2"), always_inline)) inline bool inExactOrder(__m256 value,
+                                                                        __m256i expert) {
+  const __m256i next_lane = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7);
+  const __m256 next = _mm256_permutevar8x32_ps(value, next_lane);
+  const __m256i next_expert = _mm256_permutevar8x32_epi32(expert, next_lane);
+  const __m256 before =
+      _mm256_or_ps(_mm256_cmp_ps(value, next, _CMP_GT_OQ),
+                   _mm256_and_ps(_mm256_cmp_ps(value, next, _CMP_EQ_OQ),
+                                 _mm256_castsi256_ps(_mm256_cmpgt_epi32(next_expert, expert))));
+  return (_mm256_movemask_ps(before) & 0x7f) == 0x7f;
+}
+
+template <int kGroups, int kPerGroup>
 __attribute__((target("avx2,fma,bmi,popcnt"))) int64_t gateGroupedSigmoidAvx2(
     const float* logits, int64_t tokens, const float* bias, const GateParams& p, int32_t* idx,
-    float* weights, int32_t* candidate_idx, float* candidate_weights) {
-  const int E = p.experts;
-  const int groups = p.num_groups;
-  const int per_group = E / groups;
+    float* weights, int32_t* candidate_idx, float* candidate_weights, int64_t* exact_rows) {
+  const int E = kGroups != 0 && kPerGroup != 0 ? kGroups * kPerGroup : p.experts;
   const int ranked_max = p.topk + p.candidates;
-  // Every buffer a row needs, sized once; reads and writes of whole vectors past a count have
-  // room (the + 8s).
-  std::vector<float> select(E), no_bias(bias == nullptr ? E : 0), scores(groups), seconds(groups);
-  std::vector<float> picked(std::max(kCandidates, roundUpTo8(ranked_max)) + 8);
-  std::vector<float> chosen(roundUpTo8(ranked_max));
-  std::vector<int32_t> index(kCandidates + 8), ranks(kCandidates + 8), ordered(kCandidates);
-  std::vector<int> kept(groups), ranked(ranked_max);
-  TopScratch scratch;  // for the rows that leave the fused selection
+  RowScratch s(E, p.num_groups, ranked_max);
+  std::vector<float> no_bias(bias == nullptr ? E : 0), exact(roundUpTo8(ranked_max));
   const float* b = bias != nullptr ? bias : no_bias.data();
+  const float tolerance = estimateTolerance(b, E);
   const bool eight_slots = p.topk == 8 && p.candidates == 0;
-  int64_t non_finite = -1;
+  int64_t non_finite = -1, decided_exactly = 0;
   for (int64_t t = 0; t < tokens; ++t) {
     const float* row = logits + t * E;
     prefetchRowAhead(logits, tokens, E, t);
-    // select = sigmoid(logit) + bias, what is ranked; the finiteness check in the same pass.
-    // (Folding the group scores into this loop measured slower: it stalls the sigmoid pipeline.)
+    // select = estimated sigmoid(logit) + bias, what is ranked; the finiteness check in the same
+    // pass. (Folding the group scores into this loop measured slower: it stalls the pipeline.)
     __m256i largest = _mm256_setzero_si256();
     for (int e = 0; e < E; e += 8) {
       const __m256 x = _mm256_loadu_ps(row + e);
       largest = foldMagnitude8(largest, x);
-      _mm256_storeu_ps(select.data() + e, _mm256_add_ps(sigmoid8(x), _mm256_loadu_ps(b + e)));
+      _mm256_storeu_ps(s.select.data() + e,
+                       _mm256_add_ps(sigmoidEstimateInRange8(x), _mm256_loadu_ps(b + e)));
     }
-    if (non_finite < 0 && !allFinite8(largest)) non_finite = t;
-    for (int g = 0; g < groups; g += 8) {
-      eightGroupTopTwoSums(select.data() + g * per_group, per_group, scores.data() + g,
-                           seconds.data() + g);
+    // A logit beyond the estimate's range (or not finite) sends the row to the exact path.
+    const bool in_range = allWithin8(largest, kSigmoidEstimateRange);
+    if (!in_range && non_finite < 0 && !allFinite8(largest)) non_finite = t;
+    int ranked_count = in_range ? selectByEstimate<kGroups, kPerGroup>(p, tolerance, s) : -1;
+    const bool estimated = ranked_count >= 0;
+    if (!estimated) {  // near a decision, or out of range: the exact scores decide
+      ++decided_exactly;
+      for (int e = 0; e < E; e += 8) {
+        _mm256_storeu_ps(s.select.data() + e,
+                         _mm256_add_ps(sigmoid8(_mm256_loadu_ps(row + e)), _mm256_loadu_ps(b + e)));
+      }
+      ranked_count = selectExactly(p, s);
     }
-    const int kept_groups = keptGroupsOfEights(scores.data(), groups, p.topk_groups, kept.data());
-    // Each kept group has two values at or above its second best, so the smallest of those is a
-    // floor for the selection (fewer kept groups than that come only from NaN rows).
-    float floor = -std::numeric_limits<float>::infinity();
-    int found = -1;
-    if (ranked_max <= 2 * kept_groups) {
-      floor = std::numeric_limits<float>::infinity();
-      for (int i = 0; i < kept_groups; ++i) floor = std::min(floor, seconds[kept[i]]);
-      found = packGroupsAtLeast(select.data(), per_group, kept.data(), kept_groups, floor,
-                                kCandidates, index.data());
-    }
-    int ranked_count = 0;
-    if (found >= 0) {
-      rankCandidates(select.data(), index.data(), found, ranked_max, ranked.data(), picked.data(),
-                     ranks.data(), ordered.data());
-      ranked_count = std::min(found, ranked_max);
-    } else {
-      ranked_count = selectTopInGroups(select.data(), per_group, kept.data(), kept_groups,
-                                       ranked_max, floor, ranked.data(), scratch);
-    }
-    // The weights are made of the unbiased sigmoids, taken again for the ranked few.
+    // The weights are made of the exact unbiased sigmoids, taken for the ranked few; the exact
+    // ranked values (the same operations as the exact pass) order them.
     if (eight_slots && ranked_count == 8) {
       // DeepSeek-V3's shape, one vector: the same operations as below in the same order, so the
       // same bits.
-      const __m256i which = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ranked.data()));
-      const __m256 s = sigmoid8(_mm256_i32gather_ps(row, which, 4));
-      _mm256_storeu_ps(chosen.data(), s);
-      const __m256 scale = _mm256_set1_ps(p.scaling / slotNorm(p, chosen.data(), 8));
+      __m256i which = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s.ranked.data()));
+      __m256 chosen = sigmoid8(_mm256_i32gather_ps(row, which, 4));
+      const __m256 value = _mm256_add_ps(chosen, _mm256_i32gather_ps(b, which, 4));
+      if (estimated && !inExactOrder(value, which)) {
+        _mm256_storeu_ps(s.chosen.data(), chosen);
+        _mm256_storeu_ps(exact.data(), value);
+        orderExactly(s.ranked.data(), s.chosen.data(), exact.data(), 8);
+        which = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s.ranked.data()));
+        chosen = _mm256_loadu_ps(s.chosen.data());
+      }
+      _mm256_storeu_ps(s.chosen.data(), chosen);
+      const __m256 scale = _mm256_set1_ps(p.scaling / slotNorm(p, s.chosen.data(), 8));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + t * 8), which);
-      _mm256_storeu_ps(weights + t * 8, _mm256_mul_ps(s, scale));
+      _mm256_storeu_ps(weights + t * 8, _mm256_mul_ps(chosen, scale));
       continue;
     }
-    for (int j = 0; j < ranked_count; ++j) picked[j] = row[ranked[j]];
+    for (int j = 0; j < ranked_count; ++j) s.picked[j] = row[s.ranked[j]];
     for (int j = 0; j < ranked_count; j += 8) {
-      _mm256_storeu_ps(chosen.data() + j, sigmoid8(_mm256_loadu_ps(picked.data() + j)));
+      _mm256_storeu_ps(s.chosen.data() + j, sigmoid8(_mm256_loadu_ps(s.picked.data() + j)));
     }
-    writeSlots(p, t, ranked.data(), ranked_count, chosen.data(),
-               slotNorm(p, chosen.data(), ranked_count), idx, weights, candidate_idx,
+    if (estimated) {
+      for (int j = 0; j < ranked_count; ++j) exact[j] = s.chosen[j] + b[s.ranked[j]];
+      orderExactly(s.ranked.data(), s.chosen.data(), exact.data(), ranked_count);
+    }
+    writeSlots(p, t, s.ranked.data(), ranked_count, s.chosen.data(),
+               slotNorm(p, s.chosen.data(), ranked_count), idx, weights, candidate_idx,
                candidate_weights);
   }
+  if (exact_rows != nullptr) *exact_rows = decided_exactly;
   return non_finite;
 }
 #endif
@@ -123,11 +357,16 @@ bool fusedGroupedSigmoidApplies(const GateParams& p) {
 
 int64_t gateGroupedSigmoid(const float* logits, int64_t tokens, const float* bias,
                            const GateParams& p, int32_t* idx, float* weights,
-                           int32_t* candidate_idx, float* candidate_weights) {
+                           int32_t* candidate_idx, float* candidate_weights, int64_t* exact_rows) {
 #if defined(__x86_64__)
-  return gateGroupedSigmoidAvx2(logits, tokens, bias, p, idx, weights, candidate_idx,
-                                candidate_weights);
+  if (p.num_groups == 8 && p.experts == 256) {  // DeepSeek-V3's shape, with constant loops
+    return gateGroupedSigmoidAvx2<8, 32>(logits, tokens, bias, p, idx, weights, candidate_idx,
+                                         candidate_weights, exact_rows);
+  }
+  return gateGroupedSigmoidAvx2<0, 0>(logits, tokens, bias, p, idx, weights, candidate_idx,
+                                      candidate_weights, exact_rows);
 #else
+  if (exact_rows != nullptr) *exact_rows = tokens;
   return gateGeneral(logits, tokens, bias, p, idx, weights, candidate_idx, candidate_weights);
 #endif
 }

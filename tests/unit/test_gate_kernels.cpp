@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -13,6 +15,9 @@
 #include <vector>
 
 #include "kernels/cpu/finite.hpp"
+#if defined(__x86_64__)
+#include "kernels/cpu/avx2_math.hpp"
+#endif
 #include "kernels/cpu/gate_grouped_sigmoid.hpp"
 #include "kernels/cpu/gating.hpp"
 #include "kernels/cpu/group_scores.hpp"
@@ -321,6 +326,114 @@ TEST(FusedGroupedSigmoid, MatchesTheGeneralPath) {
       for (int32_t e : idx) EXPECT_TRUE(e >= -1 && e < E) << what;
       for (int32_t e : cidx) EXPECT_TRUE(e >= -1 && e < E) << what;
     }
+  }
+  if (fused_shapes == 0) GTEST_SKIP() << "this CPU lacks AVX2/FMA/BMI: gate() never fuses here";
+}
+
+#if defined(__x86_64__)
+// The sigmoid estimate the fused gate ranks by stays within the error it declares of sigmoid8 (and
+// of an f64 reference), over a sweep of every 257th float in [-100, 100] on both sides of zero;
+// the declared bound came from every float in that range.
+__attribute__((target("avx2,fma"))) void estimateWorstErrors(double& vs_exact, double& vs_f64) {
+  vs_exact = 0.0;
+  vs_f64 = 0.0;
+  for (uint32_t sign : {0u, 0x80000000u}) {
+    for (uint32_t bits = 0; bits <= 0x42c80000u; bits += 8 * 257) {  // 0x42c80000 = 100.0f
+      alignas(32) float x[8], estimate[8], exact[8];
+      for (uint32_t l = 0; l < 8; ++l) {
+        const uint32_t u = (bits + l * 257) | sign;
+        std::memcpy(&x[l], &u, 4);
+      }
+      _mm256_store_ps(estimate, sigmoidEstimate8(_mm256_load_ps(x)));
+      _mm256_store_ps(exact, sigmoid8(_mm256_load_ps(x)));
+      for (int l = 0; l < 8; ++l) {
+        const double f64 = 1.0 / (1.0 + std::exp(-static_cast<double>(x[l])));
+        vs_exact = std::max(vs_exact, std::fabs(static_cast<double>(estimate[l]) - exact[l]));
+        vs_f64 = std::max(vs_f64, std::fabs(static_cast<double>(estimate[l]) - f64));
+      }
+    }
+  }
+}
+
+TEST(VectorMath, SigmoidEstimateStaysWithinItsDeclaredError) {
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
+    GTEST_SKIP() << "this CPU lacks AVX2/FMA";
+  }
+  double vs_exact = 0.0, vs_f64 = 0.0;
+  estimateWorstErrors(vs_exact, vs_f64);
+  EXPECT_LE(vs_exact, kSigmoidEstimateError);
+  EXPECT_LE(vs_f64, kSigmoidEstimateError);
+  EXPECT_GT(vs_exact, kSigmoidEstimateError / 4) << "the bound is far looser than the estimate";
+}
+#endif
+
+// The fused gate ranks by a sigmoid estimate and must settle every decision the estimate cannot
+// make with the exact sigmoid. Rows built so that the last ranked expert and the next one differ
+// by one ulp of a logit, or so that a logit lies beyond the estimate's range, must come out as
+// gate()'s general path has them, and must be counted as decided exactly; random rows mostly not.
+TEST(FusedGroupedSigmoid, SettlesNearTiesWithExactSigmoids) {
+  struct Shape {
+    int experts, groups, topk, topk_groups, candidates;
+  };
+  int fused_shapes = 0;
+  for (const Shape& s : {Shape{256, 8, 8, 4, 0}, Shape{512, 16, 6, 4, 2}}) {
+    const GateParams p{s.experts, s.topk, 1, true, 2.5f, s.groups, s.topk_groups, s.candidates};
+    if (!fusedGroupedSigmoidApplies(p)) continue;
+    ++fused_shapes;
+    const int E = s.experts, per_group = E / s.groups, ranked = s.topk + s.candidates;
+    const int64_t tokens = 240;
+    std::mt19937 rng(17);
+    std::normal_distribution<float> normal(0.0f, 2.0f);
+    std::vector<float> logits(static_cast<size_t>(tokens * E));
+    for (float& x : logits) x = normal(rng);
+    // The general path's ranking of each row, to find its last ranked expert.
+    std::vector<int32_t> first_idx(static_cast<size_t>(tokens * s.topk));
+    std::vector<int32_t> first_cidx(static_cast<size_t>(tokens * s.candidates));
+    std::vector<float> first_w(first_idx.size()), first_cw(first_cidx.size());
+    ASSERT_EQ(gateGeneral(logits.data(), tokens, nullptr, p, first_idx.data(), first_w.data(),
+                          first_cidx.data(), first_cw.data()),
+              -1);
+    int64_t built = 0;
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* row = logits.data() + t * E;
+      if (t % 3 == 1) {  // an unranked expert of the last one's group, one ulp below it
+        const int32_t last =
+            s.candidates > 0 ? first_cidx[static_cast<size_t>(t * s.candidates + s.candidates - 1)]
+                             : first_idx[static_cast<size_t>(t * s.topk + ranked - 1)];
+        std::vector<int32_t> chosen(first_idx.begin() + t * s.topk,
+                                    first_idx.begin() + (t + 1) * s.topk);
+        chosen.insert(chosen.end(), first_cidx.begin() + t * s.candidates,
+                      first_cidx.begin() + (t + 1) * s.candidates);
+        const int group_start = last / per_group * per_group;
+        for (int e = group_start; e < group_start + per_group; ++e) {
+          if (std::find(chosen.begin(), chosen.end(), e) != chosen.end()) continue;
+          row[e] = std::nextafter(row[last], -1e9f);
+          ++built;
+          break;
+        }
+      } else if (t % 3 == 2 && t % 6 == 2) {  // beyond the estimate's range, either side
+        row[static_cast<size_t>(t) % E] = t % 12 == 2 ? 100.0f : -100.0f;
+        ++built;
+      }
+    }
+    std::vector<int32_t> idx(first_idx.size()), want_idx(first_idx.size());
+    std::vector<int32_t> cidx(first_cidx.size()), want_cidx(first_cidx.size());
+    std::vector<float> w(idx.size()), want_w(idx.size()), cw(cidx.size()), want_cw(cidx.size());
+    int64_t exact_rows = -1;
+    ASSERT_EQ(gateGroupedSigmoid(logits.data(), tokens, nullptr, p, idx.data(), w.data(),
+                                 cidx.data(), cw.data(), &exact_rows),
+              -1);
+    ASSERT_EQ(gateGeneral(logits.data(), tokens, nullptr, p, want_idx.data(), want_w.data(),
+                          want_cidx.data(), want_cw.data()),
+              -1);
+    const std::string what = "E=" + std::to_string(E);
+    EXPECT_EQ(idx, want_idx) << what;
+    EXPECT_EQ(cidx, want_cidx) << what;
+    EXPECT_EQ(w, want_w) << what;
+    EXPECT_EQ(cw, want_cw) << what;
+    EXPECT_GE(built, tokens / 2) << what;
+    EXPECT_GE(exact_rows, built) << what;
+    EXPECT_LE(exact_rows, built + tokens / 20) << what << ": random rows should rarely need it";
   }
   if (fused_shapes == 0) GTEST_SKIP() << "this CPU lacks AVX2/FMA/BMI: gate() never fuses here";
 }
