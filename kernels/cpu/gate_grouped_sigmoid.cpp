@@ -47,7 +47,7 @@ struct RowScratch {
         seconds(groups),
         picked(std::max(kCandidates, roundUpTo8(ranked_max)) + 8),
         chosen(roundUpTo8(ranked_max)),
-        index(kCandidates + 8),
+        index(std::max(kCandidates, experts) + 8),
         ranks(kCandidates + 8),
         ordered(kCandidates + 1),
         kept(groups),
@@ -168,6 +168,24 @@ __attribute__((target("avx2,popcnt"), always_inline)) inline bool keptOfEight(
   return true;
 }
 
+// packGroupsAtLeast for a constant group size: the vectors of a group unrolled, and no check of a
+// limit between them (index has room for every value of the kept groups, + 8).
+template <int kPerGroup>
+__attribute__((target("avx2,popcnt"), always_inline)) inline int packKeptGroups(
+    const float* values, const int* kept, int kept_groups, float floor, int32_t* index) {
+  const __m256 low = _mm256_set1_ps(floor);
+  int found = 0;
+  for (int i = 0; i < kept_groups; ++i) {
+    const int at = kept[i] * kPerGroup;
+    for (int v = 0; v < kPerGroup; v += 8) {
+      const auto mask = static_cast<unsigned>(
+          _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + at + v), low, _CMP_GE_OQ)));
+      found = appendSetPositions(mask, at + v, index, found);
+    }
+  }
+  return found;
+}
+
 // The same selection from scores made of the sigmoid estimate, each within `tolerance` of its
 // exact value. Returns ranked_max when every decision clears its tolerance, which makes the
 // selected set the exact one (only its order may differ), else -1: the row is then decided with
@@ -211,8 +229,15 @@ __attribute__((target("avx2,fma,bmi,popcnt"), always_inline)) inline int selectB
   if (!(gap > 4.0f * tolerance)) return -1;
   // At least ranked_max values lie at or above the floor, so any value left below floor - 3
   // tolerances trails the last ranked one by more than 2.
-  const int found = packGroupsAtLeast(s.select.data(), per_group, s.kept.data(), kept_groups,
-                                      floor - 3.0f * tolerance, kCandidates, s.index.data());
+  int found = 0;
+  if constexpr (kPerGroup != 0) {
+    found = packKeptGroups<kPerGroup>(s.select.data(), s.kept.data(), kept_groups,
+                                      floor - 3.0f * tolerance, s.index.data());
+    if (found > kCandidates) return -1;
+  } else {
+    found = packGroupsAtLeast(s.select.data(), per_group, s.kept.data(), kept_groups,
+                              floor - 3.0f * tolerance, kCandidates, s.index.data());
+  }
   if (found < ranked_max) return -1;
   if (found <= 16 && orderSixteen(s.select.data(), s.index.data(), found, s.ordered.data())) {
     std::copy_n(s.ordered.data(), ranked_max, s.ranked.data());
@@ -280,6 +305,7 @@ __attribute__((target("avx2,fma,bmi,popcnt"))) int64_t gateGroupedSigmoidAvx2(
     // select = estimated sigmoid(logit) + bias, what is ranked; the finiteness check in the same
     // pass. (Folding the group scores into this loop measured slower: it stalls the pipeline.)
     __m256i largest = _mm256_setzero_si256();
+#pragma GCC unroll 4
     for (int e = 0; e < E; e += 8) {
       const __m256 x = _mm256_loadu_ps(row + e);
       largest = foldMagnitude8(largest, x);
