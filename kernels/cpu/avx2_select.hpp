@@ -113,5 +113,74 @@ __attribute__((target("avx2"), always_inline)) inline void rankCandidates(
   std::copy_n(ordered, std::min(n, found), out);
 }
 
+// How many of the sixteen values (lo's and hi's lanes) exceed each one.
+__attribute__((target("avx2"), always_inline)) inline void strictRanksOfSixteen(__m256 lo,
+                                                                                __m256 hi,
+                                                                                __m256i& rank_lo,
+                                                                                __m256i& rank_hi) {
+  alignas(32) float all[16];
+  _mm256_store_ps(all, lo);
+  _mm256_store_ps(all + 8, hi);
+  rank_lo = _mm256_setzero_si256();
+  rank_hi = _mm256_setzero_si256();
+  for (int b = 0; b < 16; ++b) {
+    const __m256 other = _mm256_broadcast_ss(all + b);
+    rank_lo = _mm256_sub_epi32(rank_lo, _mm256_castps_si256(_mm256_cmp_ps(other, lo, _CMP_GT_OQ)));
+    rank_hi = _mm256_sub_epi32(rank_hi, _mm256_castps_si256(_mm256_cmp_ps(other, hi, _CMP_GT_OQ)));
+  }
+}
+
+// The order of found <= 16 candidates (positions index[0, found) in values), best first, into
+// ordered[0, found), in loops of fixed length: a row's candidate count does not steer a branch.
+// Returns false when two of them tie (the caller then ranks them with ties broken). ordered has
+// room for 17: the unused lanes all write ordered[found].
+__attribute__((target("avx2"), always_inline)) inline bool orderSixteen(const float* values,
+                                                                        const int32_t* index,
+                                                                        int found,
+                                                                        int32_t* ordered) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i count = _mm256_set1_epi32(found);
+  const __m256i real_lo = _mm256_cmpgt_epi32(count, lane);
+  const __m256i real_hi = _mm256_cmpgt_epi32(count, _mm256_add_epi32(lane, _mm256_set1_epi32(8)));
+  // Unused lanes read position 0 and then rank as -inf, below every candidate.
+  const __m256i at_lo =
+      _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(index)), real_lo);
+  const __m256i at_hi =
+      _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(index + 8)), real_hi);
+  const __m256 excluded = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m256 lo = _mm256_blendv_ps(excluded, _mm256_i32gather_ps(values, at_lo, 4),
+                                     _mm256_castsi256_ps(real_lo));
+  const __m256 hi = _mm256_blendv_ps(excluded, _mm256_i32gather_ps(values, at_hi, 4),
+                                     _mm256_castsi256_ps(real_hi));
+  __m256i rank_lo, rank_hi;
+  strictRanksOfSixteen(lo, hi, rank_lo, rank_hi);
+  // Distinct values give the ranks 0 .. found - 1; a tie makes them sum to less (as in rankEach).
+  const __m256i both =
+      _mm256_add_epi32(_mm256_and_si256(rank_lo, real_lo), _mm256_and_si256(rank_hi, real_hi));
+  __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(both), _mm256_extracti128_si256(both, 1));
+  sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, _MM_SHUFFLE(1, 0, 3, 2)));
+  sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, _MM_SHUFFLE(2, 3, 0, 1)));
+  if (_mm_cvtsi128_si32(sum) != found * (found - 1) / 2) return false;
+  alignas(32) int32_t rank[16], position[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(rank), rank_lo);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(rank + 8), rank_hi);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(position), at_lo);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(position + 8), at_hi);
+  for (int i = 0; i < 16; ++i) ordered[rank[i]] = position[i];
+  return true;
+}
+
+__attribute__((target("avx2"), always_inline)) inline float smallestOf8(__m256 v) {
+  __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_min_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+
+__attribute__((target("avx2"), always_inline)) inline float largestOf8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+
 }  // namespace moecomm::cpu
 #endif

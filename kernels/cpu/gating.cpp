@@ -3,6 +3,7 @@
 #include "kernels/cpu/finite.hpp"
 #include "kernels/cpu/gate_common.hpp"
 #include "kernels/cpu/gate_grouped_sigmoid.hpp"
+#include "kernels/cpu/gate_softmax_top.hpp"
 #include "kernels/cpu/group_scores.hpp"
 #include "kernels/cpu/topk.hpp"
 #include "kernels/cpu/vector_math.hpp"
@@ -19,6 +20,9 @@ int64_t gate(const float* logits, int64_t tokens, const float* bias, const GateP
   if (fusedGroupedSigmoidApplies(p)) {
     return gateGroupedSigmoid(logits, tokens, bias, p, idx, weights, candidate_idx,
                               candidate_weights);
+  }
+  if (fusedSoftmaxTopApplies(p, bias != nullptr)) {
+    return gateSoftmaxTop(logits, tokens, p, idx, weights, candidate_idx, candidate_weights);
   }
   return gateGeneral(logits, tokens, bias, p, idx, weights, candidate_idx, candidate_weights);
 }

@@ -19,6 +19,7 @@
 #include "kernels/cpu/avx2_math.hpp"
 #endif
 #include "kernels/cpu/gate_grouped_sigmoid.hpp"
+#include "kernels/cpu/gate_softmax_top.hpp"
 #include "kernels/cpu/gating.hpp"
 #include "kernels/cpu/group_scores.hpp"
 #include "kernels/cpu/topk.hpp"
@@ -210,6 +211,33 @@ TEST(GroupScores, KeptGroupsAreTheBestInAscendingOrder) {
   }
 }
 
+// gate()'s general path on the same input must return `returned` and give these outputs bit for
+// bit (a fused kernel's, sized for the same tokens, slots and candidates).
+void expectGeneralPathGives(const float* logits, int64_t tokens, const float* bias,
+                            const GateParams& p, int64_t returned, const std::vector<int32_t>& idx,
+                            const std::vector<float>& w, const std::vector<int32_t>& cidx,
+                            const std::vector<float>& cw, const std::string& what) {
+  std::vector<int32_t> want_idx(idx.size(), -9), want_cidx(cidx.size(), -9);
+  std::vector<float> want_w(w.size()), want_cw(cw.size());
+  ASSERT_EQ(gateGeneral(logits, tokens, bias, p, want_idx.data(), want_w.data(), want_cidx.data(),
+                        want_cw.data()),
+            returned)
+      << what;
+  EXPECT_EQ(idx, want_idx) << what;
+  EXPECT_EQ(cidx, want_cidx) << what;
+  EXPECT_EQ(w, want_w) << what;
+  EXPECT_EQ(cw, want_cw) << what;
+}
+
+// What gate()'s general path returns on this input (the first non-finite row, or -1).
+int64_t generalPathReturns(const float* logits, int64_t tokens, const float* bias,
+                           const GateParams& p) {
+  std::vector<int32_t> idx(static_cast<size_t>(tokens * p.topk));
+  std::vector<int32_t> cidx(static_cast<size_t>(tokens * p.candidates));
+  std::vector<float> w(idx.size()), cw(cidx.size());
+  return gateGeneral(logits, tokens, bias, p, idx.data(), w.data(), cidx.data(), cw.data());
+}
+
 // exp and sigmoid within a few float ulps of an f64 reference, over the whole finite range the
 // gate meets (saturated sigmoids included), for lengths with and without a vector tail.
 TEST(VectorMath, ExpAndSigmoidMatchDoublePrecision) {
@@ -294,24 +322,17 @@ TEST(FusedGroupedSigmoid, MatchesTheGeneralPath) {
       const bool with_bias = variant != 3;
       const float* b = with_bias ? bias.data() : nullptr;
       const int k = s.topk, c = s.candidates;
-      std::vector<int32_t> idx(static_cast<size_t>(tokens * k), -7), want_idx(idx.size(), -9);
-      std::vector<float> w(idx.size()), want_w(idx.size());
-      std::vector<int32_t> cidx(static_cast<size_t>(tokens * c)), want_cidx(cidx.size());
-      std::vector<float> cw(cidx.size()), want_cw(cidx.size());
+      std::vector<int32_t> idx(static_cast<size_t>(tokens * k), -7);
+      std::vector<float> w(idx.size());
+      std::vector<int32_t> cidx(static_cast<size_t>(tokens * c));
+      std::vector<float> cw(cidx.size());
       const std::string what = "E=" + std::to_string(E) + " groups=" + std::to_string(s.groups) +
                                " k=" + std::to_string(k) + " variant=" + std::to_string(variant);
       ASSERT_EQ(gateGroupedSigmoid(logits.data(), tokens, b, p, idx.data(), w.data(), cidx.data(),
                                    cw.data()),
                 -1)
           << what;
-      ASSERT_EQ(gateGeneral(logits.data(), tokens, b, p, want_idx.data(), want_w.data(),
-                            want_cidx.data(), want_cw.data()),
-                -1)
-          << what;
-      EXPECT_EQ(idx, want_idx) << what;
-      EXPECT_EQ(cidx, want_cidx) << what;
-      EXPECT_EQ(w, want_w) << what;
-      EXPECT_EQ(cw, want_cw) << what;
+      expectGeneralPathGives(logits.data(), tokens, b, p, -1, idx, w, cidx, cw, what);
       // Non-finite logits: both report the first such row, and every index stays in range.
       logits[static_cast<size_t>(37 * E + 5)] = std::numeric_limits<float>::quiet_NaN();
       logits[static_cast<size_t>(50 * E + 1)] = std::numeric_limits<float>::infinity();
@@ -319,10 +340,7 @@ TEST(FusedGroupedSigmoid, MatchesTheGeneralPath) {
                                    cw.data()),
                 37)
           << what;
-      EXPECT_EQ(gateGeneral(logits.data(), tokens, b, p, want_idx.data(), want_w.data(),
-                            want_cidx.data(), want_cw.data()),
-                37)
-          << what;
+      EXPECT_EQ(generalPathReturns(logits.data(), tokens, b, p), 37) << what;
       for (int32_t e : idx) EXPECT_TRUE(e >= -1 && e < E) << what;
       for (int32_t e : cidx) EXPECT_TRUE(e >= -1 && e < E) << what;
     }
@@ -416,24 +434,84 @@ TEST(FusedGroupedSigmoid, SettlesNearTiesWithExactSigmoids) {
         ++built;
       }
     }
-    std::vector<int32_t> idx(first_idx.size()), want_idx(first_idx.size());
-    std::vector<int32_t> cidx(first_cidx.size()), want_cidx(first_cidx.size());
-    std::vector<float> w(idx.size()), want_w(idx.size()), cw(cidx.size()), want_cw(cidx.size());
+    std::vector<int32_t> idx(first_idx.size()), cidx(first_cidx.size());
+    std::vector<float> w(idx.size()), cw(cidx.size());
     int64_t exact_rows = -1;
     ASSERT_EQ(gateGroupedSigmoid(logits.data(), tokens, nullptr, p, idx.data(), w.data(),
                                  cidx.data(), cw.data(), &exact_rows),
               -1);
-    ASSERT_EQ(gateGeneral(logits.data(), tokens, nullptr, p, want_idx.data(), want_w.data(),
-                          want_cidx.data(), want_cw.data()),
-              -1);
     const std::string what = "E=" + std::to_string(E);
-    EXPECT_EQ(idx, want_idx) << what;
-    EXPECT_EQ(cidx, want_cidx) << what;
-    EXPECT_EQ(w, want_w) << what;
-    EXPECT_EQ(cw, want_cw) << what;
+    expectGeneralPathGives(logits.data(), tokens, nullptr, p, -1, idx, w, cidx, cw, what);
     EXPECT_GE(built, tokens / 2) << what;
     EXPECT_GE(exact_rows, built) << what;
     EXPECT_LE(exact_rows, built + tokens / 20) << what << ": random rows should rarely need it";
+  }
+  if (fused_shapes == 0) GTEST_SKIP() << "this CPU lacks AVX2/FMA/BMI: gate() never fuses here";
+}
+
+// The fused softmax gate (renormalized softmax or top-k then softmax, no bias, no groups) against
+// gate()'s general path, bit for bit: random rows, ties everywhere, rows all equal (more than 16
+// candidates at the floor), one hot expert, tiny spreads, and non-finite rows (the same first row
+// reported, indices in range).
+TEST(FusedSoftmaxTop, MatchesTheGeneralPath) {
+  struct Shape {
+    int experts, topk, candidates, score;
+    bool renormalize;
+  };
+  const Shape shapes[] = {{256, 8, 0, 0, true},   {256, 8, 0, 2, false}, {64, 2, 0, 2, true},
+                          {128, 4, 4, 0, true},   {512, 16, 0, 0, true}, {24, 1, 0, 2, false},
+                          {1024, 6, 2, 2, false}, {16, 8, 8, 0, true}};
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::uniform_int_distribution<int> few(-2, 2);
+  int fused_shapes = 0;
+  for (const Shape& s : shapes) {
+    const GateParams p{s.experts, s.topk, s.score, s.renormalize, 2.5f, 1, 1, s.candidates};
+    if (!fusedSoftmaxTopApplies(p, false)) continue;
+    EXPECT_FALSE(fusedSoftmaxTopApplies(p, true)) << "a bias changes the selection";
+    ++fused_shapes;
+    const int64_t tokens = 120;
+    const int E = s.experts, k = s.topk, c = s.candidates;
+    std::vector<float> logits(static_cast<size_t>(tokens * E));
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* row = logits.data() + t * E;
+      for (int e = 0; e < E; ++e) {
+        switch (t % 5) {
+          case 0:
+          case 4:
+            row[e] = normal(rng);
+            break;
+          case 1:
+            row[e] = static_cast<float>(few(rng));  // ties everywhere
+            break;
+          case 2:
+            row[e] = t % 10 == 2 ? -0.25f : normal(rng) - 30.0f;  // all equal, or cold
+            break;
+          default:
+            row[e] = 1.0f + normal(rng) * 1e-6f;  // a tiny spread
+            break;
+        }
+      }
+      if (t % 10 == 7) row[static_cast<size_t>(t) % E] = 40.0f;  // one hot expert
+    }
+    std::vector<int32_t> idx(static_cast<size_t>(tokens * k), -7);
+    std::vector<float> w(idx.size());
+    std::vector<int32_t> cidx(static_cast<size_t>(tokens * c));
+    std::vector<float> cw(cidx.size());
+    const std::string what = "E=" + std::to_string(E) + " k=" + std::to_string(k) +
+                             " c=" + std::to_string(c) + " score=" + std::to_string(s.score);
+    ASSERT_EQ(
+        gateSoftmaxTop(logits.data(), tokens, p, idx.data(), w.data(), cidx.data(), cw.data()), -1)
+        << what;
+    expectGeneralPathGives(logits.data(), tokens, nullptr, p, -1, idx, w, cidx, cw, what);
+    logits[static_cast<size_t>(41 * E + E - 1)] = -std::numeric_limits<float>::infinity();
+    logits[static_cast<size_t>(60 * E)] = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_EQ(
+        gateSoftmaxTop(logits.data(), tokens, p, idx.data(), w.data(), cidx.data(), cw.data()), 41)
+        << what;
+    EXPECT_EQ(generalPathReturns(logits.data(), tokens, nullptr, p), 41) << what;
+    for (int32_t e : idx) EXPECT_TRUE(e >= -1 && e < E) << what;
+    for (int32_t e : cidx) EXPECT_TRUE(e >= -1 && e < E) << what;
   }
   if (fused_shapes == 0) GTEST_SKIP() << "this CPU lacks AVX2/FMA/BMI: gate() never fuses here";
 }
