@@ -125,15 +125,17 @@ Status finishPosting(Transport& transport, const std::vector<Request>& requests,
   return Status::ok();
 }
 
-// Bytes each receiver gets in a round, and the offset of each sender's message in its window.
-struct PutLayout {
-  std::vector<size_t> offset;  // [source * n + destination]
-  size_t largest = 0;          // the most any rank receives
-};
-
-PutLayout putLayout(const SizeMatrix& sizes, int n) {
-  PutLayout layout;
+// The put layout of round `round` for these sizes, kept in the staging. Within a round the sizes
+// are the same for every peer, so placeInWindow's calls reuse it without comparing (`verify`
+// false); the exchange itself compares the sizes before it trusts a kept layout.
+const PutLayout& roundLayout(Staging& staging, const SizeMatrix& sizes, int n, uint64_t round,
+                             bool verify) {
+  if (staging.layout_round == round && (!verify || staging.layout_sizes == sizes)) {
+    return staging.layout;
+  }
+  PutLayout& layout = staging.layout;
   layout.offset.assign(sizes.size(), 0);
+  layout.largest = 0;
   for (int d = 0; d < n; ++d) {
     size_t at = 0;
     for (int s = 0; s < n; ++s) {
@@ -142,6 +144,8 @@ PutLayout putLayout(const SizeMatrix& sizes, int n) {
     }
     layout.largest = std::max(layout.largest, at);
   }
+  staging.layout_sizes = sizes;
+  staging.layout_round = round;
   return layout;
 }
 
@@ -239,7 +243,7 @@ std::byte* placeInWindow(Group::Impl& group, Staging& staging, const SizeMatrix&
   }
   std::byte* part = group.transport->mappedPart(*staging.window, peer);
   if (part == nullptr) return nullptr;
-  const PutLayout layout = putLayout(sizes, n);
+  const PutLayout& layout = roundLayout(staging, sizes, n, staging.rounds + 1, false);
   if (layout.largest > staging.window_half) return nullptr;  // the round will not be puts
   const size_t half = ((staging.rounds + 1) % 2) * staging.window_half;
   std::byte* slot = part + half + layout.offset[group.rank * n + peer];
@@ -255,13 +259,16 @@ Status exchange(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequen
   const int me = group.rank;
   const uint64_t tag = sequence * 8 + static_cast<uint64_t>(phase);
   if (!local.isOk()) writeErrorMessages(staging, n, op, sequence, local);
-  std::vector<uint8_t> placed(static_cast<size_t>(n), 0);
-  placed.swap(staging.placed);  // they hold for this round only
+  // The flags hold for this round only: they move aside, and the next round's start cleared
+  // (both buffers keep their capacity, so no round allocates).
+  std::vector<uint8_t>& placed = staging.placed_in_round;
+  placed.swap(staging.placed);
   placed.resize(static_cast<size_t>(n), 0);
+  staging.placed.assign(static_cast<size_t>(n), 0);
   const bool any_placed = std::find(placed.begin(), placed.end(), 1) != placed.end();
   ++staging.rounds;
   if (sizes != nullptr && staging.window) {
-    const PutLayout layout = putLayout(*sizes, n);
+    const PutLayout& layout = roundLayout(staging, *sizes, n, staging.rounds, true);
     if (layout.largest <= staging.window_half) {
       // Messages built in place may have used streaming stores: they land before the notices.
       if (any_placed) streamFence();

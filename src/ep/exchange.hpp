@@ -37,6 +37,13 @@ struct UninitializedAllocator : std::allocator<T> {
 };
 using ByteBuffer = std::vector<std::byte, UninitializedAllocator<std::byte>>;
 
+// Where a round's messages go when it runs as puts: bytes each receiver gets, and the offset of
+// each sender's message in its window.
+struct PutLayout {
+  std::vector<size_t> offset;  // [source * n + destination]
+  size_t largest = 0;          // the most any rank receives
+};
+
 // Per-peer buffers, reused across calls (they only grow). send[p] and recv[p] start with a
 // WireHeader; payload() points past it. After a round, a peer's message is read through
 // recvPayload/recvHeader, which point into recv[p] or into the window.
@@ -52,6 +59,13 @@ struct Staging {
   uint64_t rounds = 0;  // every exchange on this staging, on every rank alike
   std::vector<ByteBuffer> notice;
   std::vector<uint8_t> placed;  // per peer: the next round's message was built in its window
+  std::vector<uint8_t> placed_in_round;  // the same flags, moved aside while their round runs
+
+  // The put layout of one round and the sizes it came from, computed once for all the peers
+  // placeInWindow builds messages for (it is O(ranks^2) to compute).
+  PutLayout layout;
+  SizeMatrix layout_sizes;
+  uint64_t layout_round = 0;  // the value of `rounds` while that round runs; 0: none yet
 
   void prepare(int ranks);
   // Sizes send[p] to header + payload bytes and fills its header.
