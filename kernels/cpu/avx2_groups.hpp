@@ -1,8 +1,10 @@
 // AVX2 building blocks of group-limited routing, inline for kernels that fuse them: the two best
-// values of eight groups at once, and the kept groups by rank. Callers check the CPU first.
+// values of eight groups at once, the kept groups by rank, and for eight groups their margin in
+// vector steps. Callers check the CPU first.
 #pragma once
 
 #if defined(__x86_64__)
+#include "kernels/cpu/avx2_select.hpp"
 #include "kernels/cpu/simd_ranks.hpp"
 
 #include <immintrin.h>
@@ -110,6 +112,26 @@ __attribute__((target("avx2"), always_inline)) inline int keptGroupsOfEights(con
     count += rank < keep ? 1 : 0;
   }
   return count;
+}
+
+// Eight groups' kept ones in vector steps: their ids ascending (into kept, room for 8), the floor
+// (their smallest second best), and the gap from the weakest kept score down to the best other
+// one. False when the groups that fewer than `keep` beat are not exactly `keep` (a tie at the
+// boundary, or NaN).
+__attribute__((target("avx2,popcnt"), always_inline)) inline bool keptOfEight(
+    const float* scores, const float* seconds, int keep, int* kept, float& floor, float& gap) {
+  const __m256 score = _mm256_loadu_ps(scores);
+  const __m256 in = _mm256_castsi256_ps(
+      _mm256_cmpgt_epi32(_mm256_set1_epi32(keep), strictRanksOfEight(scores, 8, 0)));
+  const auto mask = static_cast<unsigned>(_mm256_movemask_ps(in));
+  if (static_cast<int>(_mm_popcnt_u32(mask)) != keep) return false;
+  appendSetPositions(mask, 0, kept, 0);
+  const __m256 above = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  const __m256 below = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  floor = smallestOf8(_mm256_blendv_ps(above, _mm256_loadu_ps(seconds), in));
+  gap = smallestOf8(_mm256_blendv_ps(above, score, in)) -
+        largestOf8(_mm256_blendv_ps(score, below, in));
+  return true;
 }
 
 }  // namespace moecomm::cpu

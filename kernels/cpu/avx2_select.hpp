@@ -182,5 +182,23 @@ __attribute__((target("avx2"), always_inline)) inline float largestOf8(__m256 v)
   return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
 }
 
+// packGroupsAtLeast for a constant group size: the vectors of a group unrolled, and no check of a
+// limit between them (index has room for every value of the kept groups, + 8).
+template <int kPerGroup>
+__attribute__((target("avx2,popcnt"), always_inline)) inline int packKeptGroups(
+    const float* values, const int* kept, int kept_groups, float floor, int32_t* index) {
+  const __m256 low = _mm256_set1_ps(floor);
+  int found = 0;
+  for (int i = 0; i < kept_groups; ++i) {
+    const int at = kept[i] * kPerGroup;
+    for (int v = 0; v < kPerGroup; v += 8) {
+      const auto mask = static_cast<unsigned>(
+          _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + at + v), low, _CMP_GE_OQ)));
+      found = appendSetPositions(mask, at + v, index, found);
+    }
+  }
+  return found;
+}
+
 }  // namespace moecomm::cpu
 #endif

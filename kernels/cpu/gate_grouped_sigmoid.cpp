@@ -89,44 +89,6 @@ __attribute__((target("avx2,fma,bmi,popcnt"))) int selectExactly(const GateParam
                            floor, s.ranked.data(), s.general);
 }
 
-// Eight groups' kept ones in vector steps: their ids ascending (into kept, room for 8), the floor
-// (their smallest second best), and the gap from the weakest kept score down to the best other
-// one. False when the groups that fewer than `keep` beat are not exactly `keep` (a tie at the
-// boundary, or NaN).
-__attribute__((target("avx2,popcnt"), always_inline)) inline bool keptOfEight(
-    const float* scores, const float* seconds, int keep, int* kept, float& floor, float& gap) {
-  const __m256 score = _mm256_loadu_ps(scores);
-  const __m256 in = _mm256_castsi256_ps(
-      _mm256_cmpgt_epi32(_mm256_set1_epi32(keep), strictRanksOfEight(scores, 8, 0)));
-  const auto mask = static_cast<unsigned>(_mm256_movemask_ps(in));
-  if (static_cast<int>(_mm_popcnt_u32(mask)) != keep) return false;
-  appendSetPositions(mask, 0, kept, 0);
-  const __m256 above = _mm256_set1_ps(std::numeric_limits<float>::infinity());
-  const __m256 below = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  floor = smallestOf8(_mm256_blendv_ps(above, _mm256_loadu_ps(seconds), in));
-  gap = smallestOf8(_mm256_blendv_ps(above, score, in)) -
-        largestOf8(_mm256_blendv_ps(score, below, in));
-  return true;
-}
-
-// packGroupsAtLeast for a constant group size: the vectors of a group unrolled, and no check of a
-// limit between them (index has room for every value of the kept groups, + 8).
-template <int kPerGroup>
-__attribute__((target("avx2,popcnt"), always_inline)) inline int packKeptGroups(
-    const float* values, const int* kept, int kept_groups, float floor, int32_t* index) {
-  const __m256 low = _mm256_set1_ps(floor);
-  int found = 0;
-  for (int i = 0; i < kept_groups; ++i) {
-    const int at = kept[i] * kPerGroup;
-    for (int v = 0; v < kPerGroup; v += 8) {
-      const auto mask = static_cast<unsigned>(
-          _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + at + v), low, _CMP_GE_OQ)));
-      found = appendSetPositions(mask, at + v, index, found);
-    }
-  }
-  return found;
-}
-
 // The same selection from scores made of the sigmoid estimate, each within `tolerance` of its
 // exact value. Returns ranked_max when every decision clears its tolerance, which makes the
 // selected set the exact one (only its order may differ), else -1: the row is then decided with
