@@ -43,6 +43,15 @@ __attribute__((target("avx2,popcnt"), always_inline)) inline int appendSetPositi
   return count + _mm_popcnt_u32(mask);
 }
 
+// Appends base + the positions of the eight values at or above `low` (all lanes) at
+// index[found...], as appendSetPositions does; returns the new count.
+__attribute__((target("avx2,popcnt"), always_inline)) inline int appendAtLeast8(
+    const float* values, __m256 low, int32_t base, int32_t* index, int found) {
+  const auto mask = static_cast<unsigned>(
+      _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values), low, _CMP_GE_OQ)));
+  return appendSetPositions(mask, base, index, found);
+}
+
 // The indices of the values at or above `floor`, ascending, into `index` (room for limit + 8), for
 // rows of whole 8-float vectors; `offset` is added to every index written. Returns -1 when the
 // floor is an excluded entry (-inf) or more than `limit` values pass (many ties at the top). Each
@@ -54,9 +63,7 @@ __attribute__((target("avx2,popcnt"), always_inline)) inline int packAtLeastInli
   const __m256 low = _mm256_set1_ps(floor);
   int found = 0;
   for (int v = 0; v < count; v += 8) {
-    const auto mask = static_cast<unsigned>(
-        _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + v), low, _CMP_GE_OQ)));
-    found = appendSetPositions(mask, offset + v, index, found);
+    found = appendAtLeast8(values + v, low, offset + v, index, found);
     if (found > limit) return -1;
   }
   return found;
@@ -113,23 +120,6 @@ __attribute__((target("avx2"), always_inline)) inline void rankCandidates(
   std::copy_n(ordered, std::min(n, found), out);
 }
 
-// How many of the sixteen values (lo's and hi's lanes) exceed each one.
-__attribute__((target("avx2"), always_inline)) inline void strictRanksOfSixteen(__m256 lo,
-                                                                                __m256 hi,
-                                                                                __m256i& rank_lo,
-                                                                                __m256i& rank_hi) {
-  alignas(32) float all[16];
-  _mm256_store_ps(all, lo);
-  _mm256_store_ps(all + 8, hi);
-  rank_lo = _mm256_setzero_si256();
-  rank_hi = _mm256_setzero_si256();
-  for (int b = 0; b < 16; ++b) {
-    const __m256 other = _mm256_broadcast_ss(all + b);
-    rank_lo = _mm256_sub_epi32(rank_lo, _mm256_castps_si256(_mm256_cmp_ps(other, lo, _CMP_GT_OQ)));
-    rank_hi = _mm256_sub_epi32(rank_hi, _mm256_castps_si256(_mm256_cmp_ps(other, hi, _CMP_GT_OQ)));
-  }
-}
-
 // The order of found <= 16 candidates (positions index[0, found) in values), best first, into
 // ordered[0, found), in loops of fixed length: a row's candidate count does not steer a branch.
 // Returns false when two of them tie (the caller then ranks them with ties broken). ordered has
@@ -152,8 +142,11 @@ __attribute__((target("avx2"), always_inline)) inline bool orderSixteen(const fl
                                      _mm256_castsi256_ps(real_lo));
   const __m256 hi = _mm256_blendv_ps(excluded, _mm256_i32gather_ps(values, at_hi, 4),
                                      _mm256_castsi256_ps(real_hi));
-  __m256i rank_lo, rank_hi;
-  strictRanksOfSixteen(lo, hi, rank_lo, rank_hi);
+  alignas(32) float all[16];
+  _mm256_store_ps(all, lo);
+  _mm256_store_ps(all + 8, hi);
+  const __m256i rank_lo = strictRanksOfEight(all, 16, 0);
+  const __m256i rank_hi = strictRanksOfEight(all, 16, 8);
   // Distinct values give the ranks 0 .. found - 1; a tie makes them sum to less (as in rankEach).
   const __m256i both =
       _mm256_add_epi32(_mm256_and_si256(rank_lo, real_lo), _mm256_and_si256(rank_hi, real_hi));
@@ -182,6 +175,20 @@ __attribute__((target("avx2"), always_inline)) inline float largestOf8(__m256 v)
   return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
 }
 
+// The n-th largest of `count` values (a multiple of 8), ties counted: the smallest value that
+// fewer than n others exceed.
+__attribute__((target("avx2"), always_inline)) inline float nthLargest(const float* values,
+                                                                       int count, int n) {
+  const __m256i limit = _mm256_set1_epi32(n);
+  __m256 floor = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  for (int a = 0; a < count; a += 8) {
+    const __m256 in_top =
+        _mm256_castsi256_ps(_mm256_cmpgt_epi32(limit, strictRanksOfEight(values, count, a)));
+    floor = _mm256_min_ps(floor, _mm256_blendv_ps(floor, _mm256_loadu_ps(values + a), in_top));
+  }
+  return smallestOf8(floor);
+}
+
 // packGroupsAtLeast for a constant group size: the vectors of a group unrolled, and no check of a
 // limit between them (index has room for every value of the kept groups, + 8).
 template <int kPerGroup>
@@ -191,11 +198,8 @@ __attribute__((target("avx2,popcnt"), always_inline)) inline int packKeptGroups(
   int found = 0;
   for (int i = 0; i < kept_groups; ++i) {
     const int at = kept[i] * kPerGroup;
-    for (int v = 0; v < kPerGroup; v += 8) {
-      const auto mask = static_cast<unsigned>(
-          _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + at + v), low, _CMP_GE_OQ)));
-      found = appendSetPositions(mask, at + v, index, found);
-    }
+    for (int v = 0; v < kPerGroup; v += 8)
+      found = appendAtLeast8(values + at + v, low, at + v, index, found);
   }
   return found;
 }

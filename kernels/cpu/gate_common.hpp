@@ -3,9 +3,13 @@
 #pragma once
 
 #include "kernels/cpu/gating.hpp"
+#include "kernels/cpu/vector_math.hpp"
 
 #include <algorithm>
 #include <cstdint>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace moecomm::cpu {
 
@@ -47,5 +51,31 @@ inline void writeSlots(const GateParams& p, int64_t t, const int* ranked, int fo
     candidate_weights[t * p.candidates + (j - p.topk)] = j < found ? chosen[j] * scale : 0.0f;
   }
 }
+
+// Token t's slots when its experts were ranked by their logits (a renormalized softmax, or top-k
+// then softmax): each weighs exp(logit - the top logit), taken for the `found` ranked only.
+// picked and chosen have room for found.
+inline void writeSlotsByLogits(const GateParams& p, int64_t t, const float* row, const int* ranked,
+                               int found, float* picked, float* chosen, int32_t* idx,
+                               float* weights, int32_t* candidate_idx, float* candidate_weights) {
+  const float top = found > 0 ? row[ranked[0]] : 0.0f;
+  for (int j = 0; j < found; ++j) picked[j] = row[ranked[j]];
+  expShifted(picked, top, chosen, found);
+  writeSlots(p, t, ranked, found, chosen, slotNorm(p, chosen, found), idx, weights, candidate_idx,
+             candidate_weights);
+}
+
+#if defined(__x86_64__)
+// writeSlots for eight slots without candidates, from vectors (experts, and the chosen values in
+// slot order): the same operations in the same order, so the same bits.
+__attribute__((target("avx"), always_inline)) inline void writeEightSlots(
+    const GateParams& p, int64_t t, __m256i ranked, __m256 chosen, int32_t* idx, float* weights) {
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, chosen);
+  const __m256 scale = _mm256_set1_ps(p.scaling / slotNorm(p, lanes, 8));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + t * 8), ranked);
+  _mm256_storeu_ps(weights + t * 8, _mm256_mul_ps(chosen, scale));
+}
+#endif
 
 }  // namespace moecomm::cpu

@@ -2,6 +2,7 @@
 
 #include "kernels/cpu/gate_common.hpp"
 #include "kernels/cpu/topk.hpp"
+#include "kernels/cpu/vector_math.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -51,11 +52,10 @@ struct RowScratch {
         ranks(kCandidates + 8),
         ordered(kCandidates + 1),
         kept(groups),
-        is_kept(groups),
         ranked(roundUpTo8(ranked_max)) {}
   std::vector<float> select, scores, seconds, picked, chosen;
   std::vector<int32_t> index, ranks, ordered;
-  std::vector<int> kept, is_kept, ranked;
+  std::vector<int> kept, ranked;
   TopScratch general;  // for the rows that leave the fused selection
 };
 
@@ -115,17 +115,17 @@ __attribute__((target("avx2,fma,bmi,popcnt"), always_inline)) inline int selectB
     if (keptGroupsOfEights(s.scores.data(), groups, kept_groups, s.kept.data()) != kept_groups) {
       return -1;
     }
-    std::fill(s.is_kept.begin(), s.is_kept.end(), 0);
-    for (int i = 0; i < kept_groups; ++i) {
-      s.is_kept[s.kept[i]] = 1;
-      floor = std::min(floor, s.seconds[s.kept[i]]);
-    }
+    // The kept ids are ascending: one walk over the groups tells kept from other.
     float weakest_kept = std::numeric_limits<float>::infinity();
     float best_other = -std::numeric_limits<float>::infinity();
-    for (int g = 0; g < groups; ++g) {
-      const float score = s.scores[g];
-      weakest_kept = s.is_kept[g] != 0 ? std::min(weakest_kept, score) : weakest_kept;
-      best_other = s.is_kept[g] != 0 ? best_other : std::max(best_other, score);
+    for (int g = 0, next = 0; g < groups; ++g) {
+      if (next < kept_groups && s.kept[next] == g) {
+        weakest_kept = std::min(weakest_kept, s.scores[g]);
+        floor = std::min(floor, s.seconds[g]);
+        ++next;
+      } else {
+        best_other = std::max(best_other, s.scores[g]);
+      }
     }
     gap = weakest_kept - best_other;
   }
@@ -156,12 +156,11 @@ __attribute__((target("avx2,fma,bmi,popcnt"), always_inline)) inline int selectB
   return ranked_max;
 }
 
-// Puts n ranked experts (and their chosen values) in the exact order: ranked value descending,
-// ties to the lower expert, as the general path ranks them. The estimate's order is almost always
-// right already, so an insertion sort does about n comparisons.
-void orderExactly(int* ranked, float* chosen, const float* value, int n) {
-  float values[kCandidates];
-  std::copy_n(value, n, values);
+// Puts n ranked experts, their chosen values and their exact ranked values (all three sorted in
+// place) in the exact order: ranked value descending, ties to the lower expert, as the general
+// path ranks them. The estimate's order is almost always right already, so an insertion sort does
+// about n comparisons.
+void orderExactly(int* ranked, float* chosen, float* values, int n) {
   for (int i = 1; i < n; ++i) {
     const int expert = ranked[i];
     const float v = values[i], c = chosen[i];
@@ -222,10 +221,7 @@ __attribute__((target("avx2,fma,bmi,popcnt"))) int64_t gateGroupedSigmoidAvx2(
     const bool estimated = ranked_count >= 0;
     if (!estimated) {  // near a decision, or out of range: the exact scores decide
       ++decided_exactly;
-      for (int e = 0; e < E; e += 8) {
-        _mm256_storeu_ps(s.select.data() + e,
-                         _mm256_add_ps(sigmoid8(_mm256_loadu_ps(row + e)), _mm256_loadu_ps(b + e)));
-      }
+      sigmoid(row, bias, s.select.data(), E);  // the general path's pass, formula and all
       ranked_count = selectExactly(p, s);
     }
     // The weights are made of the exact unbiased sigmoids, taken for the ranked few; the exact
@@ -243,16 +239,11 @@ __attribute__((target("avx2,fma,bmi,popcnt"))) int64_t gateGroupedSigmoidAvx2(
         which = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s.ranked.data()));
         chosen = _mm256_loadu_ps(s.chosen.data());
       }
-      _mm256_storeu_ps(s.chosen.data(), chosen);
-      const __m256 scale = _mm256_set1_ps(p.scaling / slotNorm(p, s.chosen.data(), 8));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + t * 8), which);
-      _mm256_storeu_ps(weights + t * 8, _mm256_mul_ps(chosen, scale));
+      writeEightSlots(p, t, which, chosen, idx, weights);
       continue;
     }
     for (int j = 0; j < ranked_count; ++j) s.picked[j] = row[s.ranked[j]];
-    for (int j = 0; j < ranked_count; j += 8) {
-      _mm256_storeu_ps(s.chosen.data() + j, sigmoid8(_mm256_loadu_ps(s.picked.data() + j)));
-    }
+    sigmoid(s.picked.data(), nullptr, s.chosen.data(), ranked_count);
     if (estimated) {
       for (int j = 0; j < ranked_count; ++j) exact[j] = s.chosen[j] + b[s.ranked[j]];
       orderExactly(s.ranked.data(), s.chosen.data(), exact.data(), ranked_count);

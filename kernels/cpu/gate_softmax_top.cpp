@@ -1,7 +1,6 @@
 #include "kernels/cpu/gate_softmax_top.hpp"
 
 #include "kernels/cpu/gate_common.hpp"
-#include "kernels/cpu/vector_math.hpp"
 
 #include <algorithm>
 #include <limits>
@@ -19,21 +18,6 @@ namespace {
 constexpr int kCandidates = 64;
 
 #if defined(__x86_64__)
-
-// The n-th largest (n <= 16) of sixteen values, lo's and hi's lanes: the smallest of those that
-// fewer than n others exceed. The n largest are then n values at distinct positions of the row.
-__attribute__((target("avx2"), always_inline)) inline float nthLargestOfSixteen(__m256 lo,
-                                                                                __m256 hi, int n) {
-  __m256i rank_lo, rank_hi;
-  strictRanksOfSixteen(lo, hi, rank_lo, rank_hi);
-  const __m256i limit = _mm256_set1_epi32(n);
-  const __m256 above = _mm256_set1_ps(std::numeric_limits<float>::infinity());
-  const __m256 kept_lo =
-      _mm256_blendv_ps(above, lo, _mm256_castsi256_ps(_mm256_cmpgt_epi32(limit, rank_lo)));
-  const __m256 kept_hi =
-      _mm256_blendv_ps(above, hi, _mm256_castsi256_ps(_mm256_cmpgt_epi32(limit, rank_hi)));
-  return smallestOf8(_mm256_min_ps(kept_lo, kept_hi));
-}
 
 // kExperts, when not 0, is the options' expert count as a constant (loops of known length).
 template <int kExperts>
@@ -80,13 +64,15 @@ __attribute__((target("avx2,fma,bmi,popcnt"))) int64_t gateSoftmaxTopAvx2(
       general(t);
       continue;
     }
-    const __m256 floor = _mm256_set1_ps(nthLargestOfSixteen(lo, hi, ranked_max));
+    alignas(32) float maxima[16];
+    _mm256_store_ps(maxima, lo);
+    _mm256_store_ps(maxima + 8, hi);
+    // The n largest maxima are n values at distinct positions of the row.
+    const __m256 floor = _mm256_set1_ps(nthLargest(maxima, 16, ranked_max));
     int found = 0;
 #pragma GCC unroll 8
     for (int v = 0; v < vectors; ++v) {
-      const auto mask = static_cast<unsigned>(
-          _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + 8 * v), floor, _CMP_GE_OQ)));
-      found = appendSetPositions(mask, 8 * v, index.data(), found);
+      found = appendAtLeast8(row + 8 * v, floor, 8 * v, index.data(), found);
     }
     if (found <= 16 && orderSixteen(row, index.data(), found, ordered.data())) {
       std::copy_n(ordered.data(), ranked_max, ranked.data());
@@ -99,21 +85,15 @@ __attribute__((target("avx2,fma,bmi,popcnt"))) int64_t gateSoftmaxTopAvx2(
     }
     // exp(logit - the largest logit) for the ranked few: the general path's expShifted, the same
     // operations in the same order.
-    const float top = row[ranked[0]];
     if (eight_slots) {
       const __m256i which = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ranked.data()));
-      const __m256 e = exp8(_mm256_sub_ps(_mm256_i32gather_ps(row, which, 4), _mm256_set1_ps(top)));
-      _mm256_storeu_ps(chosen.data(), e);
-      const __m256 scale = _mm256_set1_ps(p.scaling / slotNorm(p, chosen.data(), 8));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + t * 8), which);
-      _mm256_storeu_ps(weights + t * 8, _mm256_mul_ps(e, scale));
+      const __m256 top = _mm256_set1_ps(row[ranked[0]]);
+      writeEightSlots(p, t, which, exp8(_mm256_sub_ps(_mm256_i32gather_ps(row, which, 4), top)),
+                      idx, weights);
       continue;
     }
-    for (int j = 0; j < ranked_max; ++j) picked[j] = row[ranked[j]];
-    expShifted(picked.data(), top, chosen.data(), ranked_max);
-    writeSlots(p, t, ranked.data(), ranked_max, chosen.data(),
-               slotNorm(p, chosen.data(), ranked_max), idx, weights, candidate_idx,
-               candidate_weights);
+    writeSlotsByLogits(p, t, row, ranked.data(), ranked_max, picked.data(), chosen.data(), idx,
+                       weights, candidate_idx, candidate_weights);
   }
   return non_finite;
 }

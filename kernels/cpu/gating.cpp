@@ -49,11 +49,8 @@ int64_t gateGeneral(const float* logits, int64_t tokens, const float* bias, cons
     prefetchRowAhead(logits, tokens, E, t);
     if (non_finite < 0 && !allFinite(row, E)) non_finite = t;
     const int found = selectTop(row, E, ranked_max, ranked.data(), scratch);
-    const float top = found > 0 ? row[ranked[0]] : 0.0f;
-    for (int j = 0; j < found; ++j) picked[j] = row[ranked[j]];
-    expShifted(picked.data(), top, chosen.data(), found);
-    writeSlots(p, t, ranked.data(), found, chosen.data(), slotNorm(p, chosen.data(), found), idx,
-               weights, candidate_idx, candidate_weights);
+    writeSlotsByLogits(p, t, row, ranked.data(), found, picked.data(), chosen.data(), idx, weights,
+                       candidate_idx, candidate_weights);
   }
   for (int64_t t = 0; t < tokens && !ranks_logits; ++t) {
     const float* row = logits + t * E;

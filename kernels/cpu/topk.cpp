@@ -19,27 +19,6 @@ void growTo(std::vector<T>& v, size_t size) {
 }
 
 #if defined(__x86_64__)
-// The n-th largest of `count` values (a multiple of 8), ties counted: the smallest value that
-// fewer than n others exceed.
-__attribute__((target("avx2"))) float nthLargest(const float* values, int count, int n) {
-  const __m256i limit = _mm256_set1_epi32(n);
-  __m256 floor = _mm256_set1_ps(std::numeric_limits<float>::infinity());
-  for (int a = 0; a < count; a += 8) {
-    const __m256 mine = _mm256_loadu_ps(values + a);
-    __m256i above = _mm256_setzero_si256();
-    for (int b = 0; b < count; ++b) {
-      const __m256 other = _mm256_broadcast_ss(values + b);
-      above = _mm256_sub_epi32(above, _mm256_castps_si256(_mm256_cmp_ps(other, mine, _CMP_GT_OQ)));
-    }
-    const __m256 in_top = _mm256_castsi256_ps(_mm256_cmpgt_epi32(limit, above));
-    floor = _mm256_min_ps(floor, _mm256_blendv_ps(floor, mine, in_top));
-  }
-  __m128 h = _mm_min_ps(_mm256_castps256_ps128(floor), _mm256_extractf128_ps(floor, 1));
-  h = _mm_min_ps(h, _mm_shuffle_ps(h, h, _MM_SHUFFLE(1, 0, 3, 2)));
-  h = _mm_min_ps(h, _mm_shuffle_ps(h, h, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtss_f32(h);
-}
-
 __attribute__((target("avx2,popcnt,bmi"))) int packAtLeast(const float* values, int count,
                                                            float floor, int limit, int32_t* index) {
   return packAtLeastInline(values, count, floor, limit, index, 0);
