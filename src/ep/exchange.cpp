@@ -125,14 +125,11 @@ Status finishPosting(Transport& transport, const std::vector<Request>& requests,
   return Status::ok();
 }
 
-// The put layout of round `round` for these sizes, kept in the staging. Within a round the sizes
-// are the same for every peer, so placeInWindow's calls reuse it without comparing (`verify`
-// false); the exchange itself compares the sizes before it trusts a kept layout.
-const PutLayout& roundLayout(Staging& staging, const SizeMatrix& sizes, int n, uint64_t round,
-                             bool verify) {
-  if (staging.layout_round == round && (!verify || staging.layout_sizes == sizes)) {
-    return staging.layout;
-  }
+// The put layout of round `round`, kept in the staging: placeInWindow asks for it once per peer
+// and the exchange once more, all with the round's one size matrix (messages built in place sit
+// at its offsets, so the exchange cannot run with another).
+const PutLayout& roundLayout(Staging& staging, const SizeMatrix& sizes, int n, uint64_t round) {
+  if (staging.layout_round == round) return staging.layout;
   PutLayout& layout = staging.layout;
   layout.offset.assign(sizes.size(), 0);
   layout.largest = 0;
@@ -144,7 +141,6 @@ const PutLayout& roundLayout(Staging& staging, const SizeMatrix& sizes, int n, u
     }
     layout.largest = std::max(layout.largest, at);
   }
-  staging.layout_sizes = sizes;
   staging.layout_round = round;
   return layout;
 }
@@ -243,7 +239,7 @@ std::byte* placeInWindow(Group::Impl& group, Staging& staging, const SizeMatrix&
   }
   std::byte* part = group.transport->mappedPart(*staging.window, peer);
   if (part == nullptr) return nullptr;
-  const PutLayout& layout = roundLayout(staging, sizes, n, staging.rounds + 1, false);
+  const PutLayout& layout = roundLayout(staging, sizes, n, staging.rounds + 1);
   if (layout.largest > staging.window_half) return nullptr;  // the round will not be puts
   const size_t half = ((staging.rounds + 1) % 2) * staging.window_half;
   std::byte* slot = part + half + layout.offset[group.rank * n + peer];
@@ -268,7 +264,7 @@ Status exchange(Group::Impl& group, Staging& staging, WireOp op, uint64_t sequen
   const bool any_placed = std::find(placed.begin(), placed.end(), 1) != placed.end();
   ++staging.rounds;
   if (sizes != nullptr && staging.window) {
-    const PutLayout& layout = roundLayout(staging, *sizes, n, staging.rounds, true);
+    const PutLayout& layout = roundLayout(staging, *sizes, n, staging.rounds);
     if (layout.largest <= staging.window_half) {
       // Messages built in place may have used streaming stores: they land before the notices.
       if (any_placed) streamFence();

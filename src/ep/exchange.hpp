@@ -61,10 +61,9 @@ struct Staging {
   std::vector<uint8_t> placed;  // per peer: the next round's message was built in its window
   std::vector<uint8_t> placed_in_round;  // the same flags, moved aside while their round runs
 
-  // The put layout of one round and the sizes it came from, computed once for all the peers
-  // placeInWindow builds messages for (it is O(ranks^2) to compute).
+  // The put layout of one round, computed once for all the peers placeInWindow builds messages
+  // for and for the exchange (it is O(ranks^2) to compute).
   PutLayout layout;
-  SizeMatrix layout_sizes;
   uint64_t layout_round = 0;  // the value of `rounds` while that round runs; 0: none yet
 
   void prepare(int ranks);
