@@ -67,9 +67,11 @@ step configure 120 cmake -S "$root" -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TY
   ${nccl_dir:+-DMOECOMM_NCCL_ROOT="$nccl_dir"}
 # Two builds, so that a failure in the engine's build still leaves the kernels' tests to run.
 step build 300 cmake --build "$dir" -j "$(nproc)" --target test_gpu_kernels bench_gpu_kernels
-step build-engine 300 cmake --build "$dir" -j "$(nproc)" --target test_gpu_engine bench_gpu_engine
+step build-engine 300 cmake --build "$dir" -j "$(nproc)" --target test_gpu_engine test_gpu_layer \
+  bench_gpu_engine
 step gpu-tests 180 "$dir/tests/gpu/test_gpu_kernels"
 step gpu-engine 240 "$dir/tests/gpu/test_gpu_engine"
+step gpu-layer 120 "$dir/tests/gpu/test_gpu_layer"
 step gpu-bench 180 "$dir/perf/gpu/bench_gpu_kernels" "$dir/router_logits.bin"
 step engine-bench 180 "$dir/perf/gpu/bench_gpu_engine"
 step torch-router 120 python3 "$root/perf/gpu/torch_router_baseline.py" "$dir/router_logits.bin"
@@ -79,8 +81,9 @@ echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/nul
 printf '%-16s %s\n' step result
 for i in "${!step_names[@]}"; do printf '%-16s %s\n' "${step_names[$i]}" "${step_results[$i]}"; done
 echo
-grep -h -A1 '^\[ FAIL \]' "$logs/gpu-tests.log" "$logs/gpu-engine.log" 2>/dev/null || true
-grep -h 'GPU test cases passed' "$logs/gpu-tests.log" "$logs/gpu-engine.log" 2>/dev/null || true
+tests=("$logs/gpu-tests.log" "$logs/gpu-engine.log" "$logs/gpu-layer.log")
+grep -h -A1 '^\[ FAIL \]' "${tests[@]}" 2>/dev/null || true
+grep -h 'GPU test cases passed' "${tests[@]}" 2>/dev/null || true
 grep -h '^RESULT' "$logs/gpu-bench.log" "$logs/engine-bench.log" 2>/dev/null | sed 's/^RESULT //' || true
 # The router against PyTorch's softmax + topk on the same logits (target: 3x faster).
 for shape in 4096 65536; do

@@ -1,7 +1,8 @@
 // The experts' compute over dispatch's expert-major layout: grouped GEMMs and expert MLPs
 // (SwiGLU or GELU), forward and backward. Rows of local expert e are
 // [offsets[e], offsets[e] + counts[e]) of the batch; rows past a count (alignment padding) are
-// outputs of zero and inputs that are ignored. CPU through BLAS today; device-neutral by design.
+// outputs of zero and inputs that are ignored. Host tensors run through BLAS, CUDA tensors through
+// cuBLAS on the context's stream (docs/cuda.md).
 #pragma once
 
 #include <cstdint>
@@ -41,11 +42,13 @@ struct ExpertMlpConfig {
   int ffn = 0;          // F, per expert
   int num_experts = 0;  // experts held here (a rank's local experts)
   Activation activation = Activation::kSwiGLU;
+  Device device{};  // where the weights and gradients live; forward's input must be there too
 };
 
 // The MLPs of num_experts experts, weights in one contiguous f32 allocation per matrix:
 // w_in [E, H, F] for GELU or [E, H, 2F] for SwiGLU (gate columns, then up columns), w_out [E, F,
-// H].
+// H]. On a GPU nothing in forward or backward waits for the stream; the weights are written by
+// the caller (a copy into w_in().data()) and read in stream order.
 class MOECOMM_API ExpertMlp {
  public:
   explicit ExpertMlp(const ExpertMlpConfig& config);  // zero weights and gradients
@@ -55,9 +58,10 @@ class MOECOMM_API ExpertMlp {
   const Tensor& w_out() const noexcept { return w_out_; }
   const Tensor& grad_w_in() const noexcept { return grad_w_in_; }
   const Tensor& grad_w_out() const noexcept { return grad_w_out_; }
-  void zeroGrad();
+  void zeroGrad(ExecContext context = {});
 
-  // x [R, H] f32 or bf16 in the expert-major layout -> y [R, H] f32. Keeps what backward needs.
+  // x [R, H] f32 or bf16 in the expert-major layout, on the config's device -> y [R, H] f32 there.
+  // Keeps what backward needs.
   Tensor forward(const TensorView& x, const std::vector<int64_t>& counts,
                  const std::vector<int64_t>& offsets, ExecContext context = {});
   // grad_y [R, H] (f32 or bf16) of the last forward -> grad_x [R, H] f32; adds the weight

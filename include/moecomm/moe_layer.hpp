@@ -22,6 +22,7 @@ struct MoeLayerConfig {
   RouterOptions router;  // router.topk must equal the group's topk
   RouterLossOptions losses;
   DispatchOptions dispatch;
+  Device device{};  // where parameters, gradients and activations live; inputs must be there too
 };
 
 // Where one forward or backward spent its time, in milliseconds (wall clock on this rank; waits
@@ -60,10 +61,12 @@ class MOECOMM_API MoeLayer {
   // Deterministic weights: each global expert's draw depends only on (seed, expert id), so any
   // rank count gives the same model. Uniform in +-1/sqrt(fan_in).
   void initWeights(uint64_t seed);
-  void zeroGrad();
+  void zeroGrad(ExecContext context = {});
 
-  // Collective. x [T, H] f32 or bf16; the router and shared expert see x in f32, the routed
-  // experts see it in the group's wire dtype.
+  // Collective. x [T, H] f32 or bf16 on the config's device; the router and shared expert see x
+  // in f32, the routed experts see it in the group's wire dtype. On a GPU the work is ordered on
+  // the context's stream; the router and dispatch wait for it as docs/cuda.md says, and the
+  // balancing losses (computed on the host) wait for it too.
   MoeOutput forward(const TensorView& x, ExecContext context = {});
   // Collective. grad_out [T, H] f32 or bf16 of the last forward -> grad_x [T, H] f32. Adds into
   // every parameter gradient: router weight, local experts, shared expert.

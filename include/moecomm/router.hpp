@@ -105,7 +105,8 @@ class MOECOMM_API Router {
 // Collective: tokens_per_expert summed over every rank of the group.
 MOECOMM_API std::vector<int64_t> globalLoad(Group& group, const LoadStats& local);
 
-// Aux-loss-free balancing: bias[e] += rate * sign(mean_load - load[e]). bias: [E] f32.
+// Aux-loss-free balancing: bias[e] += rate * sign(mean_load - load[e]). bias: [E] f32, on the
+// host or a GPU (updated through a host copy; waits for the default stream).
 MOECOMM_API void updateExpertBias(const TensorView& bias, const std::vector<int64_t>& load,
                                   float rate);
 

@@ -1,13 +1,10 @@
 // Expert MLPs over the expert-major layout: two grouped GEMMs around an activation, and the
-// backward pass that reuses what forward kept.
-#include "kernels/cpu/activations.hpp"
-#include "kernels/cpu/convert.hpp"
+// backward pass that reuses what forward kept. The same steps on either device: the operands'
+// device picks BLAS or cuBLAS and the CPU or CUDA activation.
 #include "moecomm/experts.hpp"
 #include "src/core/status.hpp"
 #include "src/experts/grouped_gemm.hpp"
-
-#include <algorithm>
-#include <cstring>
+#include "src/experts/tensor_ops.hpp"
 
 namespace moecomm {
 
@@ -17,10 +14,23 @@ int64_t inColumns(const ExpertMlpConfig& c) {
   return c.activation == Activation::kSwiGLU ? 2 * int64_t{c.ffn} : c.ffn;
 }
 
-Tensor toF32(const TensorView& v) {
-  Tensor out = Tensor::empty({v.shape[0], v.shape[1]}, DType::kF32);
-  cpu::convertArray(v.data, v.dtype, out.data(), DType::kF32, v.numel());
+std::string deviceName(Device d) {
+  return d.isCuda() ? text::format("cuda:{}", d.index) : std::string("cpu");
+}
+
+// `what`'s values in f32 on its own device: a copy, so that a caller's buffer may be reused
+// before backward.
+Tensor f32Copy(const TensorView& what, ExecContext context) {
+  Tensor out;
+  throwIfError(ops::copyAs(what, DType::kF32, what.device, context, &out));
   return out;
+}
+
+// The input as f32: itself when it already is (no copy), else a converted copy in `scratch`.
+const TensorView& asF32(const TensorView& v, Tensor& scratch, ExecContext context) {
+  if (v.dtype == DType::kF32) return v;
+  scratch = f32Copy(v, context);
+  return scratch.view();
 }
 
 }  // namespace
@@ -33,49 +43,47 @@ ExpertMlp::ExpertMlp(const ExpertMlpConfig& config) : config_(config) {
                              config.hidden, config.ffn, config.num_experts));
   }
   const int64_t E = config.num_experts, H = config.hidden, F = config.ffn;
-  w_in_ = Tensor::zeros({E, H, inColumns(config)}, DType::kF32);
-  w_out_ = Tensor::zeros({E, F, H}, DType::kF32);
-  grad_w_in_ = Tensor::zeros({E, H, inColumns(config)}, DType::kF32);
-  grad_w_out_ = Tensor::zeros({E, F, H}, DType::kF32);
+  const Device d = config.device;
+  w_in_ = Tensor::zeros({E, H, inColumns(config)}, DType::kF32, d);
+  w_out_ = Tensor::zeros({E, F, H}, DType::kF32, d);
+  grad_w_in_ = Tensor::zeros({E, H, inColumns(config)}, DType::kF32, d);
+  grad_w_out_ = Tensor::zeros({E, F, H}, DType::kF32, d);
 }
 
-void ExpertMlp::zeroGrad() {
-  std::fill_n(grad_w_in_.as<float>(), grad_w_in_.numel(), 0.0f);
-  std::fill_n(grad_w_out_.as<float>(), grad_w_out_.numel(), 0.0f);
+void ExpertMlp::zeroGrad(ExecContext context) {
+  throwIfError(ops::zero(grad_w_in_, context));
+  throwIfError(ops::zero(grad_w_out_, context));
 }
 
 Tensor ExpertMlp::forward(const TensorView& x, const std::vector<int64_t>& counts,
-                          const std::vector<int64_t>& offsets, ExecContext) {
+                          const std::vector<int64_t>& offsets, ExecContext context) {
   if (x.ndim != 2 || x.shape[1] != config_.hidden ||
       (x.dtype != DType::kF32 && x.dtype != DType::kBF16)) {
     throw Error(StatusCode::kInvalidArgument,
                 text::format("expert MLP input {} must be f32 or bf16 [rows, {}]", x.describe(),
                              config_.hidden));
   }
+  if (!ops::sameDevice(x.device, config_.device)) {
+    throw Error(StatusCode::kInvalidArgument,
+                text::format("expert MLP input {} is not where the weights are ({}): pass it on "
+                             "ExpertMlpConfig.device",
+                             x.describe(), deviceName(config_.device)));
+  }
   if (counts.size() != static_cast<size_t>(config_.num_experts)) {
     throw Error(StatusCode::kInvalidArgument, text::format("{} expert counts for {} experts",
                                                            counts.size(), config_.num_experts));
   }
   const int64_t R = x.shape[0], F = config_.ffn;
-  Tensor x32 = x.dtype == DType::kF32 ? Tensor() : toF32(x);
-  const TensorView& xin = x.dtype == DType::kF32 ? x : x32.view();
-  Tensor pre = Tensor::empty({R, inColumns(config_)}, DType::kF32);
-  throwIfError(runGroupedGemm(GemmForm::kNN, xin, w_in_, pre, counts, offsets, 0.0f));
-  Tensor h = Tensor::empty({R, F}, DType::kF32);
-  if (config_.activation == Activation::kSwiGLU) {
-    cpu::swigluForward(pre.as<float>(), h.as<float>(), R, F);
-  } else {
-    cpu::geluForward(pre.as<float>(), h.as<float>(), R * F);
-  }
-  Tensor y = Tensor::empty({R, config_.hidden}, DType::kF32);
-  throwIfError(runGroupedGemm(GemmForm::kNN, h, w_out_, y, counts, offsets, 0.0f));
+  const Device d = config_.device;
   // Keep the f32 input: a caller's buffer may be reused before backward.
-  if (x.dtype == DType::kF32) {
-    x_ = Tensor::empty({R, config_.hidden}, DType::kF32);
-    if (x.numel() > 0) std::memcpy(x_.data(), x.data, x.bytes());
-  } else {
-    x_ = std::move(x32);
-  }
+  Tensor x32 = f32Copy(x, context);
+  Tensor pre = Tensor::empty({R, inColumns(config_)}, DType::kF32, d);
+  throwIfError(runGroupedGemm(GemmForm::kNN, x32, w_in_, pre, counts, offsets, 0.0f, context));
+  Tensor h = Tensor::empty({R, F}, DType::kF32, d);
+  throwIfError(ops::activationForward(config_.activation, pre, h, context));
+  Tensor y = Tensor::empty({R, config_.hidden}, DType::kF32, d);
+  throwIfError(runGroupedGemm(GemmForm::kNN, h, w_out_, y, counts, offsets, 0.0f, context));
+  x_ = std::move(x32);
   pre_ = std::move(pre);
   h_ = std::move(h);
   counts_ = counts;
@@ -83,28 +91,32 @@ Tensor ExpertMlp::forward(const TensorView& x, const std::vector<int64_t>& count
   return y;
 }
 
-Tensor ExpertMlp::backward(const TensorView& grad_y, ExecContext) {
+Tensor ExpertMlp::backward(const TensorView& grad_y, ExecContext context) {
   if (!h_.defined()) {
     throw Error(StatusCode::kInvalidUsage, "ExpertMlp::backward called before forward");
   }
   const int64_t R = h_.dim(0), F = config_.ffn;
-  if (grad_y.ndim != 2 || grad_y.shape[0] != R || grad_y.shape[1] != config_.hidden) {
+  if (grad_y.ndim != 2 || grad_y.shape[0] != R || grad_y.shape[1] != config_.hidden ||
+      (grad_y.dtype != DType::kF32 && grad_y.dtype != DType::kBF16) ||
+      !ops::sameDevice(grad_y.device, config_.device)) {
     throw Error(StatusCode::kInvalidArgument,
-                text::format("grad_y {} must be [{}, {}] like the forward's output",
-                             grad_y.describe(), R, config_.hidden));
+                text::format("grad_y {} must be f32 or bf16 [{}, {}] on {}, like the forward's "
+                             "output",
+                             grad_y.describe(), R, config_.hidden, deviceName(config_.device)));
   }
-  Tensor dh = Tensor::empty({R, F}, DType::kF32);
-  throwIfError(runGroupedGemm(GemmForm::kNT, grad_y, w_out_, dh, counts_, offsets_, 0.0f));
-  throwIfError(runGroupedGemm(GemmForm::kTN, h_, grad_y, grad_w_out_, counts_, offsets_, 1.0f));
-  Tensor dpre = Tensor::empty({R, inColumns(config_)}, DType::kF32);
-  if (config_.activation == Activation::kSwiGLU) {
-    cpu::swigluBackward(pre_.as<float>(), dh.as<float>(), dpre.as<float>(), R, F);
-  } else {
-    cpu::geluBackward(pre_.as<float>(), dh.as<float>(), dpre.as<float>(), R * F);
-  }
-  throwIfError(runGroupedGemm(GemmForm::kTN, x_, dpre, grad_w_in_, counts_, offsets_, 1.0f));
-  Tensor dx = Tensor::empty({R, config_.hidden}, DType::kF32);
-  throwIfError(runGroupedGemm(GemmForm::kNT, dpre, w_in_, dx, counts_, offsets_, 0.0f));
+  const Device d = config_.device;
+  // cuBLAS takes A and B of one dtype: the gradient meets f32 weights and activations in f32.
+  Tensor g32;
+  const TensorView& g = asF32(grad_y, g32, context);
+  Tensor dh = Tensor::empty({R, F}, DType::kF32, d);
+  throwIfError(runGroupedGemm(GemmForm::kNT, g, w_out_, dh, counts_, offsets_, 0.0f, context));
+  throwIfError(runGroupedGemm(GemmForm::kTN, h_, g, grad_w_out_, counts_, offsets_, 1.0f, context));
+  Tensor dpre = Tensor::empty({R, inColumns(config_)}, DType::kF32, d);
+  throwIfError(ops::activationBackward(config_.activation, pre_, dh, dpre, context));
+  throwIfError(
+      runGroupedGemm(GemmForm::kTN, x_, dpre, grad_w_in_, counts_, offsets_, 1.0f, context));
+  Tensor dx = Tensor::empty({R, config_.hidden}, DType::kF32, d);
+  throwIfError(runGroupedGemm(GemmForm::kNT, dpre, w_in_, dx, counts_, offsets_, 0.0f, context));
   return dx;
 }
 

@@ -126,9 +126,9 @@ Status checkGroupedGemm(GemmForm form, const TensorView& a, const TensorView& b,
   return checkLayout(counts, offsets, a.shape[0]);
 }
 
-Status runGroupedGemm(GemmForm form, const TensorView& a, const TensorView& b, const TensorView& c,
-                      const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
-                      float beta) {
+Status runGroupedGemmHost(GemmForm form, const TensorView& a, const TensorView& b,
+                          const TensorView& c, const std::vector<int64_t>& counts,
+                          const std::vector<int64_t>& offsets, float beta) {
   MOECOMM_RETURN_IF_ERROR(checkGroupedGemm(form, a, b, c, counts, offsets, beta, false));
   std::vector<float> a_scratch, b_scratch;
   float* out = c.as<float>();
@@ -176,14 +176,17 @@ int defaultGemmThreads(int ranks_on_host) {
   return std::max(1, cores / std::max(1, ranks_on_host));
 }
 
+Status runGroupedGemm(GemmForm form, const TensorView& a, const TensorView& b, const TensorView& c,
+                      const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
+                      float beta, ExecContext context) {
+  if (a.device.isCuda()) return runGroupedGemmCuda(form, a, b, c, counts, offsets, beta, context);
+  return runGroupedGemmHost(form, a, b, c, counts, offsets, beta);
+}
+
 void groupedGemm(GemmForm form, const TensorView& a, const TensorView& b, const TensorView& c,
                  const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
                  float beta, ExecContext context) {
-  if (a.device.isCuda()) {
-    throwIfError(runGroupedGemmCuda(form, a, b, c, counts, offsets, beta, context));
-    return;
-  }
-  throwIfError(runGroupedGemm(form, a, b, c, counts, offsets, beta));
+  throwIfError(runGroupedGemm(form, a, b, c, counts, offsets, beta, context));
 }
 
 void setGemmThreads(int threads) {

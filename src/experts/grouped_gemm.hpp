@@ -19,9 +19,15 @@ Status runGroupedGemmCuda(GemmForm form, const TensorView& a, const TensorView& 
                           const TensorView& c, const std::vector<int64_t>& counts,
                           const std::vector<int64_t>& offsets, float beta, ExecContext context);
 
+// Host operands through BLAS.
+Status runGroupedGemmHost(GemmForm form, const TensorView& a, const TensorView& b,
+                          const TensorView& c, const std::vector<int64_t>& counts,
+                          const std::vector<int64_t>& offsets, float beta);
+
+// Either of the two, by A's device.
 Status runGroupedGemm(GemmForm form, const TensorView& a, const TensorView& b, const TensorView& c,
                       const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
-                      float beta);
+                      float beta, ExecContext context);
 
 // MOECOMM_GEMM_THREADS, else this machine's cores shared among the ranks on this host, so that
 // ranks running BLAS at once do not oversubscribe the cores.

@@ -1,5 +1,6 @@
 // The MoE layer: router GEMM and gate, dispatch, grouped expert MLPs, combine, shared expert; and
-// the backward pass through all of them in reverse.
+// the backward pass through all of them in reverse. The same steps on either device: each step
+// takes its operands' device (BLAS or cuBLAS, CPU or CUDA kernels), so one code path serves both.
 #include "moecomm/moe_layer.hpp"
 
 #include <algorithm>
@@ -9,11 +10,12 @@
 #include <optional>
 #include <random>
 
-#include "kernels/cpu/convert.hpp"
 #include "kernels/cpu/gemm.hpp"
+#include "src/core/device.hpp"
 #include "src/core/env.hpp"
 #include "src/core/stopwatch.hpp"
 #include "src/experts/grouped_gemm.hpp"
+#include "src/experts/tensor_ops.hpp"
 #include "src/group/group_impl.hpp"
 
 namespace moecomm {
@@ -42,7 +44,7 @@ struct MoeLayer::State {
 namespace {
 
 ExpertMlpConfig expertConfig(const Group& group, const MoeLayerConfig& c) {
-  return {group.config().hidden, c.ffn, group.localExperts(), c.activation};
+  return {group.config().hidden, c.ffn, group.localExperts(), c.activation, c.device};
 }
 
 // Ranks that run BLAS on this host at the same time.
@@ -56,16 +58,51 @@ int ranksOnHost(const Group& group) {
   return 1;
 }
 
-Tensor asF32(const TensorView& v) {
-  Tensor out = Tensor::empty({v.shape[0], v.shape[1]}, DType::kF32);
-  if (v.numel() > 0) cpu::convertArray(v.data, v.dtype, out.data(), DType::kF32, v.numel());
+// A copy of v in `dtype` on v's device (ordered on the context's stream).
+Tensor copyAs(const TensorView& v, DType dtype, ExecContext context) {
+  Tensor out;
+  throwIfError(ops::copyAs(v, dtype, v.device, context, &out));
   return out;
 }
 
-void fillUniform(const Tensor& t, int64_t first, int64_t count, std::mt19937_64& rng, float bound) {
+// A matrix [rows, cols] seen as the one expert block [1, rows, cols] of a grouped GEMM.
+TensorView asOneExpert(const Tensor& m) {
+  TensorView v = m.view();
+  v.ndim = 3;
+  v.shape[2] = v.shape[1];
+  v.shape[1] = v.shape[0];
+  v.shape[0] = 1;
+  return v;
+}
+
+void fillUniform(float* p, int64_t count, std::mt19937_64& rng, float bound) {
   std::uniform_real_distribution<float> dist(-bound, bound);
-  float* p = t.as<float>() + first;
   for (int64_t i = 0; i < count; ++i) p[i] = dist(rng);
+}
+
+// Writes a parameter through a host buffer: itself on the host, a copy for a GPU tensor.
+template <typename Fill>
+void writeParameter(const Tensor& p, Fill fill) {
+  if (!p.device().isCuda()) {
+    fill(p.as<float>());
+    return;
+  }
+  const Tensor host = Tensor::empty({p.numel()}, DType::kF32);
+  fill(host.as<float>());
+  throwIfError(device::setDevice(p.device().index));
+  throwIfError(
+      device::copyAsync(p.data(), host.data(), p.bytes(), device::Direction::kToDevice, nullptr));
+  throwIfError(device::synchronize(nullptr));
+}
+
+void requireDevice(const TensorView& v, Device want, const char* what) {
+  if (!ops::sameDevice(v.device, want)) {
+    throw Error(StatusCode::kInvalidArgument,
+                text::format("{} {} is not on the layer's device ({}): pass it on "
+                             "MoeLayerConfig.device",
+                             what, v.describe(),
+                             want.isCuda() ? text::format("cuda:{}", want.index) : "cpu"));
+  }
 }
 
 }  // namespace
@@ -84,11 +121,12 @@ MoeLayer::MoeLayer(Group& group, const MoeLayerConfig& config) {
   }
   state_ = std::make_unique<State>(group, config, expertConfig(group, config));
   State& s = *state_;
-  s.router_weight = Tensor::zeros({g.hidden, g.num_experts}, DType::kF32);
-  s.grad_router_weight = Tensor::zeros({g.hidden, g.num_experts}, DType::kF32);
-  s.expert_bias = Tensor::zeros({g.num_experts}, DType::kF32);
+  const Device d = config.device;
+  s.router_weight = Tensor::zeros({g.hidden, g.num_experts}, DType::kF32, d);
+  s.grad_router_weight = Tensor::zeros({g.hidden, g.num_experts}, DType::kF32, d);
+  s.expert_bias = Tensor::zeros({g.num_experts}, DType::kF32, d);
   if (config.shared_ffn > 0)
-    s.shared.emplace(ExpertMlpConfig{g.hidden, config.shared_ffn, 1, config.activation});
+    s.shared.emplace(ExpertMlpConfig{g.hidden, config.shared_ffn, 1, config.activation, d});
   cpu::setGemmThreads(defaultGemmThreads(ranksOnHost(group)));
 }
 
@@ -119,27 +157,39 @@ void MoeLayer::initWeights(uint64_t seed) {
   State& s = *state_;
   const GroupConfig& g = s.group.config();
   const int64_t H = g.hidden, E = g.num_experts;
-  std::mt19937_64 router_rng(seed);
-  fillUniform(s.router_weight, 0, H * E, router_rng, 1.0f / std::sqrt(float(H)));
+  writeParameter(s.router_weight, [&](float* p) {
+    std::mt19937_64 router_rng(seed);
+    fillUniform(p, H * E, router_rng, 1.0f / std::sqrt(float(H)));
+  });
   auto init = [&](ExpertMlp& mlp, int first_global, uint64_t stream) {
     const ExpertMlpConfig& c = mlp.config();
     const int64_t in_size = mlp.w_in().numel() / std::max(1, c.num_experts);
     const int64_t out_size = mlp.w_out().numel() / std::max(1, c.num_experts);
-    for (int e = 0; e < c.num_experts; ++e) {
-      std::mt19937_64 rng(seed ^ (stream + 0x9e3779b97f4a7c15ull * uint64_t(first_global + e + 1)));
-      fillUniform(mlp.w_in(), e * in_size, in_size, rng, 1.0f / std::sqrt(float(c.hidden)));
-      fillUniform(mlp.w_out(), e * out_size, out_size, rng, 1.0f / std::sqrt(float(c.ffn)));
-    }
+    // Each expert's w_in and w_out come from one generator, in that order.
+    auto rngOf = [&](int e) {
+      return std::mt19937_64(seed ^
+                             (stream + 0x9e3779b97f4a7c15ull * uint64_t(first_global + e + 1)));
+    };
+    std::vector<std::mt19937_64> rngs;
+    for (int e = 0; e < c.num_experts; ++e) rngs.push_back(rngOf(e));
+    writeParameter(mlp.w_in(), [&](float* p) {
+      for (int e = 0; e < c.num_experts; ++e)
+        fillUniform(p + e * in_size, in_size, rngs[e], 1.0f / std::sqrt(float(c.hidden)));
+    });
+    writeParameter(mlp.w_out(), [&](float* p) {
+      for (int e = 0; e < c.num_experts; ++e)
+        fillUniform(p + e * out_size, out_size, rngs[e], 1.0f / std::sqrt(float(c.ffn)));
+    });
   };
   init(s.experts, s.group.firstLocalExpert(), 1);
   if (s.shared) init(*s.shared, 0, 2);
 }
 
-void MoeLayer::zeroGrad() {
+void MoeLayer::zeroGrad(ExecContext context) {
   State& s = *state_;
-  std::fill_n(s.grad_router_weight.as<float>(), s.grad_router_weight.numel(), 0.0f);
-  s.experts.zeroGrad();
-  if (s.shared) s.shared->zeroGrad();
+  throwIfError(ops::zero(s.grad_router_weight, context));
+  s.experts.zeroGrad(context);
+  if (s.shared) s.shared->zeroGrad(context);
 }
 
 MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
@@ -151,14 +201,16 @@ MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
         StatusCode::kInvalidArgument,
         text::format("MoeLayer input {} must be f32 or bf16 [tokens, {}]", x.describe(), g.hidden));
   }
+  requireDevice(x, s.config.device, "MoeLayer input");
   s.forward_done = false;
   Stopwatch lap;
   MoePhaseTimes times;
-  const int64_t T = x.shape[0], H = g.hidden, E = g.num_experts;
-  s.x = asF32(x);
-  s.logits = Tensor::empty({T, E}, DType::kF32);
-  cpu::sgemm(false, false, T, E, H, 1.0f, s.x.as<float>(), H, s.router_weight.as<float>(), E, 0.0f,
-             s.logits.as<float>(), E);
+  const int64_t T = x.shape[0], E = g.num_experts;
+  const Device d = s.config.device;
+  s.x = copyAs(x, DType::kF32, context);
+  s.logits = Tensor::empty({T, E}, DType::kF32, d);
+  throwIfError(runGroupedGemm(GemmForm::kNN, s.x, asOneExpert(s.router_weight), s.logits, {T},
+                              {0, T}, 0.0f, context));
   const TensorView bias = s.expert_bias.view();
   s.routing = s.router.route(s.logits, &bias, context);
 
@@ -167,28 +219,23 @@ MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
   s.global_load.clear();
   if (s.config.losses.aux_loss_coeff != 0.0) s.global_load = globalLoad(s.group, s.routing.stats);
   if (s.config.losses.aux_loss_coeff != 0.0 || s.config.losses.z_loss_coeff != 0.0) {
+    // The losses read GPU logits through copies on the default stream: order them after ours.
+    if (d.isCuda()) throwIfError(device::synchronize(context.stream));
     result.losses = s.router.losses(s.logits, s.routing, s.config.losses,
                                     s.global_load.empty() ? nullptr : &s.global_load);
   }
 
   times.route_ms = lap.lap();
-  Tensor wire;
-  if (g.dtype != DType::kF32) {
-    wire = Tensor::empty({T, H}, g.dtype);
-    if (T > 0) cpu::convertArray(s.x.data(), DType::kF32, wire.data(), g.dtype, T * H);
-  }
-  s.batch = s.dispatcher.dispatch(g.dtype == DType::kF32 ? s.x : wire, s.routing.topk_idx,
-                                  s.routing.topk_weights, context);
+  const Tensor wire = g.dtype == DType::kF32 ? s.x : copyAs(s.x, g.dtype, context);
+  s.batch = s.dispatcher.dispatch(wire, s.routing.topk_idx, s.routing.topk_weights, context);
   times.dispatch_ms = lap.lap();
   s.y = s.experts.forward(s.batch.x, s.batch.expert_counts, s.batch.expert_offsets, context);
   times.experts_ms = lap.lap();
   result.out = s.dispatcher.combine(s.y, s.batch.handle, context);
   times.combine_ms = lap.lap();
   if (s.shared) {
-    Tensor shared = s.shared->forward(s.x, {T}, {0, T}, context);
-    float* out = result.out.as<float>();
-    const float* add = shared.as<float>();
-    for (int64_t i = 0; i < T * H; ++i) out[i] += add[i];
+    const Tensor shared = s.shared->forward(s.x, {T}, {0, T}, context);
+    throwIfError(ops::addInto(result.out, shared, context));
   }
   times.shared_ms = lap.lap();
   result.times = times;
@@ -209,38 +256,43 @@ Tensor MoeLayer::backward(const TensorView& grad_out, ExecContext context) {
                 text::format("grad_out {} must be f32 or bf16 [{}, {}] like the forward's output",
                              grad_out.describe(), T, H));
   }
+  requireDevice(grad_out, s.config.device, "grad_out");
   Stopwatch lap;
   MoePhaseTimes& times = s.backward_times;
   times = {};
-  Tensor g_out = asF32(grad_out);
+  const Device d = s.config.device;
+  const Tensor g_out = copyAs(grad_out, DType::kF32, context);
 
   // Combine backward: grad_y = w * grad_out on the expert side, grad_w = <grad_out, y>.
   const int64_t R = s.y.dim(0);
-  Tensor grad_y = Tensor::empty({R, H}, DType::kF32);
-  Tensor grad_w = Tensor::empty({T, k}, DType::kF32);
+  Tensor grad_y = Tensor::empty({R, H}, DType::kF32, d);
+  Tensor grad_w = Tensor::empty({T, k}, DType::kF32, d);
   s.dispatcher.combineBackward(g_out, s.y, s.batch.handle, grad_y, grad_w, context);
   times.combine_ms = lap.lap();
   Tensor grad_rows = s.experts.backward(grad_y, context);
   times.experts_ms = lap.lap();
-  Tensor grad_x = Tensor::empty({T, H}, DType::kF32);
+  Tensor grad_x = Tensor::empty({T, H}, DType::kF32, d);
   s.dispatcher.dispatchBackward(grad_rows, s.batch.handle, grad_x, context);
   times.dispatch_ms = lap.lap();
 
   // The router: logits from the gate's weights and the losses, then the router GEMM's gradients.
-  Tensor grad_logits = Tensor::empty({T, E}, DType::kF32);
+  // On a GPU the router's backward runs on the host through copies on the default stream, which
+  // waits for ours here and has finished writing grad_logits when it returns.
+  if (d.isCuda()) throwIfError(device::synchronize(context.stream));
+  Tensor grad_logits = Tensor::empty({T, E}, DType::kF32, d);
   const TensorView grad_w_view = grad_w.view();
   s.router.backward(s.logits, s.routing, &grad_w_view, s.config.losses, grad_logits,
                     s.global_load.empty() ? nullptr : &s.global_load);
-  cpu::sgemm(true, false, H, E, T, 1.0f, s.x.as<float>(), H, grad_logits.as<float>(), E, 1.0f,
-             s.grad_router_weight.as<float>(), E);
-  cpu::sgemm(false, true, T, H, E, 1.0f, grad_logits.as<float>(), E, s.router_weight.as<float>(), E,
-             1.0f, grad_x.as<float>(), H);
+  throwIfError(runGroupedGemm(GemmForm::kTN, s.x, grad_logits, asOneExpert(s.grad_router_weight),
+                              {T}, {0, T}, 1.0f, context));
+  Tensor through_router = Tensor::empty({T, H}, DType::kF32, d);
+  throwIfError(runGroupedGemm(GemmForm::kNT, grad_logits, asOneExpert(s.router_weight),
+                              through_router, {T}, {0, T}, 0.0f, context));
+  throwIfError(ops::addInto(grad_x, through_router, context));
   times.route_ms = lap.lap();
   if (s.shared) {
-    Tensor shared = s.shared->backward(g_out, context);
-    float* dx = grad_x.as<float>();
-    const float* add = shared.as<float>();
-    for (int64_t i = 0; i < T * H; ++i) dx[i] += add[i];
+    const Tensor shared = s.shared->backward(g_out, context);
+    throwIfError(ops::addInto(grad_x, shared, context));
   }
   times.shared_ms = lap.lap();
   return grad_x;

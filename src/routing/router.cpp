@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/finite.hpp"
 #include "kernels/cpu/gating.hpp"
+#include "src/core/device.hpp"
 #include "src/core/host_mirror.hpp"
 #include "src/core/tensor_checks.hpp"
 #include "src/routing/capacity.hpp"
@@ -181,6 +182,16 @@ void updateExpertBias(const TensorView& bias, const std::vector<int64_t>& load, 
                            bias.describe(), load.size()));
   }
   if (load.empty()) return;
+  if (bias.device.isCuda()) {  // a small vector: updated on the host, between two waits
+    throwIfError(device::requireDevice(bias.device.index));
+    const Tensor host = copyTo(bias, Device::cpu());
+    updateExpertBias(host.view(), load, rate);
+    throwIfError(device::setDevice(bias.device.index));
+    throwIfError(device::copyAsync(bias.data, host.data(), bias.bytes(),
+                                   device::Direction::kToDevice, nullptr));
+    throwIfError(device::synchronize(nullptr));
+    return;
+  }
   double mean = 0.0;
   for (int64_t l : load) mean += static_cast<double>(l);
   mean /= static_cast<double>(load.size());

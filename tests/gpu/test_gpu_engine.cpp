@@ -23,48 +23,10 @@
 #include "src/core/numeric.hpp"
 #include "src/routing/capacity.hpp"
 #include "tests/gpu/gpu_test.hpp"
+#include "tests/gpu/tensors.hpp"
 
 namespace moecomm::gputest {
 namespace {
-
-std::mt19937& rng() {
-  static std::mt19937 engine(97);
-  return engine;
-}
-
-Tensor randomHost(std::initializer_list<int64_t> shape, DType dtype, float lo = -1.0f,
-                  float hi = 1.0f) {
-  Tensor t = Tensor::empty(shape, dtype);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const float v = dist(rng());
-    if (dtype == DType::kBF16) {
-      t.as<uint16_t>()[i] = numeric::floatToBf16(v);
-    } else {
-      t.as<float>()[i] = v;
-    }
-  }
-  return t;
-}
-
-Tensor onGpu(const Tensor& host, cudaStream_t stream = nullptr) {
-  return copyTo(host.view(), Device::cuda(0), ExecContext{stream});
-}
-
-Tensor onHost(const TensorView& view) {
-  return copyTo(view, Device::cpu());
-}
-
-// A GPU tensor of `shape` with every byte 0x7f.
-Tensor poisoned(std::initializer_list<int64_t> shape, DType dtype) {
-  Tensor t = Tensor::empty(shape, dtype, Device::cuda(0));
-  CUDA_OK(cudaMemset(t.data(), 0x7f, t.bytes()));
-  return t;
-}
-
-bool sameBytes(const TensorView& a, const TensorView& b) {
-  return a.bytes() == b.bytes() && (a.bytes() == 0 || std::memcmp(a.data, b.data, a.bytes()) == 0);
-}
 
 // ------------------------------------------------------------------------------------ router
 
@@ -266,43 +228,6 @@ GPU_TEST(router_on_gpu_refuses_non_finite_logits) {
 }
 
 // ------------------------------------------------------------------ dispatch and combine
-
-// Runs `body(rank)` on `ranks` threads and rethrows the first failure. With spread_gpus, rank r
-// runs on GPU r (NCCL's one GPU per rank); otherwise every rank shares GPU 0.
-void onThreads(int ranks, const std::function<void(int)>& body, bool spread_gpus = false) {
-  std::vector<std::thread> threads;
-  std::mutex mutex;
-  std::exception_ptr failure;
-  for (int r = 0; r < ranks; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        CUDA_OK(cudaSetDevice(spread_gpus ? r : 0));
-        body(r);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mutex);
-        if (!failure) failure = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  if (failure) std::rethrow_exception(failure);
-}
-
-int gpuCount() {
-  int count = 0;
-  CUDA_OK(cudaGetDeviceCount(&count));
-  return count;
-}
-
-bool closeFloats(const TensorView& want, const TensorView& got, float tol) {
-  if (want.numel() != got.numel()) return false;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    const float a = want.as<const float>()[i];
-    const float b = got.as<const float>()[i];
-    if (std::fabs(a - b) > tol * (1.0f + std::fabs(a))) return false;
-  }
-  return true;
-}
 
 struct EngineCase {
   int ranks;

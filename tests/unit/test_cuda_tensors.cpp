@@ -146,5 +146,79 @@ TEST(CudaTensors, GroupedGemmRefusesMixedDevices) {
   EXPECT_EQ(c[0], 0.0f);
 }
 
+// A group of 4 experts of hidden 8 routing top-2, and a layer for it.
+Group smallGroup(LocalWorld& world, int rank) {
+  GroupConfig g;
+  g.num_experts = 4;
+  g.hidden = 8;
+  g.topk = 2;
+  return Group::create(world, rank, g);
+}
+
+MoeLayerConfig smallLayer() {
+  MoeLayerConfig lc;
+  lc.ffn = 4;
+  lc.router.topk = 2;
+  return lc;
+}
+
+TEST(CudaTensors, ExpertsOnAMissingGpuAreRefusedAtCreation) {
+  if (gpuUsable()) GTEST_SKIP() << "a GPU is usable here";
+  ExpertMlpConfig config{8, 4, 2, Activation::kSwiGLU, Device::cuda(0)};
+  try {
+    ExpertMlp mlp(config);
+    FAIL() << "experts on a missing GPU must be refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), StatusCode::kInvalidUsage) << e.what();
+  }
+  runThreads(1, [](LocalWorld& world, int rank) {
+    Group group = smallGroup(world, rank);
+    MoeLayerConfig lc = smallLayer();
+    lc.device = Device::cuda(0);
+    EXPECT_THROW(MoeLayer(group, lc), Error);
+  });
+}
+
+// Host experts and a host layer refuse a CUDA input with a message naming both devices, before
+// touching it or starting a collective.
+TEST(CudaTensors, HostExpertsAndLayerRefuseCudaInputs) {
+  ExpertMlp mlp(ExpertMlpConfig{8, 4, 2, Activation::kGelu});
+  std::vector<float> x(16 * 8, 1.0f);
+  try {
+    (void)mlp.forward(fakeCuda(x, 16, 8), {8, 8}, {0, 8, 16});
+    FAIL() << "a CUDA input to host experts must be refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), StatusCode::kInvalidArgument) << e.what();
+    EXPECT_NE(std::string(e.what()).find("cuda:0"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("cpu"), std::string::npos) << e.what();
+  }
+  runThreads(2, [](LocalWorld& world, int rank) {
+    Group group = smallGroup(world, rank);
+    MoeLayer layer(group, smallLayer());
+    std::vector<float> tokens(6 * 8, 0.25f);
+    try {
+      (void)layer.forward(fakeCuda(tokens, 6, 8));
+      FAIL() << "rank " << rank << ": a CUDA input to a host layer must be refused";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), StatusCode::kInvalidArgument) << e.what();
+      EXPECT_NE(std::string(e.what()).find("MoeLayerConfig.device"), std::string::npos) << e.what();
+    }
+  });
+}
+
+TEST(CudaTensors, BiasUpdateOnAMissingGpuSaysWhyAndTouchesNothing) {
+  if (gpuUsable()) GTEST_SKIP() << "a GPU is usable here";
+  std::vector<float> bias(4, 0.5f);
+  TensorView v = TensorView::vector(bias.data(), DType::kF32, 4);
+  v.device = Device::cuda(0);
+  try {
+    updateExpertBias(v, {1, 2, 3, 4}, 0.1f);
+    FAIL() << "a bias on a missing GPU must be refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), StatusCode::kInvalidUsage) << e.what();
+  }
+  for (float b : bias) EXPECT_EQ(b, 0.5f);
+}
+
 }  // namespace
 }  // namespace moecomm

@@ -1,0 +1,203 @@
+// The experts and the whole MoE layer with CUDA tensors, against the same calls on host tensors:
+// ExpertMlp forward and backward (both activations, f32 and bf16 inputs, empty experts, padding),
+// MoeLayer forward and backward on 2 ranks sharing one GPU, and the expert-bias update. GEMMs sum
+// in another order in cuBLAS than in BLAS, so values agree to a tolerance, not bit for bit.
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "moecomm/error.hpp"
+#include "moecomm/experts.hpp"
+#include "moecomm/group.hpp"
+#include "moecomm/moe_layer.hpp"
+#include "moecomm/router.hpp"
+#include "tests/gpu/gpu_test.hpp"
+#include "tests/gpu/tensors.hpp"
+
+namespace moecomm::gputest {
+namespace {
+
+// Writes host values into a parameter of either device.
+void setParameter(const Tensor& param, const Tensor& host) {
+  GPU_CHECK(param.bytes() == host.bytes(), "parameter size");
+  if (param.device().isCuda()) {
+    CUDA_OK(cudaMemcpy(param.data(), host.data(), host.bytes(), cudaMemcpyHostToDevice));
+  } else {
+    std::memcpy(param.data(), host.data(), host.bytes());
+  }
+}
+
+// The largest |want - got| / (1 + |want|), and where.
+void expectClose(const TensorView& want_view, const TensorView& got_view, float tol,
+                 const std::string& what) {
+  const Tensor want = onHost(want_view);
+  const Tensor got = onHost(got_view);
+  GPU_CHECK(want.numel() == got.numel(), what << ": " << want.numel() << " vs " << got.numel());
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    const float a = want.as<float>()[i];
+    const float b = got.as<float>()[i];
+    GPU_CHECK(std::isfinite(b) && std::fabs(a - b) <= tol * (1.0f + std::fabs(a)),
+              what << " [" << i << "]: CPU " << a << ", GPU " << b);
+  }
+}
+
+GPU_TEST(expert_mlp_cuda_matches_cpu) {
+  const std::vector<int64_t> counts = {5, 0, 19, 1};
+  std::vector<int64_t> offsets = {0};
+  for (int64_t c : counts) offsets.push_back(offsets.back() + (c + 7) / 8 * 8);
+  const int64_t rows = offsets.back() + 3;  // rows past the last block: ignored in, zero out
+  const int hidden = 40, ffn = 24;
+  cudaStream_t stream = nullptr;
+  CUDA_OK(cudaStreamCreate(&stream));
+  const ExecContext ctx{stream};
+  for (Activation act : {Activation::kSwiGLU, Activation::kGelu}) {
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      const std::string tag =
+          std::string(act == Activation::kSwiGLU ? "swiglu " : "gelu ") + dtypeName(dtype);
+      ExpertMlpConfig config{hidden, ffn, static_cast<int>(counts.size()), act};
+      ExpertMlp host(config);
+      config.device = Device::cuda(0);
+      ExpertMlp dev(config);
+      GPU_CHECK(dev.w_in().device().isCuda() && dev.grad_w_out().device().isCuda(),
+                tag << ": the weights must live on the GPU");
+      const float in_bound = 1.0f / std::sqrt(float(hidden));
+      const float out_bound = 1.0f / std::sqrt(float(ffn));
+      const int64_t E = config.num_experts;
+      const int64_t in_cols = act == Activation::kSwiGLU ? 2 * ffn : ffn;
+      const Tensor w_in = randomHost({E, hidden, in_cols}, DType::kF32, -in_bound, in_bound);
+      const Tensor w_out = randomHost({E, ffn, hidden}, DType::kF32, -out_bound, out_bound);
+      // Gradients start non-zero: backward must add into them, not overwrite.
+      const Tensor g_in0 = randomHost({E, hidden, in_cols}, DType::kF32);
+      const Tensor g_out0 = randomHost({E, ffn, hidden}, DType::kF32);
+      for (ExpertMlp* m : {&host, &dev}) {
+        setParameter(m->w_in(), w_in);
+        setParameter(m->w_out(), w_out);
+        setParameter(m->grad_w_in(), g_in0);
+        setParameter(m->grad_w_out(), g_out0);
+      }
+      const Tensor x = randomHost({rows, hidden}, dtype);
+      const Tensor y_host = host.forward(x.view(), counts, offsets);
+      const Tensor y_dev = dev.forward(onGpu(x, stream).view(), counts, offsets, ctx);
+      GPU_CHECK(y_dev.device().isCuda(), tag << ": the output must be on the GPU");
+      CUDA_OK(cudaStreamSynchronize(stream));
+      expectClose(y_host.view(), y_dev.view(), 1e-4f, tag + " y");
+      const Tensor y_back = onHost(y_dev.view());
+      for (size_t e = 0; e <= counts.size(); ++e) {
+        const int64_t begin = e < counts.size() ? offsets[e] + counts[e] : offsets.back();
+        const int64_t end = e < counts.size() ? offsets[e + 1] : rows;
+        for (int64_t i = begin * hidden; i < end * hidden; ++i) {
+          GPU_CHECK(y_back.as<float>()[i] == 0.0f, tag << ": padding row element " << i);
+        }
+      }
+      const Tensor gy = randomHost({rows, hidden}, dtype);
+      const Tensor gx_host = host.backward(gy.view());
+      const Tensor gx_dev = dev.backward(onGpu(gy, stream).view(), ctx);
+      CUDA_OK(cudaStreamSynchronize(stream));
+      expectClose(gx_host.view(), gx_dev.view(), 1e-4f, tag + " grad_x");
+      expectClose(host.grad_w_in().view(), dev.grad_w_in().view(), 1e-4f, tag + " grad_w_in");
+      expectClose(host.grad_w_out().view(), dev.grad_w_out().view(), 1e-4f, tag + " grad_w_out");
+      dev.zeroGrad(ctx);
+      CUDA_OK(cudaStreamSynchronize(stream));
+      const Tensor zeroed = onHost(dev.grad_w_in().view());
+      for (int64_t i = 0; i < zeroed.numel(); ++i) {
+        GPU_CHECK(zeroed.as<float>()[i] == 0.0f, tag << ": zeroGrad left element " << i);
+      }
+      // An input on the other device is refused, naming both.
+      bool refused = false;
+      try {
+        (void)dev.forward(x.view(), counts, offsets, ctx);
+      } catch (const Error& e) {
+        refused = e.code() == StatusCode::kInvalidArgument &&
+                  std::string(e.what()).find("cuda:0") != std::string::npos;
+      }
+      GPU_CHECK(refused, tag << ": a host input to GPU experts must be refused");
+    }
+  }
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
+// The whole layer on 2 ranks sharing GPU 0, each with its own stream, against the host layer of
+// the same weights on the same ranks: output, losses, load, every gradient.
+GPU_TEST(moe_layer_cuda_matches_cpu_on_2_ranks) {
+  const int ranks = 2;
+  for (bool shared : {false, true}) {
+    LocalWorld world(ranks);
+    onThreads(ranks, [&](int rank) {
+      cudaStream_t stream = nullptr;
+      CUDA_OK(cudaStreamCreate(&stream));
+      const ExecContext ctx{stream};
+      GroupConfig g;
+      g.num_experts = 8;
+      g.hidden = 64;
+      g.dtype = DType::kBF16;
+      g.topk = 2;
+      g.transport = "local";
+      Group group = Group::create(world, rank, g);
+      MoeLayerConfig lc;
+      lc.ffn = 32;
+      lc.shared_ffn = shared ? 16 : 0;
+      lc.router.topk = 2;
+      lc.losses.aux_loss_coeff = 0.01;
+      lc.losses.z_loss_coeff = 0.001;
+      lc.dispatch.expert_alignment = 8;
+      MoeLayer host(group, lc);
+      lc.device = Device::cuda(0);
+      MoeLayer dev(group, lc);
+      host.initWeights(11);
+      dev.initWeights(11);
+      const std::string tag = std::string(shared ? "shared " : "") + "rank " + std::to_string(rank);
+      expectClose(host.routerWeight().view(), dev.routerWeight().view(), 0.0f,
+                  tag + " initial router weight");
+      expectClose(host.experts().w_in().view(), dev.experts().w_in().view(), 0.0f,
+                  tag + " initial w_in");
+      const int64_t tokens = 40 + 17 * rank;
+      const Tensor x = randomHost({tokens, g.hidden}, DType::kF32);
+      const MoeOutput out_host = host.forward(x.view());
+      const MoeOutput out_dev = dev.forward(onGpu(x, stream).view(), ctx);
+      GPU_CHECK(out_dev.out.device().isCuda(), tag << ": the output must be on the GPU");
+      CUDA_OK(cudaStreamSynchronize(stream));
+      GPU_CHECK(out_host.stats.tokens_per_expert == out_dev.stats.tokens_per_expert,
+                tag << ": the routing differs (a near-tie in the logits?)");
+      expectClose(out_host.out.view(), out_dev.out.view(), 2e-4f, tag + " out");
+      GPU_CHECK(std::fabs(out_host.losses.aux_loss - out_dev.losses.aux_loss) <= 1e-5 &&
+                    std::fabs(out_host.losses.z_loss - out_dev.losses.z_loss) <= 1e-5,
+                tag << ": losses " << out_host.losses.aux_loss << "/" << out_host.losses.z_loss
+                    << " vs " << out_dev.losses.aux_loss << "/" << out_dev.losses.z_loss);
+      const Tensor grad_out = randomHost({tokens, g.hidden}, DType::kBF16);
+      const Tensor gx_host = host.backward(grad_out.view());
+      const Tensor gx_dev = dev.backward(onGpu(grad_out, stream).view(), ctx);
+      CUDA_OK(cudaStreamSynchronize(stream));
+      expectClose(gx_host.view(), gx_dev.view(), 2e-4f, tag + " grad_x");
+      expectClose(host.gradRouterWeight().view(), dev.gradRouterWeight().view(), 2e-4f,
+                  tag + " router weight gradient");
+      expectClose(host.experts().grad_w_in().view(), dev.experts().grad_w_in().view(), 2e-4f,
+                  tag + " experts' grad_w_in");
+      expectClose(host.experts().grad_w_out().view(), dev.experts().grad_w_out().view(), 2e-4f,
+                  tag + " experts' grad_w_out");
+      if (shared) {
+        expectClose(host.sharedExpert()->grad_w_in().view(), dev.sharedExpert()->grad_w_in().view(),
+                    2e-4f, tag + " shared grad_w_in");
+      }
+      // The aux-loss-free bias update on a GPU bias equals the host's.
+      updateExpertBias(host.expertBias().view(), out_host.stats.tokens_per_expert, 0.01f);
+      updateExpertBias(dev.expertBias().view(), out_dev.stats.tokens_per_expert, 0.01f);
+      expectClose(host.expertBias().view(), dev.expertBias().view(), 0.0f, tag + " expert bias");
+      dev.zeroGrad(ctx);
+      CUDA_OK(cudaStreamSynchronize(stream));
+      const Tensor zeroed = onHost(dev.gradRouterWeight().view());
+      for (int64_t i = 0; i < zeroed.numel(); ++i) {
+        GPU_CHECK(zeroed.as<float>()[i] == 0.0f, tag << ": zeroGrad left element " << i);
+      }
+      CUDA_OK(cudaStreamDestroy(stream));
+    });
+  }
+}
+
+}  // namespace
+}  // namespace moecomm::gputest
+
+int main(int argc, char** argv) {
+  return moecomm::gputest::runAll(argc, argv);
+}
