@@ -61,8 +61,19 @@ struct Routing {
   Tensor topk_idx;
   Tensor topk_weights;
   Tensor selected_idx;
-  LoadStats stats;
+  LoadStats stats;  // empty after routeOnStream until Router::collectStats
+  // The statistics as i64 on the logits' device, filled by routeOnStream (and by route on CUDA
+  // logits), readable there without a host wait. Layout, with E experts:
+  //   [0, E) demand per expert, [E, 2E) kept per expert, [2E] dropped, [2E + 1] rerouted,
+  //   [2E + 2] first token with a non-finite logit or bias (-1: none),
+  //   [2E + 3] first slot past capacity in claim order under OverflowPolicy::kError (-1: none).
+  Tensor device_stats;
 };
+
+// Entries of Routing::device_stats for E experts.
+inline int64_t deviceStatsSize(int64_t experts) {
+  return 2 * experts + 4;
+}
 
 struct RouterLossOptions {
   double aux_loss_coeff = 0.0;  // load-balancing loss E * sum_e f_e * P_e, times this
@@ -85,6 +96,18 @@ class MOECOMM_API Router {
   // selection scores only. Ties go to the lower expert (and group) id.
   Routing route(const TensorView& logits, const TensorView* expert_bias = nullptr,
                 ExecContext context = {}) const;
+  // route() without its wait, for CUDA logits (inference engines, overlap): the gate, capacity and
+  // statistics are ordered on the context's stream and the host does not wait for them. Until
+  // collectStats, `stats` is empty and the errors route() raises are deferred: a token with a
+  // non-finite logit or bias is routed nowhere (-1, weight 0), and under OverflowPolicy::kError
+  // the overflowing assignments stay. collectStats raises both. More than 1024 experts route
+  // through the host and wait. On host logits it is route() plus device_stats (on the host).
+  Routing routeOnStream(const TensorView& logits, const TensorView* expert_bias = nullptr,
+                        ExecContext context = {}) const;
+  // Fills routing.stats from routing.device_stats (waiting for the context's stream when they
+  // are on a GPU) and returns them; throws what route() would have thrown for the same inputs.
+  // A routing whose stats were already collected (route()) is returned as it is.
+  const LoadStats& collectStats(Routing& routing, ExecContext context = {}) const;
 
   // The balancing losses of a routing. With `global_tokens_per_expert` (summed over the group, see
   // globalLoad) f_e uses the global counts; otherwise this rank's.

@@ -46,12 +46,7 @@ Status applyCapacity(const RouterOptions& options, int64_t tokens, int experts, 
     }
     if (!overflow.empty() && options.overflow == OverflowPolicy::kError) {
       const int32_t e = idx[overflow.front()];
-      return makeError(StatusCode::kInvalidArgument,
-                       "expert {} is over capacity: {} assignments for a capacity of {} "
-                       "(capacity_factor={}, {} tokens, top-{}); raise capacity_factor or use "
-                       "OverflowPolicy::kDrop or kReroute",
-                       e, stats->demand_per_expert[e], capacity, options.capacity_factor, tokens,
-                       k);
+      return overCapacity(options, e, stats->demand_per_expert[e], capacity, tokens);
     }
     const bool reroute = options.overflow == OverflowPolicy::kReroute;
     const int c = options.reroute_candidates;
@@ -78,11 +73,25 @@ Status applyCapacity(const RouterOptions& options, int64_t tokens, int experts, 
       }
     }
   }
+  stats->imbalance = imbalanceOf(load);
+  return Status::ok();
+}
+
+Status overCapacity(const RouterOptions& options, int expert, int64_t demand, int64_t capacity,
+                    int64_t tokens) {
+  return makeError(StatusCode::kInvalidArgument,
+                   "expert {} is over capacity: {} assignments for a capacity of {} "
+                   "(capacity_factor={}, {} tokens, top-{}); raise capacity_factor or use "
+                   "OverflowPolicy::kDrop or kReroute",
+                   expert, demand, capacity, options.capacity_factor, tokens, options.topk);
+}
+
+double imbalanceOf(const std::vector<int64_t>& load) {
   const int64_t total = std::accumulate(load.begin(), load.end(), int64_t{0});
   const int64_t max = load.empty() ? 0 : *std::max_element(load.begin(), load.end());
-  stats->imbalance =
-      total > 0 ? static_cast<double>(max) * experts / static_cast<double>(total) : 1.0;
-  return Status::ok();
+  return total > 0 ? static_cast<double>(max) * static_cast<double>(load.size()) /
+                         static_cast<double>(total)
+                   : 1.0;
 }
 
 }  // namespace moecomm

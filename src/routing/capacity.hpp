@@ -11,6 +11,13 @@ namespace moecomm {
 
 int64_t expertCapacity(const RouterOptions& options, int64_t tokens, int experts);
 
+// OverflowPolicy::kError's error, naming the expert, its demand and the capacity.
+Status overCapacity(const RouterOptions& options, int expert, int64_t demand, int64_t capacity,
+                    int64_t tokens);
+
+// max / mean of the kept load (1 for no load).
+double imbalanceOf(const std::vector<int64_t>& load);
+
 // idx/weights [T*k] are updated in place; candidates [T*c] are the token's next-best experts.
 // Fills stats (demand, kept, dropped, rerouted, imbalance).
 Status applyCapacity(const RouterOptions& options, int64_t tokens, int experts, int64_t capacity,

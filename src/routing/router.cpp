@@ -10,6 +10,7 @@
 #include "src/core/host_mirror.hpp"
 #include "src/core/tensor_checks.hpp"
 #include "src/routing/capacity.hpp"
+#include "src/routing/load_stats.hpp"
 #include "src/routing/router_checks.hpp"
 #include "src/routing/router_device.hpp"
 
@@ -133,7 +134,11 @@ Router::Router(const RouterOptions& options) : options_(options) {
 
 Routing Router::route(const TensorView& logits, const TensorView* expert_bias,
                       ExecContext context) const {
-  if (anyCuda({&logits, expert_bias})) return routeOnDevice(*this, logits, expert_bias, context);
+  if (anyCuda({&logits, expert_bias})) {
+    Routing routing = routeOnDeviceNoWait(*this, logits, expert_bias, context);
+    collectStats(routing, context);  // the one wait
+    return routing;
+  }
   // The logits' finiteness is checked inside the gate, row by row, so that they are read from
   // memory once, not twice.
   throwIfError(checkHostRouterInputs(options_, logits, expert_bias));
@@ -171,6 +176,38 @@ Routing Router::route(const TensorView& logits, const TensorView* expert_bias,
                              routing.topk_weights.as<float>(), candidate_idx.data(),
                              candidate_weights.data(), &routing.stats));
   return routing;
+}
+
+Routing Router::routeOnStream(const TensorView& logits, const TensorView* expert_bias,
+                              ExecContext context) const {
+  if (anyCuda({&logits, expert_bias})) {
+    return routeOnDeviceNoWait(*this, logits, expert_bias, context);
+  }
+  Routing routing = route(logits, expert_bias, context);
+  routing.device_stats = encodeLoadStats(routing.stats, static_cast<int>(logits.shape[1]));
+  return routing;
+}
+
+const LoadStats& Router::collectStats(Routing& routing, ExecContext context) const {
+  if (!routing.stats.demand_per_expert.empty() || !routing.device_stats.defined()) {
+    return routing.stats;  // collected already
+  }
+  const int64_t size = routing.device_stats.numel();
+  if (routing.device_stats.dtype() != DType::kI64 || size < 4 || size % 2 != 0 ||
+      !routing.topk_idx.defined()) {
+    throwIfError(makeError(StatusCode::kInvalidArgument,
+                           "routing.device_stats is {}, not the i64[2E + 4] that routeOnStream "
+                           "makes; pass the Routing routeOnStream returned",
+                           routing.device_stats.view().describe()));
+  }
+  const Tensor host = routing.device_stats.device().isCuda()
+                          ? copyTo(routing.device_stats, Device::cpu(), context)
+                          : routing.device_stats;
+  LoadStats stats;
+  throwIfError(decodeLoadStats(options_, host.as<const int64_t>(), static_cast<int>((size - 4) / 2),
+                               routing.topk_idx.dim(0), routing, &stats));
+  routing.stats = std::move(stats);
+  return routing.stats;
 }
 
 void updateExpertBias(const TensorView& bias, const std::vector<int64_t>& load, float rate) {

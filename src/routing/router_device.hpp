@@ -7,8 +7,11 @@
 
 namespace moecomm {
 
+// The gate, capacity and statistics ordered on the context's stream, with no host wait:
+// routing.stats stays empty and routing.device_stats holds them (Router::collectStats reads them).
+// Configurations the kernels do not cover go through the CPU router and wait (stats filled).
 // Throws moecomm::Error (the API edge).
-Routing routeOnDevice(const Router& router, const TensorView& logits, const TensorView* bias,
-                      ExecContext context);
+Routing routeOnDeviceNoWait(const Router& router, const TensorView& logits, const TensorView* bias,
+                            ExecContext context);
 
 }  // namespace moecomm

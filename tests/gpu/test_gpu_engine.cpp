@@ -227,6 +227,88 @@ GPU_TEST(router_on_gpu_refuses_non_finite_logits) {
   GPU_CHECK(threw, "a NaN logit on the GPU must fail naming row 5");
 }
 
+// routeOnStream on a GPU: the same routing as route() without the wait, its device_stats in the
+// documented layout (read on the GPU's side of a copy), and route()'s errors deferred to
+// collectStats: a NaN token routed nowhere, an overflow under kError.
+GPU_TEST(route_on_stream_defers_the_wait_and_the_errors) {
+  cudaStream_t stream = nullptr;
+  CUDA_OK(cudaStreamCreate(&stream));
+  const ExecContext ctx{stream};
+  const int E = 64;
+  const int64_t tokens = 1000;
+  for (OverflowPolicy overflow :
+       {OverflowPolicy::kDrop, OverflowPolicy::kReroute, OverflowPolicy::kError}) {
+    RouterOptions o;
+    o.topk = 4;
+    o.capacity_factor = overflow == OverflowPolicy::kError ? 0.0 : 0.8;
+    o.overflow = overflow;
+    const Router router(o);
+    const Tensor logits = randomHost({tokens, E}, DType::kF32, -3.0f, 3.0f);
+    const Tensor d_logits = onGpu(logits, stream);
+    const Routing want = router.route(d_logits.view(), nullptr, ctx);
+    Routing got = router.routeOnStream(d_logits.view(), nullptr, ctx);
+    GPU_CHECK(got.stats.demand_per_expert.empty(), "routeOnStream must leave stats to collect");
+    GPU_CHECK(got.device_stats.device().isCuda() && got.device_stats.numel() == 2 * E + 4,
+              "device_stats must be i64[2E + 4] on the GPU");
+    const Tensor v = onHost(got.device_stats.view());
+    CUDA_OK(cudaStreamSynchronize(stream));
+    GPU_CHECK(sameBytes(onHost(want.topk_idx.view()).view(), onHost(got.topk_idx.view()).view()),
+              "routeOnStream's routing differs from route()'s");
+    for (int e = 0; e < E; ++e) {
+      GPU_CHECK(v.as<int64_t>()[e] == want.stats.demand_per_expert[e] &&
+                    v.as<int64_t>()[E + e] == want.stats.tokens_per_expert[e],
+                "device_stats of expert " << e);
+    }
+    GPU_CHECK(v.as<int64_t>()[2 * E] == want.stats.dropped &&
+                  v.as<int64_t>()[2 * E + 1] == want.stats.rerouted &&
+                  v.as<int64_t>()[2 * E + 2] == -1 && v.as<int64_t>()[2 * E + 3] == -1,
+              "device_stats totals");
+    const LoadStats& s = router.collectStats(got, ctx);
+    GPU_CHECK(s.tokens_per_expert == want.stats.tokens_per_expert &&
+                  s.dropped == want.stats.dropped && s.rerouted == want.stats.rerouted &&
+                  s.imbalance == want.stats.imbalance,
+              "collected stats differ from route()'s");
+  }
+  // A NaN token: routed nowhere without a wait, raised by collectStats.
+  RouterOptions o;
+  o.topk = 2;
+  const Router router(o);
+  Tensor logits = randomHost({16, 8}, DType::kF32);
+  logits.as<float>()[5 * 8 + 3] = std::numeric_limits<float>::quiet_NaN();
+  const Tensor d_logits = onGpu(logits, stream);
+  Routing r = router.routeOnStream(d_logits.view(), nullptr, ctx);
+  const Tensor idx = onHost(r.topk_idx.view());
+  GPU_CHECK(idx.as<int32_t>()[10] == -1 && idx.as<int32_t>()[11] == -1,
+            "the NaN token must be routed nowhere");
+  bool threw = false;
+  try {
+    router.collectStats(r, ctx);
+  } catch (const Error& e) {
+    threw = e.code() == StatusCode::kInvalidArgument &&
+            std::string(e.what()).find("row 5") != std::string::npos;
+  }
+  GPU_CHECK(threw, "collectStats must raise the NaN in row 5");
+  // An overflow under kError: left in place, raised by collectStats naming the expert.
+  RouterOptions strict;
+  strict.topk = 1;
+  strict.capacity_factor = 1.0;
+  strict.overflow = OverflowPolicy::kError;
+  const Router strict_router(strict);
+  Tensor hot = Tensor::empty({32, 4}, DType::kF32);
+  for (int64_t i = 0; i < hot.numel(); ++i) hot.as<float>()[i] = i % 4 == 2 ? 5.0f : 0.0f;
+  const Tensor d_hot = onGpu(hot, stream);
+  Routing over = strict_router.routeOnStream(d_hot.view(), nullptr, ctx);
+  threw = false;
+  try {
+    strict_router.collectStats(over, ctx);
+  } catch (const Error& e) {
+    threw = e.code() == StatusCode::kInvalidArgument &&
+            std::string(e.what()).find("expert 2 is over capacity") != std::string::npos;
+  }
+  GPU_CHECK(threw, "collectStats must raise expert 2's overflow");
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
 // ------------------------------------------------------------------ dispatch and combine
 
 struct EngineCase {
