@@ -95,7 +95,7 @@ void writeParameter(const Tensor& p, Fill fill) {
   throwIfError(device::synchronize(nullptr));
 }
 
-void requireDevice(const TensorView& v, Device want, const char* what) {
+void requireOnLayerDevice(const TensorView& v, Device want, const char* what) {
   if (!ops::sameDevice(v.device, want)) {
     throw Error(StatusCode::kInvalidArgument,
                 text::format("{} {} is not on the layer's device ({}): pass it on "
@@ -201,7 +201,7 @@ MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
         StatusCode::kInvalidArgument,
         text::format("MoeLayer input {} must be f32 or bf16 [tokens, {}]", x.describe(), g.hidden));
   }
-  requireDevice(x, s.config.device, "MoeLayer input");
+  requireOnLayerDevice(x, s.config.device, "MoeLayer input");
   s.forward_done = false;
   Stopwatch lap;
   MoePhaseTimes times;
@@ -256,7 +256,7 @@ Tensor MoeLayer::backward(const TensorView& grad_out, ExecContext context) {
                 text::format("grad_out {} must be f32 or bf16 [{}, {}] like the forward's output",
                              grad_out.describe(), T, H));
   }
-  requireDevice(grad_out, s.config.device, "grad_out");
+  requireOnLayerDevice(grad_out, s.config.device, "grad_out");
   Stopwatch lap;
   MoePhaseTimes& times = s.backward_times;
   times = {};
