@@ -111,15 +111,19 @@ class MOECOMM_API Router {
 
   // The balancing losses of a routing. With `global_tokens_per_expert` (summed over the group, see
   // globalLoad) f_e uses the global counts; otherwise this rank's.
+  // On CUDA tensors both run on the host through copies ordered on the context's stream, and
+  // wait for them.
   RouterLosses losses(const TensorView& logits, const Routing& routing,
                       const RouterLossOptions& loss_options,
-                      const std::vector<int64_t>* global_tokens_per_expert = nullptr) const;
+                      const std::vector<int64_t>* global_tokens_per_expert = nullptr,
+                      ExecContext context = {}) const;
 
   // grad_logits [T, E] f32 = d/dlogits of (sum grad_weights * topk_weights + the losses).
   // grad_weights: [T, k] f32 (may be null for losses only).
   void backward(const TensorView& logits, const Routing& routing, const TensorView* grad_weights,
                 const RouterLossOptions& loss_options, const TensorView& grad_logits,
-                const std::vector<int64_t>* global_tokens_per_expert = nullptr) const;
+                const std::vector<int64_t>* global_tokens_per_expert = nullptr,
+                ExecContext context = {}) const;
 
  private:
   RouterOptions options_;

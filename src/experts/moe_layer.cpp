@@ -219,10 +219,8 @@ MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
   s.global_load.clear();
   if (s.config.losses.aux_loss_coeff != 0.0) s.global_load = globalLoad(s.group, s.routing.stats);
   if (s.config.losses.aux_loss_coeff != 0.0 || s.config.losses.z_loss_coeff != 0.0) {
-    // The losses read GPU logits through copies on the default stream: order them after ours.
-    if (d.isCuda()) throwIfError(device::synchronize(context.stream));
     result.losses = s.router.losses(s.logits, s.routing, s.config.losses,
-                                    s.global_load.empty() ? nullptr : &s.global_load);
+                                    s.global_load.empty() ? nullptr : &s.global_load, context);
   }
 
   times.route_ms = lap.lap();
@@ -276,13 +274,11 @@ Tensor MoeLayer::backward(const TensorView& grad_out, ExecContext context) {
   times.dispatch_ms = lap.lap();
 
   // The router: logits from the gate's weights and the losses, then the router GEMM's gradients.
-  // On a GPU the router's backward runs on the host through copies on the default stream, which
-  // waits for ours here and has finished writing grad_logits when it returns.
-  if (d.isCuda()) throwIfError(device::synchronize(context.stream));
+  // On a GPU the router's backward runs on the host through copies on our stream.
   Tensor grad_logits = Tensor::empty({T, E}, DType::kF32, d);
   const TensorView grad_w_view = grad_w.view();
   s.router.backward(s.logits, s.routing, &grad_w_view, s.config.losses, grad_logits,
-                    s.global_load.empty() ? nullptr : &s.global_load);
+                    s.global_load.empty() ? nullptr : &s.global_load, context);
   throwIfError(runGroupedGemm(GemmForm::kTN, s.x, grad_logits, asOneExpert(s.grad_router_weight),
                               {T}, {0, T}, 1.0f, context));
   Tensor through_router = Tensor::empty({T, H}, DType::kF32, d);

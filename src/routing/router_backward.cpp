@@ -86,11 +86,11 @@ Status checkLossInputs(const RouterOptions& o, const TensorView& logits, const R
 }
 
 // A host copy of a routing whose tensors live on a GPU (losses and backward run on the CPU).
-Routing routingOnHost(const Routing& routing) {
+Routing routingOnHost(const Routing& routing, ExecContext context) {
   Routing host = routing;
-  host.topk_idx = copyTo(routing.topk_idx.view(), Device::cpu());
-  host.topk_weights = copyTo(routing.topk_weights.view(), Device::cpu());
-  host.selected_idx = copyTo(routing.selected_idx.view(), Device::cpu());
+  host.topk_idx = copyTo(routing.topk_idx.view(), Device::cpu(), context);
+  host.topk_weights = copyTo(routing.topk_weights.view(), Device::cpu(), context);
+  host.selected_idx = copyTo(routing.selected_idx.view(), Device::cpu(), context);
   return host;
 }
 
@@ -102,10 +102,11 @@ bool routingOnCuda(const TensorView& logits, const Routing& routing) {
 }  // namespace
 
 RouterLosses Router::losses(const TensorView& logits, const Routing& routing,
-                            const RouterLossOptions& lo, const std::vector<int64_t>* global) const {
-  if (routingOnCuda(logits, routing)) {  // through host copies, on the default stream
-    const Tensor host_logits = copyTo(logits, Device::cpu());
-    return losses(host_logits.view(), routingOnHost(routing), lo, global);
+                            const RouterLossOptions& lo, const std::vector<int64_t>* global,
+                            ExecContext context) const {
+  if (routingOnCuda(logits, routing)) {  // through host copies, on the context's stream
+    const Tensor host_logits = copyTo(logits, Device::cpu(), context);
+    return losses(host_logits.view(), routingOnHost(routing, context), lo, global);
   }
   throwIfError(checkLossInputs(options_, logits, routing, lo, global));
   const int64_t T = logits.shape[0];
@@ -137,16 +138,17 @@ RouterLosses Router::losses(const TensorView& logits, const Routing& routing,
 
 void Router::backward(const TensorView& logits, const Routing& routing,
                       const TensorView* grad_weights, const RouterLossOptions& lo,
-                      const TensorView& grad_logits, const std::vector<int64_t>* global) const {
+                      const TensorView& grad_logits, const std::vector<int64_t>* global,
+                      ExecContext context) const {
   if (routingOnCuda(logits, routing) || anyCuda({grad_weights, &grad_logits})) {
-    // Through host copies, on the default stream; grad_logits is written only on success.
-    const Tensor host_logits = copyTo(logits, Device::cpu());
+    // Through host copies on the context's stream; grad_logits is written only on success.
+    const Tensor host_logits = copyTo(logits, Device::cpu(), context);
     Tensor host_grad_weights;
-    if (grad_weights != nullptr) host_grad_weights = copyTo(*grad_weights, Device::cpu());
-    HostMirror mirror(ExecContext{});
+    if (grad_weights != nullptr) host_grad_weights = copyTo(*grad_weights, Device::cpu(), context);
+    HostMirror mirror(context);
     TensorView host_grad_logits;
     throwIfError(mirror.output(grad_logits, &host_grad_logits));
-    backward(host_logits.view(), routingOnHost(routing),
+    backward(host_logits.view(), routingOnHost(routing, context),
              grad_weights != nullptr ? &host_grad_weights.view() : nullptr, lo, host_grad_logits,
              global);
     throwIfError(mirror.writeBack());

@@ -49,8 +49,8 @@ GPU_TEST(expert_mlp_cuda_matches_cpu) {
   for (int64_t c : counts) offsets.push_back(offsets.back() + (c + 7) / 8 * 8);
   const int64_t rows = offsets.back() + 3;  // rows past the last block: ignored in, zero out
   const int hidden = 40, ffn = 24;
-  cudaStream_t stream = nullptr;
-  CUDA_OK(cudaStreamCreate(&stream));
+  cudaStream_t stream = nullptr;  // non-blocking: nothing may rely on the default stream
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const ExecContext ctx{stream};
   for (Activation act : {Activation::kSwiGLU, Activation::kGelu}) {
     for (DType dtype : {DType::kF32, DType::kBF16}) {
@@ -119,14 +119,16 @@ GPU_TEST(expert_mlp_cuda_matches_cpu) {
 }
 
 // The whole layer on 2 ranks sharing GPU 0, each with its own stream, against the host layer of
-// the same weights on the same ranks: output, losses, load, every gradient.
+// the same weights on the same ranks: output, losses, load, every gradient. The streams are
+// non-blocking (as PyTorch's are), so work the library put on the default stream instead of the
+// caller's would race and show.
 GPU_TEST(moe_layer_cuda_matches_cpu_on_2_ranks) {
   const int ranks = 2;
   for (bool shared : {false, true}) {
     LocalWorld world(ranks);
     onThreads(ranks, [&](int rank) {
       cudaStream_t stream = nullptr;
-      CUDA_OK(cudaStreamCreate(&stream));
+      CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
       const ExecContext ctx{stream};
       GroupConfig g;
       g.num_experts = 8;
