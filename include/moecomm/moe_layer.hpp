@@ -60,7 +60,7 @@ class MOECOMM_API MoeLayer {
   ExpertMlp* sharedExpert() noexcept;  // nullptr without one
   // Deterministic weights: each global expert's draw depends only on (seed, expert id), so any
   // rank count gives the same model. Uniform in +-1/sqrt(fan_in).
-  void initWeights(uint64_t seed);
+  void initWeights(uint64_t seed, ExecContext context = {});
   void zeroGrad(ExecContext context = {});
 
   // Collective. x [T, H] f32 or bf16 on the config's device; the router and shared expert see x

@@ -133,8 +133,8 @@ class MOECOMM_API Router {
 MOECOMM_API std::vector<int64_t> globalLoad(Group& group, const LoadStats& local);
 
 // Aux-loss-free balancing: bias[e] += rate * sign(mean_load - load[e]). bias: [E] f32, on the
-// host or a GPU (updated through a host copy; waits for the default stream).
+// host or a GPU (updated through a host copy on the context's stream, which it waits for).
 MOECOMM_API void updateExpertBias(const TensorView& bias, const std::vector<int64_t>& load,
-                                  float rate);
+                                  float rate, ExecContext context = {});
 
 }  // namespace moecomm

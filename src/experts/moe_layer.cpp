@@ -82,7 +82,7 @@ void fillUniform(float* p, int64_t count, std::mt19937_64& rng, float bound) {
 
 // Writes a parameter through a host buffer: itself on the host, a copy for a GPU tensor.
 template <typename Fill>
-void writeParameter(const Tensor& p, Fill fill) {
+void writeParameter(const Tensor& p, ExecContext context, Fill fill) {
   if (!p.device().isCuda()) {
     fill(p.as<float>());
     return;
@@ -90,9 +90,9 @@ void writeParameter(const Tensor& p, Fill fill) {
   const Tensor host = Tensor::empty({p.numel()}, DType::kF32);
   fill(host.as<float>());
   throwIfError(device::setDevice(p.device().index));
-  throwIfError(
-      device::copyAsync(p.data(), host.data(), p.bytes(), device::Direction::kToDevice, nullptr));
-  throwIfError(device::synchronize(nullptr));
+  throwIfError(device::copyAsync(p.data(), host.data(), p.bytes(), device::Direction::kToDevice,
+                                 context.stream));
+  throwIfError(device::synchronize(context.stream));
 }
 
 void requireOnLayerDevice(const TensorView& v, Device want, const char* what) {
@@ -153,11 +153,11 @@ ExpertMlp* MoeLayer::sharedExpert() noexcept {
   return state_->shared ? &*state_->shared : nullptr;
 }
 
-void MoeLayer::initWeights(uint64_t seed) {
+void MoeLayer::initWeights(uint64_t seed, ExecContext context) {
   State& s = *state_;
   const GroupConfig& g = s.group.config();
   const int64_t H = g.hidden, E = g.num_experts;
-  writeParameter(s.router_weight, [&](float* p) {
+  writeParameter(s.router_weight, context, [&](float* p) {
     std::mt19937_64 router_rng(seed);
     fillUniform(p, H * E, router_rng, 1.0f / std::sqrt(float(H)));
   });
@@ -172,11 +172,11 @@ void MoeLayer::initWeights(uint64_t seed) {
     };
     std::vector<std::mt19937_64> rngs;
     for (int e = 0; e < c.num_experts; ++e) rngs.push_back(rngOf(e));
-    writeParameter(mlp.w_in(), [&](float* p) {
+    writeParameter(mlp.w_in(), context, [&](float* p) {
       for (int e = 0; e < c.num_experts; ++e)
         fillUniform(p + e * in_size, in_size, rngs[e], 1.0f / std::sqrt(float(c.hidden)));
     });
-    writeParameter(mlp.w_out(), [&](float* p) {
+    writeParameter(mlp.w_out(), context, [&](float* p) {
       for (int e = 0; e < c.num_experts; ++e)
         fillUniform(p + e * out_size, out_size, rngs[e], 1.0f / std::sqrt(float(c.ffn)));
     });

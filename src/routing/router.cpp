@@ -210,7 +210,8 @@ const LoadStats& Router::collectStats(Routing& routing, ExecContext context) con
   return routing.stats;
 }
 
-void updateExpertBias(const TensorView& bias, const std::vector<int64_t>& load, float rate) {
+void updateExpertBias(const TensorView& bias, const std::vector<int64_t>& load, float rate,
+                      ExecContext context) {
   if (bias.dtype != DType::kF32 || bias.ndim != 1 ||
       bias.shape[0] != static_cast<int64_t>(load.size()) ||
       (bias.data == nullptr && !load.empty())) {
@@ -221,12 +222,12 @@ void updateExpertBias(const TensorView& bias, const std::vector<int64_t>& load, 
   if (load.empty()) return;
   if (bias.device.isCuda()) {  // a small vector: updated on the host, between two waits
     throwIfError(device::requireDevice(bias.device.index));
-    const Tensor host = copyTo(bias, Device::cpu());
+    const Tensor host = copyTo(bias, Device::cpu(), context);
     updateExpertBias(host.view(), load, rate);
     throwIfError(device::setDevice(bias.device.index));
     throwIfError(device::copyAsync(bias.data, host.data(), bias.bytes(),
-                                   device::Direction::kToDevice, nullptr));
-    throwIfError(device::synchronize(nullptr));
+                                   device::Direction::kToDevice, context.stream));
+    throwIfError(device::synchronize(context.stream));
     return;
   }
   double mean = 0.0;

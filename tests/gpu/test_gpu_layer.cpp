@@ -148,7 +148,7 @@ GPU_TEST(moe_layer_cuda_matches_cpu_on_2_ranks) {
       lc.device = Device::cuda(0);
       MoeLayer dev(group, lc);
       host.initWeights(11);
-      dev.initWeights(11);
+      dev.initWeights(11, ctx);
       const std::string tag = std::string(shared ? "shared " : "") + "rank " + std::to_string(rank);
       expectClose(host.routerWeight().view(), dev.routerWeight().view(), 0.0f,
                   tag + " initial router weight");
@@ -184,7 +184,7 @@ GPU_TEST(moe_layer_cuda_matches_cpu_on_2_ranks) {
       }
       // The aux-loss-free bias update on a GPU bias equals the host's.
       updateExpertBias(host.expertBias().view(), out_host.stats.tokens_per_expert, 0.01f);
-      updateExpertBias(dev.expertBias().view(), out_dev.stats.tokens_per_expert, 0.01f);
+      updateExpertBias(dev.expertBias().view(), out_dev.stats.tokens_per_expert, 0.01f, ctx);
       expectClose(host.expertBias().view(), dev.expertBias().view(), 0.0f, tag + " expert bias");
       dev.zeroGrad(ctx);
       CUDA_OK(cudaStreamSynchronize(stream));
