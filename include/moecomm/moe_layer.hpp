@@ -26,7 +26,8 @@ struct MoeLayerConfig {
 };
 
 // Where one forward or backward spent its time, in milliseconds (wall clock on this rank; waits
-// for slower ranks land in the communication phases).
+// for slower ranks land in the communication phases). On a GPU these are host times: a phase
+// that only enqueues work looks short and the next wait absorbs it; time the GPU with events.
 struct MoePhaseTimes {
   double route_ms = 0;     // router GEMM, gate, losses (and their backward)
   double dispatch_ms = 0;  // dispatch (backward: dispatchBackward)
