@@ -79,7 +79,8 @@ GPU_TEST(expert_mlp_cuda_matches_cpu) {
       }
       const Tensor x = randomHost({rows, hidden}, dtype);
       const Tensor y_host = host.forward(x.view(), counts, offsets);
-      const Tensor y_dev = dev.forward(onGpu(x, stream).view(), counts, offsets, ctx);
+      const Tensor dx = onGpu(x, stream);  // named: it must outlive the work queued on it
+      const Tensor y_dev = dev.forward(dx.view(), counts, offsets, ctx);
       GPU_CHECK(y_dev.device().isCuda(), tag << ": the output must be on the GPU");
       CUDA_OK(cudaStreamSynchronize(stream));
       expectClose(y_host.view(), y_dev.view(), 1e-4f, tag + " y");
@@ -93,7 +94,8 @@ GPU_TEST(expert_mlp_cuda_matches_cpu) {
       }
       const Tensor gy = randomHost({rows, hidden}, dtype);
       const Tensor gx_host = host.backward(gy.view());
-      const Tensor gx_dev = dev.backward(onGpu(gy, stream).view(), ctx);
+      const Tensor dgy = onGpu(gy, stream);
+      const Tensor gx_dev = dev.backward(dgy.view(), ctx);
       CUDA_OK(cudaStreamSynchronize(stream));
       expectClose(gx_host.view(), gx_dev.view(), 1e-4f, tag + " grad_x");
       expectClose(host.grad_w_in().view(), dev.grad_w_in().view(), 1e-4f, tag + " grad_w_in");
@@ -157,7 +159,8 @@ GPU_TEST(moe_layer_cuda_matches_cpu_on_2_ranks) {
       const int64_t tokens = 40 + 17 * rank;
       const Tensor x = randomHost({tokens, g.hidden}, DType::kF32);
       const MoeOutput out_host = host.forward(x.view());
-      const MoeOutput out_dev = dev.forward(onGpu(x, stream).view(), ctx);
+      const Tensor dx = onGpu(x, stream);  // named: it must outlive the work queued on it
+      const MoeOutput out_dev = dev.forward(dx.view(), ctx);
       GPU_CHECK(out_dev.out.device().isCuda(), tag << ": the output must be on the GPU");
       CUDA_OK(cudaStreamSynchronize(stream));
       GPU_CHECK(out_host.stats.tokens_per_expert == out_dev.stats.tokens_per_expert,
@@ -169,7 +172,8 @@ GPU_TEST(moe_layer_cuda_matches_cpu_on_2_ranks) {
                     << " vs " << out_dev.losses.aux_loss << "/" << out_dev.losses.z_loss);
       const Tensor grad_out = randomHost({tokens, g.hidden}, DType::kBF16);
       const Tensor gx_host = host.backward(grad_out.view());
-      const Tensor gx_dev = dev.backward(onGpu(grad_out, stream).view(), ctx);
+      const Tensor d_grad_out = onGpu(grad_out, stream);
+      const Tensor gx_dev = dev.backward(d_grad_out.view(), ctx);
       CUDA_OK(cudaStreamSynchronize(stream));
       expectClose(gx_host.view(), gx_dev.view(), 2e-4f, tag + " grad_x");
       expectClose(host.gradRouterWeight().view(), dev.gradRouterWeight().view(), 2e-4f,
