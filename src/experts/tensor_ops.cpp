@@ -103,9 +103,11 @@ Status activationBackward(Activation activation, const TensorView& pre, const Te
 }
 
 Status convert(const TensorView& src, const TensorView& dst, ExecContext context) {
-  if (!isRowType(src.dtype) || !isRowType(dst.dtype) || src.numel() != dst.numel()) {
+  if (!isRowType(src.dtype) || !isRowType(dst.dtype) || src.numel() != dst.numel() ||
+      !sameDevice(src.device, dst.device)) {
     return makeError(StatusCode::kInvalidArgument,
-                     "cannot convert {} into {}: both must be f32 or bf16 with the same size",
+                     "cannot convert {} into {}: both must be f32 or bf16 with the same size, on "
+                     "the same device",
                      src.describe(), dst.describe());
   }
   bool gpu = false;
@@ -134,6 +136,12 @@ Status convert(const TensorView& src, const TensorView& dst, ExecContext context
 }
 
 Status addInto(const TensorView& y, const TensorView& x, ExecContext context) {
+  if (y.dtype != DType::kF32 || x.dtype != DType::kF32 || y.numel() != x.numel() ||
+      !sameDevice(y.device, x.device)) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "cannot add {} into {}: both must be f32 of the same size, on the same device",
+                     x.describe(), y.describe());
+  }
   bool gpu = false;
   MOECOMM_RETURN_IF_ERROR(onGpu(y, &gpu));
   const int64_t n = y.numel();

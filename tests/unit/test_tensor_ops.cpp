@@ -62,6 +62,14 @@ TEST(TensorOps, RefusesWhatItCannotConvertAndTouchesNothing) {
   EXPECT_EQ(wrong_size.as<float>()[0], 42.0f);
   Tensor ints = Tensor::empty({4, 4}, DType::kI32);
   EXPECT_EQ(ops::convert(x.view(), ints.view(), {}).code(), StatusCode::kInvalidArgument);
+  // Operands on two devices are refused before either is touched.
+  TensorView on_gpu = wrong_size.view();
+  on_gpu.shape[1] = 4;
+  on_gpu.device = Device::cuda(0);
+  EXPECT_EQ(ops::convert(x.view(), on_gpu, {}).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ops::addInto(on_gpu, x.view(), {}).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ops::addInto(x.view(), wrong_size.view(), {}).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(wrong_size.as<float>()[0], 42.0f);
   // A copy onto another device than the source's is not this function's job.
   Tensor out;
   EXPECT_EQ(ops::copyAs(x.view(), DType::kF32, Device::cuda(0), {}, &out).code(),
