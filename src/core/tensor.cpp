@@ -7,6 +7,7 @@
 
 #include "moecomm/types.hpp"
 #include "src/core/host_cache.hpp"
+#include "src/core/tensor_checks.hpp"
 
 namespace moecomm {
 
@@ -72,8 +73,7 @@ int64_t TensorView::numel() const noexcept {
 std::string TensorView::describe() const {
   std::string dims;
   for (int i = 0; i < ndim; ++i) dims += text::format("{}{}", i ? ", " : "", shape[i]);
-  return text::format("{}[{}] {}", dtypeName(dtype), dims,
-                      device.isCuda() ? text::format("cuda:{}", device.index) : "cpu");
+  return text::format("{}[{}] {}", dtypeName(dtype), dims, deviceName(device));
 }
 
 Tensor Tensor::empty(std::initializer_list<int64_t> shape, DType dtype, Device device) {

@@ -4,6 +4,10 @@
 
 namespace moecomm {
 
+std::string deviceName(Device device) {
+  return device.isCuda() ? text::format("cuda:{}", device.index) : std::string("cpu");
+}
+
 Status checkMatrix(const char* name, const TensorView& view, int64_t rows, int64_t cols,
                    std::initializer_list<DType> dtypes, bool any_device) {
   bool dtype_ok = false;

@@ -3,6 +3,7 @@
 // device picks BLAS or cuBLAS and the CPU or CUDA activation.
 #include "moecomm/experts.hpp"
 #include "src/core/status.hpp"
+#include "src/core/tensor_checks.hpp"
 #include "src/experts/grouped_gemm.hpp"
 #include "src/experts/tensor_ops.hpp"
 
@@ -12,25 +13,6 @@ namespace {
 
 int64_t inColumns(const ExpertMlpConfig& c) {
   return c.activation == Activation::kSwiGLU ? 2 * int64_t{c.ffn} : c.ffn;
-}
-
-std::string deviceName(Device d) {
-  return d.isCuda() ? text::format("cuda:{}", d.index) : std::string("cpu");
-}
-
-// `what`'s values in f32 on its own device: a copy, so that a caller's buffer may be reused
-// before backward.
-Tensor f32Copy(const TensorView& what, ExecContext context) {
-  Tensor out;
-  throwIfError(ops::copyAs(what, DType::kF32, what.device, context, &out));
-  return out;
-}
-
-// The input as f32: itself when it already is (no copy), else a converted copy in `scratch`.
-const TensorView& asF32(const TensorView& v, Tensor& scratch, ExecContext context) {
-  if (v.dtype == DType::kF32) return v;
-  scratch = f32Copy(v, context);
-  return scratch.view();
 }
 
 }  // namespace
@@ -63,12 +45,7 @@ Tensor ExpertMlp::forward(const TensorView& x, const std::vector<int64_t>& count
                 text::format("expert MLP input {} must be f32 or bf16 [rows, {}]", x.describe(),
                              config_.hidden));
   }
-  if (!ops::sameDevice(x.device, config_.device)) {
-    throw Error(StatusCode::kInvalidArgument,
-                text::format("expert MLP input {} is not where the weights are ({}): pass it on "
-                             "ExpertMlpConfig.device",
-                             x.describe(), deviceName(config_.device)));
-  }
+  throwIfError(ops::checkOnDevice("expert MLP input", x, config_.device, "ExpertMlpConfig.device"));
   if (counts.size() != static_cast<size_t>(config_.num_experts)) {
     throw Error(StatusCode::kInvalidArgument, text::format("{} expert counts for {} experts",
                                                            counts.size(), config_.num_experts));
@@ -76,7 +53,7 @@ Tensor ExpertMlp::forward(const TensorView& x, const std::vector<int64_t>& count
   const int64_t R = x.shape[0], F = config_.ffn;
   const Device d = config_.device;
   // Keep the f32 input: a caller's buffer may be reused before backward.
-  Tensor x32 = f32Copy(x, context);
+  Tensor x32 = ops::copyOnDevice(x, DType::kF32, context);
   Tensor pre = Tensor::empty({R, inColumns(config_)}, DType::kF32, d);
   throwIfError(runGroupedGemm(GemmForm::kNN, x32, w_in_, pre, counts, offsets, 0.0f, context));
   Tensor h = Tensor::empty({R, F}, DType::kF32, d);
@@ -107,7 +84,7 @@ Tensor ExpertMlp::backward(const TensorView& grad_y, ExecContext context) {
   const Device d = config_.device;
   // cuBLAS takes A and B of one dtype: the gradient meets f32 weights and activations in f32.
   Tensor g32;
-  const TensorView& g = asF32(grad_y, g32, context);
+  const TensorView& g = ops::asF32(grad_y, g32, context);
   Tensor dh = Tensor::empty({R, F}, DType::kF32, d);
   throwIfError(runGroupedGemm(GemmForm::kNT, g, w_out_, dh, counts_, offsets_, 0.0f, context));
   throwIfError(runGroupedGemm(GemmForm::kTN, h_, g, grad_w_out_, counts_, offsets_, 1.0f, context));

@@ -58,13 +58,6 @@ int ranksOnHost(const Group& group) {
   return 1;
 }
 
-// A copy of v in `dtype` on v's device (ordered on the context's stream).
-Tensor copyAs(const TensorView& v, DType dtype, ExecContext context) {
-  Tensor out;
-  throwIfError(ops::copyAs(v, dtype, v.device, context, &out));
-  return out;
-}
-
 // A matrix [rows, cols] seen as the one expert block [1, rows, cols] of a grouped GEMM.
 TensorView asOneExpert(const Tensor& m) {
   TensorView v = m.view();
@@ -93,16 +86,6 @@ void writeParameter(const Tensor& p, ExecContext context, Fill fill) {
   throwIfError(device::copyAsync(p.data(), host.data(), p.bytes(), device::Direction::kToDevice,
                                  context.stream));
   throwIfError(device::synchronize(context.stream));
-}
-
-void requireOnLayerDevice(const TensorView& v, Device want, const char* what) {
-  if (!ops::sameDevice(v.device, want)) {
-    throw Error(StatusCode::kInvalidArgument,
-                text::format("{} {} is not on the layer's device ({}): pass it on "
-                             "MoeLayerConfig.device",
-                             what, v.describe(),
-                             want.isCuda() ? text::format("cuda:{}", want.index) : "cpu"));
-  }
 }
 
 }  // namespace
@@ -201,13 +184,13 @@ MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
         StatusCode::kInvalidArgument,
         text::format("MoeLayer input {} must be f32 or bf16 [tokens, {}]", x.describe(), g.hidden));
   }
-  requireOnLayerDevice(x, s.config.device, "MoeLayer input");
+  throwIfError(ops::checkOnDevice("MoeLayer input", x, s.config.device, "MoeLayerConfig.device"));
   s.forward_done = false;
   Stopwatch lap;
   MoePhaseTimes times;
   const int64_t T = x.shape[0], E = g.num_experts;
   const Device d = s.config.device;
-  s.x = copyAs(x, DType::kF32, context);
+  s.x = ops::copyOnDevice(x, DType::kF32, context);
   s.logits = Tensor::empty({T, E}, DType::kF32, d);
   throwIfError(runGroupedGemm(GemmForm::kNN, s.x, asOneExpert(s.router_weight), s.logits, {T},
                               {0, T}, 0.0f, context));
@@ -224,7 +207,7 @@ MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
   }
 
   times.route_ms = lap.lap();
-  const Tensor wire = g.dtype == DType::kF32 ? s.x : copyAs(s.x, g.dtype, context);
+  const Tensor wire = g.dtype == DType::kF32 ? s.x : ops::copyOnDevice(s.x, g.dtype, context);
   s.batch = s.dispatcher.dispatch(wire, s.routing.topk_idx, s.routing.topk_weights, context);
   times.dispatch_ms = lap.lap();
   s.y = s.experts.forward(s.batch.x, s.batch.expert_counts, s.batch.expert_offsets, context);
@@ -254,12 +237,13 @@ Tensor MoeLayer::backward(const TensorView& grad_out, ExecContext context) {
                 text::format("grad_out {} must be f32 or bf16 [{}, {}] like the forward's output",
                              grad_out.describe(), T, H));
   }
-  requireOnLayerDevice(grad_out, s.config.device, "grad_out");
+  throwIfError(ops::checkOnDevice("grad_out", grad_out, s.config.device, "MoeLayerConfig.device"));
   Stopwatch lap;
   MoePhaseTimes& times = s.backward_times;
   times = {};
   const Device d = s.config.device;
-  const Tensor g_out = copyAs(grad_out, DType::kF32, context);
+  Tensor g_scratch;
+  const TensorView& g_out = ops::asF32(grad_out, g_scratch, context);
 
   // Combine backward: grad_y = w * grad_out on the expert side, grad_w = <grad_out, y>.
   const int64_t R = s.y.dim(0);

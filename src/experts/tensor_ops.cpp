@@ -6,6 +6,7 @@
 #include "kernels/cpu/activations.hpp"
 #include "kernels/cpu/convert.hpp"
 #include "src/core/device.hpp"
+#include "src/core/tensor_checks.hpp"
 
 #if defined(MOECOMM_HAVE_CUDA)
 #include <cuda_runtime_api.h>
@@ -170,23 +171,34 @@ Status zero(const TensorView& t, ExecContext context) {
 }
 
 Status copyAs(const TensorView& src, DType dtype, Device device, ExecContext context, Tensor* out) {
-  std::vector<int64_t> shape(src.shape, src.shape + src.ndim);
   if (!sameDevice(src.device, device)) {
     return makeError(StatusCode::kInvalidArgument, "{} is not on the device asked for",
                      src.describe());
   }
   try {
-    *out = Tensor::empty(shape, dtype, device);
+    *out = Tensor::empty(std::vector<int64_t>(src.shape, src.shape + src.ndim), dtype, device);
   } catch (const Error& e) {
     return Status(e.code(), e.what());
   }
-  if (dtype != src.dtype) return convert(src, out->view(), context);
-  if (!device.isCuda()) {
-    if (src.bytes() > 0) std::memcpy(out->data(), src.data, src.bytes());
-    return Status::ok();
-  }
-  return device::copyAsync(out->data(), src.data, src.bytes(), device::Direction::kDeviceToDevice,
-                           context.stream);
+  return convert(src, out->view(), context);  // a plain copy when the dtypes match
+}
+
+Status checkOnDevice(const char* what, const TensorView& view, Device want, const char* setting) {
+  if (sameDevice(view.device, want)) return Status::ok();
+  return makeError(StatusCode::kInvalidArgument, "{} {} is not on {}: pass it there, or set {}",
+                   what, view.describe(), deviceName(want), setting);
+}
+
+Tensor copyOnDevice(const TensorView& src, DType dtype, ExecContext context) {
+  Tensor out;
+  throwIfError(copyAs(src, dtype, src.device, context, &out));
+  return out;
+}
+
+const TensorView& asF32(const TensorView& src, Tensor& scratch, ExecContext context) {
+  if (src.dtype == DType::kF32) return src;
+  scratch = copyOnDevice(src, DType::kF32, context);
+  return scratch.view();
 }
 
 }  // namespace moecomm::ops

@@ -34,4 +34,14 @@ inline bool sameDevice(Device a, Device b) {
   return a.kind == b.kind && (!a.isCuda() || a.index == b.index);
 }
 
+// `what` must be on `want`; the message names both devices and `setting`, the option that says
+// where the object lives (e.g. "MoeLayerConfig.device").
+Status checkOnDevice(const char* what, const TensorView& view, Device want, const char* setting);
+
+// For ExpertMlp and MoeLayer, the API edge (they throw moecomm::Error):
+// copyAs on src's own device.
+Tensor copyOnDevice(const TensorView& src, DType dtype, ExecContext context);
+// src as f32: itself when it already is, else a converted copy kept in `scratch`.
+const TensorView& asF32(const TensorView& src, Tensor& scratch, ExecContext context);
+
 }  // namespace moecomm::ops
