@@ -11,6 +11,15 @@
 
 namespace moecomm::testing {
 
+// A [rows, cols] f32 tensor of normal values with standard deviation `stddev`.
+inline Tensor randomNormal(int64_t rows, int64_t cols, unsigned seed, float stddev) {
+  Tensor t = Tensor::empty({rows, cols}, DType::kF32);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  for (int64_t i = 0; i < t.numel(); ++i) t.as<float>()[i] = dist(rng);
+  return t;
+}
+
 // One rank's inputs, as plain vectors. x holds the values exactly as the payload dtype carries
 // them.
 struct RankInputs {

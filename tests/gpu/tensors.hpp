@@ -12,9 +12,11 @@
 #include <initializer_list>
 #include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "moecomm/error.hpp"
 #include "moecomm/types.hpp"
 #include "src/core/numeric.hpp"
 #include "tests/gpu/gpu_test.hpp"
@@ -95,6 +97,17 @@ inline bool closeFloats(const TensorView& want, const TensorView& got, float tol
     if (std::fabs(a - b) > tol * (1.0f + std::fabs(a))) return false;
   }
   return true;
+}
+
+// Whether `call` throws moecomm::Error with `code` and a message holding `text`.
+inline bool throwsWith(const std::function<void()>& call, StatusCode code,
+                       const std::string& text) {
+  try {
+    call();
+  } catch (const Error& e) {
+    return e.code() == code && std::string(e.what()).find(text) != std::string::npos;
+  }
+  return false;
 }
 
 }  // namespace moecomm::gputest

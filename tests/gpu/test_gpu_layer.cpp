@@ -107,14 +107,9 @@ GPU_TEST(expert_mlp_cuda_matches_cpu) {
         GPU_CHECK(zeroed.as<float>()[i] == 0.0f, tag << ": zeroGrad left element " << i);
       }
       // An input on the other device is refused, naming both.
-      bool refused = false;
-      try {
-        (void)dev.forward(x.view(), counts, offsets, ctx);
-      } catch (const Error& e) {
-        refused = e.code() == StatusCode::kInvalidArgument &&
-                  std::string(e.what()).find("cuda:0") != std::string::npos;
-      }
-      GPU_CHECK(refused, tag << ": a host input to GPU experts must be refused");
+      GPU_CHECK(throwsWith([&] { (void)dev.forward(x.view(), counts, offsets, ctx); },
+                           StatusCode::kInvalidArgument, "cuda:0"),
+                tag << ": a host input to GPU experts must be refused");
     }
   }
   CUDA_OK(cudaStreamDestroy(stream));

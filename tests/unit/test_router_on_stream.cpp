@@ -3,24 +3,19 @@
 // under kError) raised by collectStats exactly as route() raises them. The GPU half is in
 // tests/gpu/test_gpu_engine.cpp.
 #include <gtest/gtest.h>
+
 #include <moecomm/moecomm.hpp>
+#include "common/reference.hpp"
 
 #include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
 namespace {
 
-using namespace moecomm;
+using moecomm::testing::randomNormal;
 
-Tensor randomLogits(int64_t tokens, int experts, unsigned seed) {
-  Tensor t = Tensor::empty({tokens, experts}, DType::kF32);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.5f);
-  for (int64_t i = 0; i < t.numel(); ++i) t.as<float>()[i] = dist(rng);
-  return t;
-}
+using namespace moecomm;
 
 RouterOptions withCapacity(OverflowPolicy overflow) {
   RouterOptions o;
@@ -43,7 +38,7 @@ TEST(RouteOnStream, HostLogitsGiveRouteAndItsStatsInTheDocumentedLayout) {
   const int E = 16;
   for (OverflowPolicy overflow : {OverflowPolicy::kDrop, OverflowPolicy::kReroute}) {
     const Router router(withCapacity(overflow));
-    const Tensor logits = randomLogits(200, E, 5);
+    const Tensor logits = randomNormal(200, E, 5, 1.5f);
     const Routing want = router.route(logits.view());
     Routing got = router.routeOnStream(logits.view());
     ASSERT_EQ(std::memcmp(want.topk_idx.data(), got.topk_idx.data(), want.topk_idx.bytes()), 0);
@@ -69,7 +64,7 @@ TEST(RouteOnStream, HostLogitsGiveRouteAndItsStatsInTheDocumentedLayout) {
 TEST(RouteOnStream, CollectStatsRaisesTheDeferredErrors) {
   const int E = 8;
   const Router error_router(withCapacity(OverflowPolicy::kError));
-  const Tensor logits = randomLogits(64, E, 9);
+  const Tensor logits = randomNormal(64, E, 9, 1.5f);
   Routing r = Router(withCapacity(OverflowPolicy::kDrop)).routeOnStream(logits.view());
   r.stats = {};
   int64_t* v = r.device_stats.as<int64_t>();
@@ -105,7 +100,7 @@ TEST(RouteOnStream, MalformedDeviceStatsAreRefused) {
   RouterOptions o;
   o.topk = 1;
   const Router router(o);
-  Routing r = router.routeOnStream(randomLogits(4, 4, 1).view());
+  Routing r = router.routeOnStream(randomNormal(4, 4, 1, 1.5f).view());
   r.stats = {};
   r.device_stats = Tensor::empty({7}, DType::kI64);
   EXPECT_THROW(router.collectStats(r), Error);

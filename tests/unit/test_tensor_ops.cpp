@@ -3,8 +3,8 @@
 // CUDA twins are compared with these through ExpertMlp and MoeLayer in tests/gpu.
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <random>
+#include "common/reference.hpp"
+
 #include <vector>
 
 #include "src/core/numeric.hpp"
@@ -13,16 +13,10 @@
 namespace moecomm {
 namespace {
 
-Tensor randomF32(int64_t rows, int64_t cols, unsigned seed) {
-  Tensor t = Tensor::empty({rows, cols}, DType::kF32);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 3.0f);
-  for (int64_t i = 0; i < t.numel(); ++i) t.as<float>()[i] = dist(rng);
-  return t;
-}
+using moecomm::testing::randomNormal;
 
 TEST(TensorOps, ConvertRoundsLikeTheScalarBf16AndBack) {
-  const Tensor x = randomF32(7, 13, 3);  // odd sizes: no vector-width assumptions
+  const Tensor x = randomNormal(7, 13, 3, 3.0f);  // odd sizes: no vector-width assumptions
   Tensor b;
   ASSERT_TRUE(ops::copyAs(x.view(), DType::kBF16, Device::cpu(), {}, &b).isOk());
   ASSERT_EQ(b.dtype(), DType::kBF16);
@@ -42,8 +36,8 @@ TEST(TensorOps, ConvertRoundsLikeTheScalarBf16AndBack) {
 }
 
 TEST(TensorOps, AddIntoAndZero) {
-  const Tensor a = randomF32(5, 9, 4);
-  const Tensor b = randomF32(5, 9, 5);
+  const Tensor a = randomNormal(5, 9, 4, 3.0f);
+  const Tensor b = randomNormal(5, 9, 5, 3.0f);
   std::vector<float> want(static_cast<size_t>(a.numel()));
   for (int64_t i = 0; i < a.numel(); ++i) want[i] = a.as<float>()[i] + b.as<float>()[i];
   ASSERT_TRUE(ops::addInto(a.view(), b.view(), {}).isOk());
@@ -53,7 +47,7 @@ TEST(TensorOps, AddIntoAndZero) {
 }
 
 TEST(TensorOps, RefusesWhatItCannotConvertAndTouchesNothing) {
-  const Tensor x = randomF32(4, 4, 6);
+  const Tensor x = randomNormal(4, 4, 6, 3.0f);
   Tensor wrong_size = Tensor::empty({4, 5}, DType::kF32);
   wrong_size.as<float>()[0] = 42.0f;
   const Status s = ops::convert(x.view(), wrong_size.view(), {});
