@@ -72,6 +72,10 @@ step build-engine 300 cmake --build "$dir" -j "$(nproc)" --target test_gpu_engin
 step gpu-tests 180 "$dir/tests/gpu/test_gpu_kernels"
 step gpu-engine 240 "$dir/tests/gpu/test_gpu_engine"
 step gpu-layer 120 "$dir/tests/gpu/test_gpu_layer"
+# The engine and layer cases again with every call tensor from the stream-ordered pool.
+step gpu-engine-pool 240 env MOECOMM_CUDA_ALLOCATOR=stream "$dir/tests/gpu/test_gpu_engine" \
+  dispatch_combine
+step gpu-layer-pool 120 env MOECOMM_CUDA_ALLOCATOR=stream "$dir/tests/gpu/test_gpu_layer"
 step gpu-bench 180 "$dir/perf/gpu/bench_gpu_kernels" "$dir/router_logits.bin"
 step engine-bench 180 "$dir/perf/gpu/bench_gpu_engine"
 step torch-router 120 python3 "$root/perf/gpu/torch_router_baseline.py" "$dir/router_logits.bin"
@@ -81,7 +85,8 @@ echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/nul
 printf '%-16s %s\n' step result
 for i in "${!step_names[@]}"; do printf '%-16s %s\n' "${step_names[$i]}" "${step_results[$i]}"; done
 echo
-tests=("$logs/gpu-tests.log" "$logs/gpu-engine.log" "$logs/gpu-layer.log")
+tests=("$logs/gpu-tests.log" "$logs/gpu-engine.log" "$logs/gpu-layer.log" "$logs/gpu-engine-pool.log"
+       "$logs/gpu-layer-pool.log")
 grep -h -A1 '^\[ FAIL \]' "${tests[@]}" 2>/dev/null || true
 grep -h 'GPU test cases passed' "${tests[@]}" 2>/dev/null || true
 grep -h '^RESULT' "$logs/gpu-bench.log" "$logs/engine-bench.log" 2>/dev/null | sed 's/^RESULT //' || true

@@ -88,6 +88,29 @@ MOECOMM_C_API const char* moecommGetErrorString(moecommResult_t result);
 MOECOMM_C_API const char* moecommGetLastError(moecommGroup_t group);
 MOECOMM_C_API moecommResult_t moecommGetVersion(int* version);
 
+/* Where moecomm's GPU tensors get their memory (moecomm::DeviceAllocator, include/moecomm/
+ * allocator.hpp): a framework's caching allocator. It serves the outputs, handles and temporaries
+ * of every call, ordered on the call's stream; parameters always come from cudaMalloc. allocate
+ * returns NULL on failure; release gets the same bytes, device and stream, once, from any thread.
+ * Process-wide, for tensors allocated from now on; NULL restores the default
+ * (MOECOMM_CUDA_ALLOCATOR: sync, cudaMalloc; or stream, a stream-ordered pool). */
+#define MOECOMM_ALLOCATOR_MAGIC 0x4d4f4541u
+typedef struct {
+  size_t size;          /* sizeof(moecommDeviceAllocator_t) as the caller compiled it */
+  unsigned int magic;   /* MOECOMM_ALLOCATOR_MAGIC */
+  unsigned int version; /* MOECOMM_ABI_VERSION */
+  void* (*allocate)(size_t bytes, int device, void* stream, void* context);
+  void (*release)(void* ptr, size_t bytes, int device, void* stream, void* context);
+  void* context;
+  const char* name; /* for error messages (copied); NULL: "application" */
+} moecommDeviceAllocator_t;
+#define MOECOMM_DEVICE_ALLOCATOR_INIT                                                           \
+  {                                                                                             \
+    sizeof(moecommDeviceAllocator_t), MOECOMM_ALLOCATOR_MAGIC, MOECOMM_ABI_VERSION, NULL, NULL, \
+        NULL, NULL                                                                              \
+  }
+MOECOMM_C_API moecommResult_t moecommSetDeviceAllocator(const moecommDeviceAllocator_t* allocator);
+
 MOECOMM_C_API moecommResult_t moecommWorldCreate(int nranks, moecommWorld_t* world);
 MOECOMM_C_API moecommResult_t moecommWorldDestroy(moecommWorld_t world);
 

@@ -1,6 +1,7 @@
 // moecomm: Mixture-of-Experts expert-parallel communication. The whole C++ API.
 #pragma once
 
+#include "moecomm/allocator.hpp"
 #include "moecomm/dispatch.hpp"
 #include "moecomm/error.hpp"
 #include "moecomm/experts.hpp"

@@ -66,14 +66,23 @@ struct MOECOMM_API TensorView {
   }
 };
 
-// An owning tensor in host memory (64-byte aligned) or on a GPU (cudaMalloc). Results the library
-// produces are Tensors; inputs are TensorViews. Copies share the storage.
+// An owning tensor in host memory (64-byte aligned) or on a GPU. Results the library produces are
+// Tensors; inputs are TensorViews. Copies share the storage.
+// On a GPU, without a context: cudaMalloc, usable on any stream (long-lived tensors). With one:
+// from the allocator in force, ordered on the context's stream (include/moecomm/allocator.hpp).
+// zeros waits for its memset either way.
 class MOECOMM_API Tensor {
  public:
   Tensor() = default;
   static Tensor empty(std::initializer_list<int64_t> shape, DType dtype, Device device = {});
   static Tensor empty(const std::vector<int64_t>& shape, DType dtype, Device device = {});
   static Tensor zeros(std::initializer_list<int64_t> shape, DType dtype, Device device = {});
+  static Tensor empty(std::initializer_list<int64_t> shape, DType dtype, Device device,
+                      ExecContext context);
+  static Tensor empty(const std::vector<int64_t>& shape, DType dtype, Device device,
+                      ExecContext context);
+  static Tensor zeros(std::initializer_list<int64_t> shape, DType dtype, Device device,
+                      ExecContext context);
 
   const TensorView& view() const noexcept { return view_; }
   operator const TensorView&() const noexcept { return view_; }  // NOLINT: views are the currency
@@ -90,6 +99,10 @@ class MOECOMM_API Tensor {
   bool defined() const noexcept { return storage_ != nullptr || view_.ndim > 0; }
 
  private:
+  static Tensor make(const std::vector<int64_t>& shape, DType dtype, Device device,
+                     const ExecContext* context);
+  static Tensor zeroed(Tensor t, void* stream);
+
   std::shared_ptr<std::byte> storage_;
   TensorView view_;
 };

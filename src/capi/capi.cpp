@@ -117,9 +117,49 @@ moecomm::GroupConfig readConfig(const moecommConfig_t* config, moecomm::Dispatch
   return out;
 }
 
+// A C allocator's function pointers behind the C++ interface.
+class CAllocator final : public moecomm::DeviceAllocator {
+ public:
+  explicit CAllocator(const moecommDeviceAllocator_t& c)
+      : allocate_(c.allocate),
+        release_(c.release),
+        context_(c.context),
+        name_(c.name != nullptr ? c.name : "application") {}
+  void* allocate(size_t bytes, int device, void* stream) override {
+    return allocate_(bytes, device, stream, context_);
+  }
+  void release(void* ptr, size_t bytes, int device, void* stream) noexcept override {
+    release_(ptr, bytes, device, stream, context_);
+  }
+  const char* name() const noexcept override { return name_.c_str(); }
+
+ private:
+  void* (*allocate_)(size_t, int, void*, void*);
+  void (*release_)(void*, size_t, int, void*, void*);
+  void* context_;
+  std::string name_;
+};
+
 }  // namespace
 
 extern "C" {
+
+moecommResult_t moecommSetDeviceAllocator(const moecommDeviceAllocator_t* allocator) {
+  return guarded(nullptr, [&] {
+    if (allocator == nullptr) {
+      moecomm::setDeviceAllocator(nullptr);
+      return;
+    }
+    require(allocator->magic == MOECOMM_ALLOCATOR_MAGIC,
+            "allocator.magic is wrong; initialize the struct with MOECOMM_DEVICE_ALLOCATOR_INIT");
+    require(allocator->size >= offsetof(moecommDeviceAllocator_t, name) + sizeof(const char*),
+            "allocator.size is too small; initialize the struct with "
+            "MOECOMM_DEVICE_ALLOCATOR_INIT");
+    require(allocator->allocate != nullptr && allocator->release != nullptr,
+            "allocator.allocate and allocator.release must both be set");
+    moecomm::setDeviceAllocator(std::make_shared<CAllocator>(*allocator));
+  });
+}
 
 const char* moecommGetErrorString(moecommResult_t result) {
   if (result < moecommSuccess || result >= moecommNumResults) return "unknown result code";

@@ -1,5 +1,10 @@
 #include "src/core/device.hpp"
 
+#include <exception>
+#include <string>
+
+#include "moecomm/allocator.hpp"
+
 #if defined(MOECOMM_HAVE_CUDA)
 #include <cuda_runtime_api.h>
 
@@ -159,5 +164,41 @@ Status setDevice(int) {
 }
 
 #endif
+
+Status allocateFor(int index, size_t bytes, void* stream, std::shared_ptr<std::byte>* out) {
+  std::shared_ptr<DeviceAllocator> allocator = currentDeviceAllocator();
+  // The built-in allocators need the GPU. An application's is called as it is, with the GPU made
+  // current when there is one (PyTorch's allocates on the current device).
+  const Status usable = requireDevice(index);
+  const bool built_in =
+      allocator == synchronousDeviceAllocator() || allocator == streamOrderedDeviceAllocator();
+  if (built_in) MOECOMM_RETURN_IF_ERROR(usable);
+  if (usable.isOk()) MOECOMM_RETURN_IF_ERROR(setDevice(index));
+  const size_t asked = bytes > 0 ? bytes : 1;
+  void* p = nullptr;
+  std::string why;
+  try {  // an application's allocator may throw (PyTorch's does when out of memory)
+    p = allocator->allocate(asked, index, stream);
+  } catch (const std::exception& e) {
+    why = e.what();
+  } catch (...) {
+    why = "an exception that is not a std::exception";
+  }
+  if (p == nullptr) {
+#if defined(MOECOMM_HAVE_CUDA)
+    if (why.empty() && built_in) why = cudaGetErrorString(cudaGetLastError());
+#endif
+    if (why.empty()) why = "it returned null";
+    return makeError(StatusCode::kSystemError,
+                     "allocating {} bytes on GPU {} with the '{}' allocator failed: {} (free GPU "
+                     "memory, or set another allocator: MOECOMM_CUDA_ALLOCATOR)",
+                     asked, index, allocator->name(), why);
+  }
+  *out = std::shared_ptr<std::byte>(static_cast<std::byte*>(p),
+                                    [allocator, asked, index, stream](std::byte* q) {
+                                      allocator->release(q, asked, index, stream);
+                                    });
+  return Status::ok();
+}
 
 }  // namespace moecomm::device

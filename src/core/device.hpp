@@ -14,8 +14,14 @@ namespace moecomm::device {
 // Fails unless a CUDA device is usable; the message says why (driver, no device, index).
 Status requireDevice(int index);
 
-// Device memory of `bytes` on GPU `index`, released by the returned owner.
+// Long-lived device memory of `bytes` on GPU `index` that any stream may use (cudaMalloc; the
+// returned owner's cudaFree waits for the device): parameters, and buffers peers read.
 Status allocate(int index, size_t bytes, std::shared_ptr<std::byte>* out);
+
+// Device memory for a call ordered on `stream`, from the allocator in force
+// (include/moecomm/allocator.hpp); the owner gives it back to that allocator on the same stream.
+// An application's allocator is called even where no GPU is usable (its tests run anywhere).
+Status allocateFor(int index, size_t bytes, void* stream, std::shared_ptr<std::byte>* out);
 
 // Pinned (page-locked) host memory, so that copies to and from the GPU run at full speed and
 // asynchronously. From a process-wide cache: cudaMallocHost costs milliseconds, so released

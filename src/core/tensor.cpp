@@ -77,10 +77,25 @@ std::string TensorView::describe() const {
 }
 
 Tensor Tensor::empty(std::initializer_list<int64_t> shape, DType dtype, Device device) {
-  return empty(std::vector<int64_t>(shape), dtype, device);
+  return make(std::vector<int64_t>(shape), dtype, device, nullptr);
 }
 
 Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
+  return make(shape, dtype, device, nullptr);
+}
+
+Tensor Tensor::empty(std::initializer_list<int64_t> shape, DType dtype, Device device,
+                     ExecContext context) {
+  return make(std::vector<int64_t>(shape), dtype, device, &context);
+}
+
+Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device,
+                     ExecContext context) {
+  return make(shape, dtype, device, &context);
+}
+
+Tensor Tensor::make(const std::vector<int64_t>& shape, DType dtype, Device device,
+                    const ExecContext* context) {
   Tensor t;
   t.view_.dtype = dtype;
   t.view_.device = device;
@@ -92,7 +107,9 @@ Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device devi
     t.view_.shape[i++] = d;
   }
   if (device.isCuda()) {
-    throwIfError(device::allocate(device.index, t.view_.bytes(), &t.storage_));
+    throwIfError(context != nullptr ? device::allocateFor(device.index, t.view_.bytes(),
+                                                          context->stream, &t.storage_)
+                                    : device::allocate(device.index, t.view_.bytes(), &t.storage_));
     t.view_.data = t.storage_.get();
     return t;
   }
@@ -105,10 +122,18 @@ Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device devi
 }
 
 Tensor Tensor::zeros(std::initializer_list<int64_t> shape, DType dtype, Device device) {
-  Tensor t = empty(shape, dtype, device);
-  if (device.isCuda()) {
-    throwIfError(device::memsetAsync(t.data(), 0, t.bytes(), nullptr));
-    throwIfError(device::synchronize(nullptr));
+  return zeroed(empty(shape, dtype, device), nullptr);
+}
+
+Tensor Tensor::zeros(std::initializer_list<int64_t> shape, DType dtype, Device device,
+                     ExecContext context) {
+  return zeroed(empty(shape, dtype, device, context), context.stream);
+}
+
+Tensor Tensor::zeroed(Tensor t, void* stream) {
+  if (t.device().isCuda()) {
+    throwIfError(device::memsetAsync(t.data(), 0, t.bytes(), stream));
+    throwIfError(device::synchronize(stream));
   } else {
     std::memset(t.data(), 0, t.bytes());
   }
@@ -117,7 +142,7 @@ Tensor Tensor::zeros(std::initializer_list<int64_t> shape, DType dtype, Device d
 
 Tensor copyTo(const TensorView& src, Device device, ExecContext context) {
   std::vector<int64_t> shape(src.shape, src.shape + src.ndim);
-  Tensor out = Tensor::empty(shape, src.dtype, device);
+  Tensor out = Tensor::empty(shape, src.dtype, device, context);
   if (!src.device.isCuda() && !device.isCuda()) {
     if (src.bytes() > 0) std::memcpy(out.data(), src.data, src.bytes());
     return out;

@@ -287,8 +287,9 @@ void Dispatcher::combine(const TensorView& y, const DispatchHandle& handle, cons
 }
 
 Tensor Dispatcher::combine(const TensorView& y, const DispatchHandle& handle, ExecContext context) {
-  Tensor out = Tensor::empty({handle.numTokens(), y.dim(1)},
-                             y.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32, y.device);
+  Tensor out =
+      Tensor::empty({handle.numTokens(), y.dim(1)},
+                    y.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32, y.device, context);
   combine(y, handle, out.view(), context);
   return out;
 }

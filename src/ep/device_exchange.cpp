@@ -153,9 +153,11 @@ Status scratchFor(Dispatcher::State& state, int device, DeviceScratch** out) {
 }
 
 // A device tensor as a Status-returning call (Tensor::empty throws at the API edge).
-Status deviceTensor(std::vector<int64_t> shape, DType dtype, int device, Tensor* out) {
+// Ordered on `stream`: from the allocator in force (peers never read these).
+Status deviceTensor(std::vector<int64_t> shape, DType dtype, int device, void* stream,
+                    Tensor* out) {
   try {
-    *out = Tensor::empty(shape, dtype, Device::cuda(device));
+    *out = Tensor::empty(shape, dtype, Device::cuda(device), ExecContext{stream});
   } catch (const Error& e) {
     return Status(e.code(), e.what());
   }
@@ -314,7 +316,7 @@ Status layoutAndPack(Dispatcher::State& state, DeviceScratch& sc, const TensorVi
   const int E = group.config.num_experts;
   const int64_t T = h.tokens;
   const size_t rb = rowBytes(h.hidden, group.config.dtype);
-  MOECOMM_RETURN_IF_ERROR(deviceTensor({n, T}, DType::kI32, h.device, &h.send_pos));
+  MOECOMM_RETURN_IF_ERROR(deviceTensor({n, T}, DType::kI32, h.device, stream, &h.send_pos));
   // Small outputs side by side: per expert, per rank, rank offsets, two error slots, flags.
   const size_t small_ints = static_cast<size_t>(E + n + (n + 1) + 2);
   MOECOMM_RETURN_IF_ERROR(grow(sc.small, small_ints * 4 + static_cast<size_t>(T * n), h.device));
@@ -454,12 +456,13 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
 
   // Pull every source's rows, then lay them out expert by expert.
   const int64_t rows_in = h->received();
-  Status mid = deviceTensor({rows_in, k}, DType::kI32, h->device, &h->slot_row);
-  if (mid.isOk()) mid = deviceTensor({h->num_rows}, DType::kI32, h->device, &h->row_source);
-  if (mid.isOk()) mid = deviceTensor({h->num_rows}, DType::kF32, h->device, &h->row_weights);
-  if (mid.isOk()) mid = deviceTensor({L + 1}, DType::kI32, h->device, &h->expert_offsets);
+  Status mid = deviceTensor({rows_in, k}, DType::kI32, h->device, stream, &h->slot_row);
+  if (mid.isOk()) mid = deviceTensor({h->num_rows}, DType::kI32, h->device, stream, &h->row_source);
+  if (mid.isOk())
+    mid = deviceTensor({h->num_rows}, DType::kF32, h->device, stream, &h->row_weights);
+  if (mid.isOk()) mid = deviceTensor({L + 1}, DType::kI32, h->device, stream, &h->expert_offsets);
   if (mid.isOk()) {
-    mid = deviceTensor({h->num_rows, h->hidden}, group.config.dtype, h->device, &batch.x);
+    mid = deviceTensor({h->num_rows, h->hidden}, group.config.dtype, h->device, stream, &batch.x);
   }
   if (mid.isOk()) mid = grow(sc->recv_rows, static_cast<size_t>(rows_in) * rb, h->device);
   if (mid.isOk()) mid = grow(sc->recv_experts, static_cast<size_t>(rows_in * k) * 4, h->device);

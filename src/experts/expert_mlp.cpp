@@ -54,11 +54,11 @@ Tensor ExpertMlp::forward(const TensorView& x, const std::vector<int64_t>& count
   const Device d = config_.device;
   // Keep the f32 input: a caller's buffer may be reused before backward.
   Tensor x32 = ops::copyOnDevice(x, DType::kF32, context);
-  Tensor pre = Tensor::empty({R, inColumns(config_)}, DType::kF32, d);
+  Tensor pre = Tensor::empty({R, inColumns(config_)}, DType::kF32, d, context);
   throwIfError(runGroupedGemm(GemmForm::kNN, x32, w_in_, pre, counts, offsets, 0.0f, context));
-  Tensor h = Tensor::empty({R, F}, DType::kF32, d);
+  Tensor h = Tensor::empty({R, F}, DType::kF32, d, context);
   throwIfError(ops::activationForward(config_.activation, pre, h, context));
-  Tensor y = Tensor::empty({R, config_.hidden}, DType::kF32, d);
+  Tensor y = Tensor::empty({R, config_.hidden}, DType::kF32, d, context);
   throwIfError(runGroupedGemm(GemmForm::kNN, h, w_out_, y, counts, offsets, 0.0f, context));
   x_ = std::move(x32);
   pre_ = std::move(pre);
@@ -85,14 +85,14 @@ Tensor ExpertMlp::backward(const TensorView& grad_y, ExecContext context) {
   // cuBLAS takes A and B of one dtype: the gradient meets f32 weights and activations in f32.
   Tensor g32;
   const TensorView& g = ops::asF32(grad_y, g32, context);
-  Tensor dh = Tensor::empty({R, F}, DType::kF32, d);
+  Tensor dh = Tensor::empty({R, F}, DType::kF32, d, context);
   throwIfError(runGroupedGemm(GemmForm::kNT, g, w_out_, dh, counts_, offsets_, 0.0f, context));
   throwIfError(runGroupedGemm(GemmForm::kTN, h_, g, grad_w_out_, counts_, offsets_, 1.0f, context));
-  Tensor dpre = Tensor::empty({R, inColumns(config_)}, DType::kF32, d);
+  Tensor dpre = Tensor::empty({R, inColumns(config_)}, DType::kF32, d, context);
   throwIfError(ops::activationBackward(config_.activation, pre_, dh, dpre, context));
   throwIfError(
       runGroupedGemm(GemmForm::kTN, x_, dpre, grad_w_in_, counts_, offsets_, 1.0f, context));
-  Tensor dx = Tensor::empty({R, config_.hidden}, DType::kF32, d);
+  Tensor dx = Tensor::empty({R, config_.hidden}, DType::kF32, d, context);
   throwIfError(runGroupedGemm(GemmForm::kNT, dpre, w_in_, dx, counts_, offsets_, 0.0f, context));
   return dx;
 }

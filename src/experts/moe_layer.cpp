@@ -191,7 +191,7 @@ MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
   const int64_t T = x.shape[0], E = g.num_experts;
   const Device d = s.config.device;
   s.x = ops::copyOnDevice(x, DType::kF32, context);
-  s.logits = Tensor::empty({T, E}, DType::kF32, d);
+  s.logits = Tensor::empty({T, E}, DType::kF32, d, context);
   throwIfError(runGroupedGemm(GemmForm::kNN, s.x, asOneExpert(s.router_weight), s.logits, {T},
                               {0, T}, 0.0f, context));
   const TensorView bias = s.expert_bias.view();
@@ -247,25 +247,25 @@ Tensor MoeLayer::backward(const TensorView& grad_out, ExecContext context) {
 
   // Combine backward: grad_y = w * grad_out on the expert side, grad_w = <grad_out, y>.
   const int64_t R = s.y.dim(0);
-  Tensor grad_y = Tensor::empty({R, H}, DType::kF32, d);
-  Tensor grad_w = Tensor::empty({T, k}, DType::kF32, d);
+  Tensor grad_y = Tensor::empty({R, H}, DType::kF32, d, context);
+  Tensor grad_w = Tensor::empty({T, k}, DType::kF32, d, context);
   s.dispatcher.combineBackward(g_out, s.y, s.batch.handle, grad_y, grad_w, context);
   times.combine_ms = lap.lap();
   Tensor grad_rows = s.experts.backward(grad_y, context);
   times.experts_ms = lap.lap();
-  Tensor grad_x = Tensor::empty({T, H}, DType::kF32, d);
+  Tensor grad_x = Tensor::empty({T, H}, DType::kF32, d, context);
   s.dispatcher.dispatchBackward(grad_rows, s.batch.handle, grad_x, context);
   times.dispatch_ms = lap.lap();
 
   // The router: logits from the gate's weights and the losses, then the router GEMM's gradients.
   // On a GPU the router's backward runs on the host through copies on our stream.
-  Tensor grad_logits = Tensor::empty({T, E}, DType::kF32, d);
+  Tensor grad_logits = Tensor::empty({T, E}, DType::kF32, d, context);
   const TensorView grad_w_view = grad_w.view();
   s.router.backward(s.logits, s.routing, &grad_w_view, s.config.losses, grad_logits,
                     s.global_load.empty() ? nullptr : &s.global_load, context);
   throwIfError(runGroupedGemm(GemmForm::kTN, s.x, grad_logits, asOneExpert(s.grad_router_weight),
                               {T}, {0, T}, 1.0f, context));
-  Tensor through_router = Tensor::empty({T, H}, DType::kF32, d);
+  Tensor through_router = Tensor::empty({T, H}, DType::kF32, d, context);
   throwIfError(runGroupedGemm(GemmForm::kNT, grad_logits, asOneExpert(s.router_weight),
                               through_router, {T}, {0, T}, 0.0f, context));
   throwIfError(ops::addInto(grad_x, through_router, context));

@@ -176,7 +176,8 @@ Status copyAs(const TensorView& src, DType dtype, Device device, ExecContext con
                      src.describe());
   }
   try {
-    *out = Tensor::empty(std::vector<int64_t>(src.shape, src.shape + src.ndim), dtype, device);
+    *out = Tensor::empty(std::vector<int64_t>(src.shape, src.shape + src.ndim), dtype, device,
+                         context);
   } catch (const Error& e) {
     return Status(e.code(), e.what());
   }

@@ -71,9 +71,9 @@ Routing routeOnDeviceNoWait(const Router& router, const TensorView& logits, cons
   const Device dev = logits.device;
   auto stream = static_cast<cudaStream_t>(context.stream);
   Routing routing;
-  routing.topk_idx = Tensor::empty({tokens, k}, DType::kI32, dev);
-  routing.topk_weights = Tensor::empty({tokens, k}, DType::kF32, dev);
-  routing.selected_idx = Tensor::empty({tokens, k}, DType::kI32, dev);
+  routing.topk_idx = Tensor::empty({tokens, k}, DType::kI32, dev, context);
+  routing.topk_weights = Tensor::empty({tokens, k}, DType::kF32, dev, context);
+  routing.selected_idx = Tensor::empty({tokens, k}, DType::kI32, dev, context);
   // Scratch is stream-ordered (cudaMallocAsync, freed with cudaFreeAsync when `scratch` goes), so
   // returning before the kernels finish neither waits (cudaFree would) nor frees memory in use.
   cuda::StreamScratch scratch(stream);
@@ -130,7 +130,7 @@ Routing routeOnDeviceNoWait(const Router& router, const TensorView& logits, cons
         "the expert count");
   }
   // Everything the host will want, in one vector, without waiting for it.
-  routing.device_stats = Tensor::empty({deviceStatsSize(experts)}, DType::kI64, dev);
+  routing.device_stats = Tensor::empty({deviceStatsSize(experts)}, DType::kI64, dev, context);
   cuda::StatsInputs in;
   in.demand = counts;
   in.reroute_load = reroute_load;

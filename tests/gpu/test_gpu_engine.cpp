@@ -8,6 +8,7 @@
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "kernels/cuda/capacity.hpp"
+#include "moecomm/allocator.hpp"
 #include "moecomm/dispatch.hpp"
 #include "moecomm/error.hpp"
 #include "moecomm/experts.hpp"
@@ -22,6 +24,7 @@
 #include "moecomm/router.hpp"
 #include "src/core/numeric.hpp"
 #include "src/routing/capacity.hpp"
+#include "tests/common/ledger_allocator.hpp"
 #include "tests/gpu/gpu_test.hpp"
 #include "tests/gpu/tensors.hpp"
 
@@ -318,88 +321,94 @@ void dispatchCombineRanks(const EngineCase& c) {
       [&](int rank) {
         cudaStream_t stream = nullptr;
         CUDA_OK(cudaStreamCreate(&stream));
-        const ExecContext ctx{stream};
-        GroupConfig config;
-        config.num_experts = experts;
-        config.hidden = static_cast<int>(hidden);
-        config.dtype = DType::kBF16;
-        config.topk = topk;
-        config.transport = c.transport;
-        Group group = Group::create(world, rank, config);
-        Dispatcher host_d(group, c.options);
-        Dispatcher dev_d(group, c.options);
-        const int64_t tokens = rank == 1 ? 0 : 50 + 13 * rank;  // rank 1 sends nothing
-        const Tensor x = randomHost({tokens, hidden}, DType::kBF16);
-        Tensor idx = Tensor::empty({tokens, topk}, c.idx_dtype);
-        std::vector<int32_t> perm(experts);
-        std::mt19937 local_rng(static_cast<unsigned>(rank + 1));
-        for (int64_t t = 0; t < tokens; ++t) {
-          for (int e = 0; e < experts; ++e) perm[e] = e;
-          std::shuffle(perm.begin(), perm.end(), local_rng);
-          if (t % 5 == 0)
-            std::swap(perm[0], *std::find(perm.begin(), perm.end(), 0));  // a hot expert
-          for (int j = 0; j < topk; ++j) {
-            const int32_t e = (t + j) % 7 == 0 ? -1 : perm[j];
-            if (c.idx_dtype == DType::kI32) {
-              idx.as<int32_t>()[t * topk + j] = e;
-            } else {
-              idx.as<int64_t>()[t * topk + j] = e;
+        // Every tensor of the call dies in this scope, before its stream: a stream-ordered
+        // allocator gives memory back on the stream it was taken on.
+        {
+          const ExecContext ctx{stream};
+          GroupConfig config;
+          config.num_experts = experts;
+          config.hidden = static_cast<int>(hidden);
+          config.dtype = DType::kBF16;
+          config.topk = topk;
+          config.transport = c.transport;
+          Group group = Group::create(world, rank, config);
+          Dispatcher host_d(group, c.options);
+          Dispatcher dev_d(group, c.options);
+          const int64_t tokens = rank == 1 ? 0 : 50 + 13 * rank;  // rank 1 sends nothing
+          const Tensor x = randomHost({tokens, hidden}, DType::kBF16);
+          Tensor idx = Tensor::empty({tokens, topk}, c.idx_dtype);
+          std::vector<int32_t> perm(experts);
+          std::mt19937 local_rng(static_cast<unsigned>(rank + 1));
+          for (int64_t t = 0; t < tokens; ++t) {
+            for (int e = 0; e < experts; ++e) perm[e] = e;
+            std::shuffle(perm.begin(), perm.end(), local_rng);
+            if (t % 5 == 0)
+              std::swap(perm[0], *std::find(perm.begin(), perm.end(), 0));  // a hot expert
+            for (int j = 0; j < topk; ++j) {
+              const int32_t e = (t + j) % 7 == 0 ? -1 : perm[j];
+              if (c.idx_dtype == DType::kI32) {
+                idx.as<int32_t>()[t * topk + j] = e;
+              } else {
+                idx.as<int64_t>()[t * topk + j] = e;
+              }
             }
           }
+          Tensor w = Tensor::empty({tokens, topk}, DType::kF32);
+          for (int64_t i = 0; i < tokens * topk; ++i) {
+            w.as<float>()[i] = 0.1f + 0.01f * static_cast<float>(i % 17);
+          }
+          const Tensor dx = onGpu(x, stream), didx = onGpu(idx, stream), dw = onGpu(w, stream);
+          const std::string tag = "ranks=" + std::to_string(ranks) + " rank " +
+                                  std::to_string(rank) +
+                                  (c.idx_dtype == DType::kI32 ? " native" : " staged");
+
+          const ExpertBatch hb = host_d.dispatch(x.view(), idx.view(), w.view());
+          const ExpertBatch db = dev_d.dispatch(dx.view(), didx.view(), dw.view(), ctx);
+          GPU_CHECK(db.handle.onDevice() == (c.idx_dtype == DType::kI32),
+                    tag << ": the wrong path ran (onDevice " << db.handle.onDevice() << ")");
+          GPU_CHECK(db.x.device().isCuda() && db.row_weights.device().isCuda(),
+                    tag << ": the batch of CUDA inputs must be on the GPU");
+          GPU_CHECK(sameBytes(hb.x.view(), onHost(db.x.view()).view()),
+                    tag << ": dispatched rows differ");
+          GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
+                    tag << ": row weights differ");
+          GPU_CHECK(hb.expert_counts == db.expert_counts &&
+                        hb.expert_offsets == db.expert_offsets &&
+                        hb.tokens_from_rank == db.tokens_from_rank &&
+                        hb.expert_demand == db.expert_demand && hb.refused == db.refused,
+                    tag << ": layout differs");
+
+          // Combine with the rows themselves as the expert output.
+          const Tensor host_out = host_d.combine(hb.x.view(), hb.handle);
+          Tensor dev_out = poisoned({tokens, hidden}, DType::kBF16);
+          dev_d.combine(db.x.view(), db.handle, dev_out.view(), ctx);
+          GPU_CHECK(sameBytes(host_out.view(), onHost(dev_out.view()).view()),
+                    tag << ": combine differs");
+
+          // Backward of dispatch and of combine.
+          Tensor host_gx = Tensor::empty({tokens, hidden}, DType::kBF16);
+          Tensor dev_gx = poisoned({tokens, hidden}, DType::kBF16);
+          host_d.dispatchBackward(hb.x.view(), hb.handle, host_gx.view());
+          dev_d.dispatchBackward(db.x.view(), db.handle, dev_gx.view(), ctx);
+          GPU_CHECK(sameBytes(host_gx.view(), onHost(dev_gx.view()).view()),
+                    tag << ": dispatch backward differs");
+          const Tensor grad_out = randomHost({tokens, hidden}, DType::kBF16);
+          const Tensor d_grad_out = onGpu(grad_out, stream);
+          const int64_t rows = hb.x.dim(0);
+          Tensor host_gy = Tensor::empty({rows, hidden}, DType::kBF16);
+          Tensor host_gw = Tensor::empty({tokens, topk}, DType::kF32);
+          Tensor dev_gy = poisoned({rows, hidden}, DType::kBF16);
+          Tensor dev_gw = poisoned({tokens, topk}, DType::kF32);
+          host_d.combineBackward(grad_out.view(), hb.x.view(), hb.handle, host_gy.view(),
+                                 host_gw.view());
+          dev_d.combineBackward(d_grad_out.view(), db.x.view(), db.handle, dev_gy.view(),
+                                dev_gw.view(), ctx);
+          GPU_CHECK(sameBytes(host_gy.view(), onHost(dev_gy.view()).view()),
+                    tag << ": combine backward grad_y differs");
+          // The dots sum in f64 in another order on the GPU: equal up to the last f32 bit.
+          GPU_CHECK(closeFloats(host_gw.view(), onHost(dev_gw.view()).view(), 1e-6f),
+                    tag << ": combine backward grad_weights differs");
         }
-        Tensor w = Tensor::empty({tokens, topk}, DType::kF32);
-        for (int64_t i = 0; i < tokens * topk; ++i) {
-          w.as<float>()[i] = 0.1f + 0.01f * static_cast<float>(i % 17);
-        }
-        const Tensor dx = onGpu(x, stream), didx = onGpu(idx, stream), dw = onGpu(w, stream);
-        const std::string tag = "ranks=" + std::to_string(ranks) + " rank " + std::to_string(rank) +
-                                (c.idx_dtype == DType::kI32 ? " native" : " staged");
-
-        const ExpertBatch hb = host_d.dispatch(x.view(), idx.view(), w.view());
-        const ExpertBatch db = dev_d.dispatch(dx.view(), didx.view(), dw.view(), ctx);
-        GPU_CHECK(db.handle.onDevice() == (c.idx_dtype == DType::kI32),
-                  tag << ": the wrong path ran (onDevice " << db.handle.onDevice() << ")");
-        GPU_CHECK(db.x.device().isCuda() && db.row_weights.device().isCuda(),
-                  tag << ": the batch of CUDA inputs must be on the GPU");
-        GPU_CHECK(sameBytes(hb.x.view(), onHost(db.x.view()).view()),
-                  tag << ": dispatched rows differ");
-        GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
-                  tag << ": row weights differ");
-        GPU_CHECK(hb.expert_counts == db.expert_counts && hb.expert_offsets == db.expert_offsets &&
-                      hb.tokens_from_rank == db.tokens_from_rank &&
-                      hb.expert_demand == db.expert_demand && hb.refused == db.refused,
-                  tag << ": layout differs");
-
-        // Combine with the rows themselves as the expert output.
-        const Tensor host_out = host_d.combine(hb.x.view(), hb.handle);
-        Tensor dev_out = poisoned({tokens, hidden}, DType::kBF16);
-        dev_d.combine(db.x.view(), db.handle, dev_out.view(), ctx);
-        GPU_CHECK(sameBytes(host_out.view(), onHost(dev_out.view()).view()),
-                  tag << ": combine differs");
-
-        // Backward of dispatch and of combine.
-        Tensor host_gx = Tensor::empty({tokens, hidden}, DType::kBF16);
-        Tensor dev_gx = poisoned({tokens, hidden}, DType::kBF16);
-        host_d.dispatchBackward(hb.x.view(), hb.handle, host_gx.view());
-        dev_d.dispatchBackward(db.x.view(), db.handle, dev_gx.view(), ctx);
-        GPU_CHECK(sameBytes(host_gx.view(), onHost(dev_gx.view()).view()),
-                  tag << ": dispatch backward differs");
-        const Tensor grad_out = randomHost({tokens, hidden}, DType::kBF16);
-        const Tensor d_grad_out = onGpu(grad_out, stream);
-        const int64_t rows = hb.x.dim(0);
-        Tensor host_gy = Tensor::empty({rows, hidden}, DType::kBF16);
-        Tensor host_gw = Tensor::empty({tokens, topk}, DType::kF32);
-        Tensor dev_gy = poisoned({rows, hidden}, DType::kBF16);
-        Tensor dev_gw = poisoned({tokens, topk}, DType::kF32);
-        host_d.combineBackward(grad_out.view(), hb.x.view(), hb.handle, host_gy.view(),
-                               host_gw.view());
-        dev_d.combineBackward(d_grad_out.view(), db.x.view(), db.handle, dev_gy.view(),
-                              dev_gw.view(), ctx);
-        GPU_CHECK(sameBytes(host_gy.view(), onHost(dev_gy.view()).view()),
-                  tag << ": combine backward grad_y differs");
-        // The dots sum in f64 in another order on the GPU: equal up to the last f32 bit.
-        GPU_CHECK(closeFloats(host_gw.view(), onHost(dev_gw.view()).view(), 1e-6f),
-                  tag << ": combine backward grad_weights differs");
         CUDA_OK(cudaStreamDestroy(stream));
       },
       nccl);
@@ -420,6 +429,48 @@ GPU_TEST(dispatch_combine_cuda_tensors_on_1_2_4_8_ranks) {
     dispatchCombineRanks({ranks, DType::kI32, capped});
     dispatchCombineRanks({ranks, DType::kI32, padded});
   }
+}
+
+// The same engine cases with the call tensors from the built-in stream-ordered pool and from an
+// application's allocator: the results must not change, and every block goes back.
+GPU_TEST(dispatch_combine_with_stream_ordered_and_application_allocators) {
+  DispatchOptions aligned;
+  aligned.expert_alignment = 4;
+  // An application's allocator over cudaMallocAsync that follows every block.
+  auto ledger = std::make_shared<testing::LedgerAllocator>(
+      [](size_t bytes, void* stream) {
+        void* p = nullptr;
+        return cudaMallocAsync(&p, bytes, static_cast<cudaStream_t>(stream)) == cudaSuccess
+                   ? p
+                   : nullptr;
+      },
+      [](void* p, void* stream) { cudaFreeAsync(p, static_cast<cudaStream_t>(stream)); });
+  for (const std::shared_ptr<DeviceAllocator>& allocator :
+       {streamOrderedDeviceAllocator(), std::shared_ptr<DeviceAllocator>(ledger)}) {
+    std::printf("         allocator: %s\n", allocator->name());
+    setDeviceAllocator(allocator);
+    try {
+      for (int ranks : {1, 2, 4}) dispatchCombineRanks({ranks, DType::kI32, aligned});
+      dispatchCombineRanks({2, DType::kI64, aligned});  // staged: outputs copied to the GPU
+      const Tensor logits = onGpu(randomHost({300, 64}, DType::kF32));
+      RouterOptions o;
+      o.topk = 4;
+      o.capacity_factor = 1.0;
+      o.overflow = OverflowPolicy::kReroute;
+      const Routing r = Router(o).route(logits.view());
+      GPU_CHECK(r.topk_idx.device().isCuda(), "the routing must stay on the GPU");
+    } catch (...) {
+      setDeviceAllocator(nullptr);
+      throw;
+    }
+    setDeviceAllocator(nullptr);
+  }
+  CUDA_OK(cudaDeviceSynchronize());
+  const testing::LedgerAllocator::Counts c = ledger->counts();
+  GPU_CHECK(c.allocations > 0, "the application's allocator was never called");
+  GPU_CHECK(c.live == 0, c.live << " blocks of " << c.allocations << " never went back");
+  GPU_CHECK(c.mismatches == 0,
+            c.mismatches << " releases with other bytes, GPU or stream than allocated");
 }
 
 // The nccl transport with one rank per GPU (as many as this machine has), against the CPU engine.

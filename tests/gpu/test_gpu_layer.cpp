@@ -126,70 +126,75 @@ GPU_TEST(moe_layer_cuda_matches_cpu_on_2_ranks) {
     onThreads(ranks, [&](int rank) {
       cudaStream_t stream = nullptr;
       CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-      const ExecContext ctx{stream};
-      GroupConfig g;
-      g.num_experts = 8;
-      g.hidden = 64;
-      g.dtype = DType::kBF16;
-      g.topk = 2;
-      g.transport = "local";
-      Group group = Group::create(world, rank, g);
-      MoeLayerConfig lc;
-      lc.ffn = 32;
-      lc.shared_ffn = shared ? 16 : 0;
-      lc.router.topk = 2;
-      lc.losses.aux_loss_coeff = 0.01;
-      lc.losses.z_loss_coeff = 0.001;
-      lc.dispatch.expert_alignment = 8;
-      MoeLayer host(group, lc);
-      lc.device = Device::cuda(0);
-      MoeLayer dev(group, lc);
-      host.initWeights(11);
-      dev.initWeights(11, ctx);
-      const std::string tag = std::string(shared ? "shared " : "") + "rank " + std::to_string(rank);
-      expectClose(host.routerWeight().view(), dev.routerWeight().view(), 0.0f,
-                  tag + " initial router weight");
-      expectClose(host.experts().w_in().view(), dev.experts().w_in().view(), 0.0f,
-                  tag + " initial w_in");
-      const int64_t tokens = 40 + 17 * rank;
-      const Tensor x = randomHost({tokens, g.hidden}, DType::kF32);
-      const MoeOutput out_host = host.forward(x.view());
-      const Tensor dx = onGpu(x, stream);  // named: it must outlive the work queued on it
-      const MoeOutput out_dev = dev.forward(dx.view(), ctx);
-      GPU_CHECK(out_dev.out.device().isCuda(), tag << ": the output must be on the GPU");
-      CUDA_OK(cudaStreamSynchronize(stream));
-      GPU_CHECK(out_host.stats.tokens_per_expert == out_dev.stats.tokens_per_expert,
-                tag << ": the routing differs (a near-tie in the logits?)");
-      expectClose(out_host.out.view(), out_dev.out.view(), 2e-4f, tag + " out");
-      GPU_CHECK(std::fabs(out_host.losses.aux_loss - out_dev.losses.aux_loss) <= 1e-5 &&
-                    std::fabs(out_host.losses.z_loss - out_dev.losses.z_loss) <= 1e-5,
-                tag << ": losses " << out_host.losses.aux_loss << "/" << out_host.losses.z_loss
-                    << " vs " << out_dev.losses.aux_loss << "/" << out_dev.losses.z_loss);
-      const Tensor grad_out = randomHost({tokens, g.hidden}, DType::kBF16);
-      const Tensor gx_host = host.backward(grad_out.view());
-      const Tensor d_grad_out = onGpu(grad_out, stream);
-      const Tensor gx_dev = dev.backward(d_grad_out.view(), ctx);
-      CUDA_OK(cudaStreamSynchronize(stream));
-      expectClose(gx_host.view(), gx_dev.view(), 2e-4f, tag + " grad_x");
-      expectClose(host.gradRouterWeight().view(), dev.gradRouterWeight().view(), 2e-4f,
-                  tag + " router weight gradient");
-      expectClose(host.experts().grad_w_in().view(), dev.experts().grad_w_in().view(), 2e-4f,
-                  tag + " experts' grad_w_in");
-      expectClose(host.experts().grad_w_out().view(), dev.experts().grad_w_out().view(), 2e-4f,
-                  tag + " experts' grad_w_out");
-      if (shared) {
-        expectClose(host.sharedExpert()->grad_w_in().view(), dev.sharedExpert()->grad_w_in().view(),
-                    2e-4f, tag + " shared grad_w_in");
-      }
-      // The aux-loss-free bias update on a GPU bias equals the host's.
-      updateExpertBias(host.expertBias().view(), out_host.stats.tokens_per_expert, 0.01f);
-      updateExpertBias(dev.expertBias().view(), out_dev.stats.tokens_per_expert, 0.01f, ctx);
-      expectClose(host.expertBias().view(), dev.expertBias().view(), 0.0f, tag + " expert bias");
-      dev.zeroGrad(ctx);
-      CUDA_OK(cudaStreamSynchronize(stream));
-      const Tensor zeroed = onHost(dev.gradRouterWeight().view());
-      for (int64_t i = 0; i < zeroed.numel(); ++i) {
-        GPU_CHECK(zeroed.as<float>()[i] == 0.0f, tag << ": zeroGrad left element " << i);
+      // The layers and every tensor die in this scope, before their stream: a stream-ordered
+      // allocator gives memory back on the stream it was taken on.
+      {
+        const ExecContext ctx{stream};
+        GroupConfig g;
+        g.num_experts = 8;
+        g.hidden = 64;
+        g.dtype = DType::kBF16;
+        g.topk = 2;
+        g.transport = "local";
+        Group group = Group::create(world, rank, g);
+        MoeLayerConfig lc;
+        lc.ffn = 32;
+        lc.shared_ffn = shared ? 16 : 0;
+        lc.router.topk = 2;
+        lc.losses.aux_loss_coeff = 0.01;
+        lc.losses.z_loss_coeff = 0.001;
+        lc.dispatch.expert_alignment = 8;
+        MoeLayer host(group, lc);
+        lc.device = Device::cuda(0);
+        MoeLayer dev(group, lc);
+        host.initWeights(11);
+        dev.initWeights(11, ctx);
+        const std::string tag =
+            std::string(shared ? "shared " : "") + "rank " + std::to_string(rank);
+        expectClose(host.routerWeight().view(), dev.routerWeight().view(), 0.0f,
+                    tag + " initial router weight");
+        expectClose(host.experts().w_in().view(), dev.experts().w_in().view(), 0.0f,
+                    tag + " initial w_in");
+        const int64_t tokens = 40 + 17 * rank;
+        const Tensor x = randomHost({tokens, g.hidden}, DType::kF32);
+        const MoeOutput out_host = host.forward(x.view());
+        const Tensor dx = onGpu(x, stream);  // named: it must outlive the work queued on it
+        const MoeOutput out_dev = dev.forward(dx.view(), ctx);
+        GPU_CHECK(out_dev.out.device().isCuda(), tag << ": the output must be on the GPU");
+        CUDA_OK(cudaStreamSynchronize(stream));
+        GPU_CHECK(out_host.stats.tokens_per_expert == out_dev.stats.tokens_per_expert,
+                  tag << ": the routing differs (a near-tie in the logits?)");
+        expectClose(out_host.out.view(), out_dev.out.view(), 2e-4f, tag + " out");
+        GPU_CHECK(std::fabs(out_host.losses.aux_loss - out_dev.losses.aux_loss) <= 1e-5 &&
+                      std::fabs(out_host.losses.z_loss - out_dev.losses.z_loss) <= 1e-5,
+                  tag << ": losses " << out_host.losses.aux_loss << "/" << out_host.losses.z_loss
+                      << " vs " << out_dev.losses.aux_loss << "/" << out_dev.losses.z_loss);
+        const Tensor grad_out = randomHost({tokens, g.hidden}, DType::kBF16);
+        const Tensor gx_host = host.backward(grad_out.view());
+        const Tensor d_grad_out = onGpu(grad_out, stream);
+        const Tensor gx_dev = dev.backward(d_grad_out.view(), ctx);
+        CUDA_OK(cudaStreamSynchronize(stream));
+        expectClose(gx_host.view(), gx_dev.view(), 2e-4f, tag + " grad_x");
+        expectClose(host.gradRouterWeight().view(), dev.gradRouterWeight().view(), 2e-4f,
+                    tag + " router weight gradient");
+        expectClose(host.experts().grad_w_in().view(), dev.experts().grad_w_in().view(), 2e-4f,
+                    tag + " experts' grad_w_in");
+        expectClose(host.experts().grad_w_out().view(), dev.experts().grad_w_out().view(), 2e-4f,
+                    tag + " experts' grad_w_out");
+        if (shared) {
+          expectClose(host.sharedExpert()->grad_w_in().view(),
+                      dev.sharedExpert()->grad_w_in().view(), 2e-4f, tag + " shared grad_w_in");
+        }
+        // The aux-loss-free bias update on a GPU bias equals the host's.
+        updateExpertBias(host.expertBias().view(), out_host.stats.tokens_per_expert, 0.01f);
+        updateExpertBias(dev.expertBias().view(), out_dev.stats.tokens_per_expert, 0.01f, ctx);
+        expectClose(host.expertBias().view(), dev.expertBias().view(), 0.0f, tag + " expert bias");
+        dev.zeroGrad(ctx);
+        CUDA_OK(cudaStreamSynchronize(stream));
+        const Tensor zeroed = onHost(dev.gradRouterWeight().view());
+        for (int64_t i = 0; i < zeroed.numel(); ++i) {
+          GPU_CHECK(zeroed.as<float>()[i] == 0.0f, tag << ": zeroGrad left element " << i);
+        }
       }
       CUDA_OK(cudaStreamDestroy(stream));
     });

@@ -7,12 +7,14 @@
 #include <string>
 #include <vector>
 
+#include "common/gpu_usable.hpp"
 #include "common/rank_runner.hpp"
 #include "moecomm/moecomm.hpp"
 
 namespace moecomm {
 namespace {
 
+using testing::gpuUsable;
 using testing::runThreads;
 
 // A view that claims to be on GPU 0 over host memory: with no usable GPU it must never be read.
@@ -20,15 +22,6 @@ TensorView fakeCuda(std::vector<float>& host, int64_t rows, int64_t cols) {
   TensorView v = TensorView::matrix(host.data(), DType::kF32, rows, cols);
   v.device = Device::cuda(0);
   return v;
-}
-
-bool gpuUsable() {
-  try {
-    (void)Tensor::empty({1}, DType::kF32, Device::cuda(0));
-    return true;
-  } catch (const Error&) {
-    return false;
-  }
 }
 
 TEST(CudaTensors, AllocationWithoutAGpuSaysWhy) {
