@@ -43,6 +43,11 @@ struct ExpertMlpConfig {
   int num_experts = 0;  // experts held here (a rank's local experts)
   Activation activation = Activation::kSwiGLU;
   Device device{};  // where the weights and gradients live; forward's input must be there too
+  // The GEMMs' operands. kF32: as they are. kBF16: every operand (input, weights, activation,
+  // gradients) rounded to bf16 first and accumulated in f32: cuBLAS's tensor cores on a GPU,
+  // the same arithmetic through BLAS on the host. Weights, gradients and the activation
+  // function's inputs and outputs stay f32 either way.
+  DType compute_dtype = DType::kF32;
 };
 
 // The MLPs of num_experts experts, weights in one contiguous f32 allocation per matrix:
@@ -73,7 +78,8 @@ class MOECOMM_API ExpertMlp {
   Tensor w_in_, w_out_, grad_w_in_, grad_w_out_;
   // Saved by forward.
   std::vector<int64_t> counts_, offsets_;
-  Tensor x_, pre_, h_;  // f32: input rows, pre-activation [R, F or 2F], activation [R, F]
+  Tensor x_, pre_, h_;  // input rows and activation [R, F] in compute_dtype; pre-activation f32
+  Tensor w_in_c_, w_out_c_;  // the weights as bf16 operands (compute_dtype kBF16 only)
 };
 
 }  // namespace moecomm

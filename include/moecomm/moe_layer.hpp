@@ -23,6 +23,9 @@ struct MoeLayerConfig {
   RouterLossOptions losses;
   DispatchOptions dispatch;
   Device device{};  // where parameters, gradients and activations live; inputs must be there too
+  // The routed and shared experts' GEMM operands (ExpertMlpConfig::compute_dtype): f32, or bf16
+  // with f32 accumulation. The router GEMM stays f32: top-k choices are sensitive to rounding.
+  DType compute_dtype = DType::kF32;
 };
 
 // Where one forward or backward spent its time, in milliseconds (wall clock on this rank; waits

@@ -44,7 +44,8 @@ struct MoeLayer::State {
 namespace {
 
 ExpertMlpConfig expertConfig(const Group& group, const MoeLayerConfig& c) {
-  return {group.config().hidden, c.ffn, group.localExperts(), c.activation, c.device};
+  return {group.config().hidden, c.ffn,    group.localExperts(),
+          c.activation,          c.device, c.compute_dtype};
 }
 
 // Ranks that run BLAS on this host at the same time.
@@ -109,7 +110,8 @@ MoeLayer::MoeLayer(Group& group, const MoeLayerConfig& config) {
   s.grad_router_weight = Tensor::zeros({g.hidden, g.num_experts}, DType::kF32, d);
   s.expert_bias = Tensor::zeros({g.num_experts}, DType::kF32, d);
   if (config.shared_ffn > 0)
-    s.shared.emplace(ExpertMlpConfig{g.hidden, config.shared_ffn, 1, config.activation, d});
+    s.shared.emplace(ExpertMlpConfig{g.hidden, config.shared_ffn, 1, config.activation, d,
+                                     config.compute_dtype});
   cpu::setGemmThreads(defaultGemmThreads(ranksOnHost(group)));
 }
 

@@ -196,9 +196,10 @@ Tensor copyOnDevice(const TensorView& src, DType dtype, ExecContext context) {
   return out;
 }
 
-const TensorView& asF32(const TensorView& src, Tensor& scratch, ExecContext context) {
-  if (src.dtype == DType::kF32) return src;
-  scratch = copyOnDevice(src, DType::kF32, context);
+const TensorView& asDtype(const TensorView& src, DType dtype, Tensor& scratch,
+                          ExecContext context) {
+  if (src.dtype == dtype) return src;
+  scratch = copyOnDevice(src, dtype, context);
   return scratch.view();
 }
 

@@ -41,7 +41,10 @@ Status checkOnDevice(const char* what, const TensorView& view, Device want, cons
 // For ExpertMlp and MoeLayer, the API edge (they throw moecomm::Error):
 // copyAs on src's own device.
 Tensor copyOnDevice(const TensorView& src, DType dtype, ExecContext context);
-// src as f32: itself when it already is, else a converted copy kept in `scratch`.
-const TensorView& asF32(const TensorView& src, Tensor& scratch, ExecContext context);
+// src as `dtype`: itself when it already is, else a converted copy kept in `scratch`.
+const TensorView& asDtype(const TensorView& src, DType dtype, Tensor& scratch, ExecContext context);
+inline const TensorView& asF32(const TensorView& src, Tensor& scratch, ExecContext context) {
+  return asDtype(src, DType::kF32, scratch, context);
+}
 
 }  // namespace moecomm::ops

@@ -361,6 +361,53 @@ TEST(MoeLayer, AllTokensOnOneExpertAndIdleExperts) {
   });
 }
 
+// compute_dtype reaches the routed and the shared experts: the bf16 layer's outputs and
+// gradients stay within bf16 rounding of the f32 layer's, and are not the f32 layer's.
+TEST(MoeLayer, Bf16ComputeReachesEveryExpert) {
+  runRanks(2, [](RankWorld& world, int rank) {
+    Group group = world.group(rank, {8, 32, DType::kBF16, 2, 20000, "local"});
+    MoeLayerConfig lc;
+    lc.ffn = 16;
+    lc.shared_ffn = 8;
+    lc.router.topk = 2;
+    MoeLayer f32(group, lc);
+    lc.compute_dtype = DType::kBF16;
+    MoeLayer bf16(group, lc);
+    EXPECT_EQ(bf16.experts().config().compute_dtype, DType::kBF16);
+    ASSERT_NE(bf16.sharedExpert(), nullptr);
+    EXPECT_EQ(bf16.sharedExpert()->config().compute_dtype, DType::kBF16);
+    f32.initWeights(3);
+    bf16.initWeights(3);
+    std::mt19937 rng(static_cast<unsigned>(40 + rank));
+    std::normal_distribution<float> normal;
+    std::vector<float> x(21 * 32), g(21 * 32);
+    for (float& v : x) v = normal(rng);
+    for (float& v : g) v = normal(rng);
+    const TensorView xv = TensorView::matrix(x.data(), DType::kF32, 21, 32);
+    const TensorView gv = TensorView::matrix(g.data(), DType::kF32, 21, 32);
+    // Both layers route alike: the router GEMM is f32 in both.
+    const MoeOutput a = f32.forward(xv);
+    const MoeOutput b = bf16.forward(xv);
+    EXPECT_EQ(a.stats.tokens_per_expert, b.stats.tokens_per_expert);
+    const Tensor ga = f32.backward(gv);
+    const Tensor gb = bf16.backward(gv);
+    auto compare = [&](const Tensor& want, const Tensor& got, const char* what) {
+      double worst = 0, largest = 0;
+      for (int64_t i = 0; i < want.numel(); ++i) {
+        worst = std::max(worst, double(std::fabs(want.as<float>()[i] - got.as<float>()[i])));
+        largest = std::max(largest, double(std::fabs(want.as<float>()[i])));
+      }
+      EXPECT_GT(worst, 0.0) << what << ": bf16 compute gave the f32 result bit for bit";
+      EXPECT_LT(worst, 3e-2 * largest) << what << ": further from f32 than bf16 rounding goes";
+    };
+    compare(a.out, b.out, "output");
+    compare(ga, gb, "grad_x");
+    compare(f32.experts().grad_w_in(), bf16.experts().grad_w_in(), "experts' grad_w_in");
+    compare(f32.sharedExpert()->grad_w_out(), bf16.sharedExpert()->grad_w_out(),
+            "shared grad_w_out");
+  });
+}
+
 TEST(MoeLayer, BadConfigAndCallOrderAreClearErrors) {
   runRanks(1, [](RankWorld& world, int rank) {
     Group group = world.group(rank, {4, 8, DType::kF32, 2, 20000, "local"});

@@ -4,7 +4,10 @@
 // in another order in cuBLAS than in BLAS, so values agree to a tolerance, not bit for bit.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -13,6 +16,7 @@
 #include "moecomm/group.hpp"
 #include "moecomm/moe_layer.hpp"
 #include "moecomm/router.hpp"
+#include "tests/common/bf16_grid.hpp"
 #include "tests/gpu/gpu_test.hpp"
 #include "tests/gpu/tensors.hpp"
 
@@ -110,6 +114,95 @@ GPU_TEST(expert_mlp_cuda_matches_cpu) {
       GPU_CHECK(throwsWith([&] { (void)dev.forward(x.view(), counts, offsets, ctx); },
                            StatusCode::kInvalidArgument, "cuda:0"),
                 tag << ": a host input to GPU experts must be refused");
+    }
+  }
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
+// compute_dtype bf16 on the GPU (cuBLAS bf16 operands, f32 accumulation) against the same on
+// the host (tests/unit/test_bf16_compute.cpp holds that to an f64 reference). On the grid data
+// both compute the pre-activations exactly; the GPU's expf may differ from the host's by an ulp,
+// which can move an activation across a bf16 rounding boundary and shift that row a little, so
+// almost every element must match tightly and all of them loosely. An f32 GPU layer misses the
+// tight bound almost everywhere, so the check sees whether the GPU rounded.
+GPU_TEST(expert_mlp_bf16_compute_matches_cpu) {
+  const std::vector<int64_t> counts = {5, 0, 19, 1};
+  std::vector<int64_t> offsets = {0};
+  for (int64_t c : counts) offsets.push_back(offsets.back() + (c + 7) / 8 * 8);
+  const int64_t rows = offsets.back() + 3;
+  const int hidden = 40, ffn = 24;
+  cudaStream_t stream = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  {
+    const ExecContext ctx{stream};
+    for (Activation act : {Activation::kSwiGLU, Activation::kGelu}) {
+      const std::string tag = act == Activation::kSwiGLU ? "swiglu" : "gelu";
+      ExpertMlpConfig config{hidden, ffn, static_cast<int>(counts.size()), act};
+      config.compute_dtype = DType::kBF16;
+      const int64_t E = config.num_experts;
+      const int64_t in_cols = act == Activation::kSwiGLU ? 2 * ffn : ffn;
+      std::mt19937 grid_rng(act == Activation::kSwiGLU ? 11u : 12u);
+      auto grid = [&](std::initializer_list<int64_t> shape) {
+        Tensor t = Tensor::empty(shape, DType::kF32);
+        const std::vector<float> v = testing::gridValues(static_cast<size_t>(t.numel()), grid_rng);
+        std::memcpy(t.data(), v.data(), v.size() * sizeof(float));
+        return t;
+      };
+      const Tensor w_in = grid({E, hidden, in_cols}), w_out = grid({E, ffn, hidden});
+      const Tensor x = grid({rows, hidden}), gy = grid({rows, hidden});
+      ExpertMlp host(config);
+      setParameter(host.w_in(), w_in);
+      setParameter(host.w_out(), w_out);
+      const Tensor y_host = host.forward(x.view(), counts, offsets);
+      const Tensor gx_host = host.backward(gy.view());
+      for (DType compute : {DType::kBF16, DType::kF32}) {
+        ExpertMlpConfig dev_config = config;
+        dev_config.device = Device::cuda(0);
+        dev_config.compute_dtype = compute;
+        ExpertMlp dev(dev_config);
+        setParameter(dev.w_in(), w_in);
+        setParameter(dev.w_out(), w_out);
+        const Tensor dx = onGpu(x, stream), dgy = onGpu(gy, stream);
+        const Tensor y_dev = dev.forward(dx.view(), counts, offsets, ctx);
+        const Tensor gx_dev = dev.backward(dgy.view(), ctx);
+        CUDA_OK(cudaStreamSynchronize(stream));
+        struct Pair {
+          const char* what;
+          const Tensor* want;
+          const Tensor* got;
+        };
+        for (const Pair& p : {Pair{"y", &y_host, &y_dev}, Pair{"grad_x", &gx_host, &gx_dev},
+                              Pair{"grad_w_in", &host.grad_w_in(), &dev.grad_w_in()},
+                              Pair{"grad_w_out", &host.grad_w_out(), &dev.grad_w_out()}}) {
+          const Tensor want = onHost(p.want->view());
+          const Tensor got = onHost(p.got->view());
+          float largest = 0;
+          for (int64_t i = 0; i < want.numel(); ++i) {
+            largest = std::max(largest, std::fabs(want.as<float>()[i]));
+          }
+          // Zeros on both sides (padding, idle experts) count for neither side.
+          int64_t tight = 0, counted = 0;
+          float worst = 0;
+          for (int64_t i = 0; i < want.numel(); ++i) {
+            const float a = want.as<float>()[i], b = got.as<float>()[i];
+            if (a == 0.0f && b == 0.0f) continue;
+            const float d = std::fabs(a - b);
+            worst = std::max(worst, d);
+            ++counted;
+            if (d <= 1e-5f * largest) ++tight;
+          }
+          GPU_CHECK(counted > 0, tag << " " << p.what << ": all zeros");
+          const double share = double(tight) / double(counted);
+          if (compute == DType::kBF16) {
+            GPU_CHECK(share >= 0.95 && worst <= 2e-2f * largest,
+                      tag << " " << p.what << ": " << share * 100 << "% within 1e-5, worst "
+                          << worst << " of " << largest);
+          } else {
+            GPU_CHECK(share < 0.5, tag << " " << p.what << ": the f32 GPU layer matched the bf16 "
+                                       << "host layer on " << share * 100 << "% of elements");
+          }
+        }
+      }
     }
   }
   CUDA_OK(cudaStreamDestroy(stream));
