@@ -69,8 +69,8 @@ class MOECOMM_API MoeLayer {
 
   // Collective. x [T, H] f32 or bf16 on the config's device; the router and shared expert see x
   // in f32, the routed experts see it in the group's wire dtype. On a GPU the work is ordered on
-  // the context's stream; the router and dispatch wait for it as docs/cuda.md says, and so do
-  // the balancing losses and the router's backward, which run on the host.
+  // the context's stream; the router, dispatch and the balancing losses wait for it as
+  // docs/cuda.md says.
   MoeOutput forward(const TensorView& x, ExecContext context = {});
   // Collective. grad_out [T, H] f32 or bf16 of the last forward -> grad_x [T, H] f32. Adds into
   // every parameter gradient: router weight, local experts, shared expert.

@@ -111,8 +111,10 @@ class MOECOMM_API Router {
 
   // The balancing losses of a routing. With `global_tokens_per_expert` (summed over the group, see
   // globalLoad) f_e uses the global counts; otherwise this rank's.
-  // On CUDA tensors both run on the host through copies ordered on the context's stream, and
-  // wait for them.
+  // With every tensor on one GPU both run there, one thread per token, on the context's stream:
+  // losses waits for its per-token terms (they sum on the host in token order); backward does not
+  // wait, and does not look for non-finite logits again (route() did): their rows get
+  // non-finite gradients. Tensors on mixed devices go through host copies, and wait.
   RouterLosses losses(const TensorView& logits, const Routing& routing,
                       const RouterLossOptions& loss_options,
                       const std::vector<int64_t>* global_tokens_per_expert = nullptr,

@@ -260,7 +260,7 @@ Tensor MoeLayer::backward(const TensorView& grad_out, ExecContext context) {
   times.dispatch_ms = lap.lap();
 
   // The router: logits from the gate's weights and the losses, then the router GEMM's gradients.
-  // On a GPU the router's backward runs on the host through copies on our stream.
+  // On a GPU the router's backward is a kernel on our stream (kernels/cuda/router_grad.cu).
   Tensor grad_logits = Tensor::empty({T, E}, DType::kF32, d, context);
   const TensorView grad_w_view = grad_w.view();
   s.router.backward(s.logits, s.routing, &grad_w_view, s.config.losses, grad_logits,

@@ -108,25 +108,63 @@ GPU_TEST(router_on_gpu_matches_cpu) {
           dev.stats.dropped == host.stats.dropped && dev.stats.rerouted == host.stats.rerouted,
           c.name << ": dropped/rerouted differ");
     }
-    // Losses and backward on GPU tensors equal the host computation on the same routing.
-    const RouterLossOptions lo{0.01, 0, 0.001};
+    // Losses and backward on GPU tensors (the per-token kernels) against the host on the same
+    // routing: the same f64 code, so equal up to the last bits of exp and log. The aux loss
+    // over the whole batch, per sequence chunk, and with the group's global counts; the
+    // backward with and without the weights' gradient.
     Routing dev_on_host = dev;
     dev_on_host.topk_idx = idx;
     dev_on_host.topk_weights = w;
     dev_on_host.selected_idx = onHost(dev.selected_idx.view());
-    const RouterLosses l_host = router.losses(logits.view(), dev_on_host, lo);
-    const RouterLosses l_dev = router.losses(d_logits.view(), dev, lo);
-    GPU_CHECK(l_host.aux_loss == l_dev.aux_loss && l_host.z_loss == l_dev.z_loss,
-              c.name << ": losses differ");
+    std::vector<int64_t> global(static_cast<size_t>(c.experts));
+    for (int e = 0; e < c.experts; ++e) global[e] = 3 * e + 1;
     const Tensor grad_w = randomHost({tokens, c.options.topk}, DType::kF32);
     const Tensor d_grad_w = onGpu(grad_w);
-    Tensor g_host = Tensor::empty({tokens, c.experts}, DType::kF32);
-    Tensor g_dev = poisoned({tokens, c.experts}, DType::kF32);
-    router.backward(logits.view(), dev_on_host, &grad_w.view(), lo, g_host.view());
-    router.backward(d_logits.view(), dev, &d_grad_w.view(), lo, g_dev.view());
-    GPU_CHECK(sameBytes(g_host.view(), onHost(g_dev.view()).view()),
-              c.name << ": router backward differs");
+    struct LossCase {
+      RouterLossOptions lo;
+      const std::vector<int64_t>* global;
+      bool weights;
+    };
+    for (const LossCase& lc :
+         {LossCase{{0.01, 0, 0.001}, nullptr, true}, LossCase{{0.02, 300, 0.0}, nullptr, true},
+          LossCase{{0.01, 0, 0.002}, &global, false}, LossCase{{0.0, 0, 0.0}, nullptr, true}}) {
+      const std::string tag = std::string(c.name) + " aux " + std::to_string(lc.lo.aux_loss_coeff) +
+                              " seq " + std::to_string(lc.lo.aux_seq_len) +
+                              (lc.global != nullptr ? " global" : "") +
+                              (lc.weights ? "" : " no weights");
+      const RouterLosses l_host = router.losses(logits.view(), dev_on_host, lc.lo, lc.global);
+      const RouterLosses l_dev = router.losses(d_logits.view(), dev, lc.lo, lc.global);
+      GPU_CHECK(std::fabs(l_host.aux_loss - l_dev.aux_loss) <= 1e-12 * std::fabs(l_host.aux_loss) &&
+                    std::fabs(l_host.z_loss - l_dev.z_loss) <= 1e-12 * std::fabs(l_host.z_loss),
+                tag << ": losses " << l_dev.aux_loss << "/" << l_dev.z_loss << " vs host "
+                    << l_host.aux_loss << "/" << l_host.z_loss);
+      Tensor g_host = Tensor::empty({tokens, c.experts}, DType::kF32);
+      Tensor g_dev = poisoned({tokens, c.experts}, DType::kF32);
+      router.backward(logits.view(), dev_on_host, lc.weights ? &grad_w.view() : nullptr, lc.lo,
+                      g_host.view(), lc.global);
+      router.backward(d_logits.view(), dev, lc.weights ? &d_grad_w.view() : nullptr, lc.lo,
+                      g_dev.view(), lc.global);
+      GPU_CHECK(closeFloats(g_host.view(), onHost(g_dev.view()).view(), 1e-6f),
+                tag << ": router backward differs");
+    }
   }
+}
+
+// Router::losses on GPU logits raises a non-finite logit naming its row, as the host does.
+GPU_TEST(router_losses_on_gpu_refuse_non_finite_logits) {
+  RouterOptions o;
+  o.topk = 2;
+  const Router router(o);
+  Tensor logits = randomHost({16, 8}, DType::kF32);
+  const Routing r = router.route(onGpu(logits).view());
+  logits.as<float>()[9 * 8 + 4] = std::numeric_limits<float>::infinity();
+  const Tensor d_logits = onGpu(logits);
+  GPU_CHECK(throwsWith(
+                [&] {
+                  (void)router.losses(d_logits.view(), r, {0.01, 0, 0.001});
+                },
+                StatusCode::kInvalidArgument, "row 9"),
+            "an infinite logit in row 9 must fail the losses naming the row");
 }
 
 // The capacity kernel against the CPU's applyCapacity on the same gate output, bit for bit:

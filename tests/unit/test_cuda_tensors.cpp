@@ -4,10 +4,13 @@
 // it) instead of leaving the peers waiting. Skipped where a GPU is usable: tests/gpu covers that.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common/gpu_usable.hpp"
+#include "common/ledger_allocator.hpp"
 #include "common/rank_runner.hpp"
 #include "moecomm/moecomm.hpp"
 
@@ -83,6 +86,44 @@ TEST(CudaTensors, RouterRefusesCudaLogitsWithoutAGpu) {
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), StatusCode::kInvalidUsage) << e.what();
   }
+}
+
+// The losses and the backward of a routing wholly on a (missing) GPU take the device path, which
+// says why before touching any pointer; grad_logits keeps what it held. The routing's "GPU"
+// tensors are host memory from an application allocator: nothing may read them.
+TEST(CudaTensors, RouterLossesAndBackwardOnAMissingGpuSayWhy) {
+  if (gpuUsable()) GTEST_SKIP() << "a GPU is usable here";
+  RouterOptions o;
+  o.topk = 2;
+  const Router router(o);
+  std::vector<float> logits(8 * 16, 0.5f), grad(8 * 16, 7.0f), grad_w(16, 1.0f);
+  const Routing host = router.route(TensorView::matrix(logits.data(), DType::kF32, 8, 16));
+  setDeviceAllocator(std::make_shared<testing::LedgerAllocator>(
+      [](size_t bytes, void*) { return std::malloc(bytes); },
+      [](void* p, void*) { std::free(p); }));
+  Routing on_gpu = host;
+  on_gpu.topk_idx = Tensor::empty({8, 2}, DType::kI32, Device::cuda(0), ExecContext{});
+  on_gpu.selected_idx = Tensor::empty({8, 2}, DType::kI32, Device::cuda(0), ExecContext{});
+  on_gpu.topk_weights = Tensor::empty({8, 2}, DType::kF32, Device::cuda(0), ExecContext{});
+  setDeviceAllocator(nullptr);
+  const TensorView d_logits = fakeCuda(logits, 8, 16);
+  const TensorView d_grad = fakeCuda(grad, 8, 16);
+  const TensorView d_grad_w = fakeCuda(grad_w, 8, 2);
+  for (bool losses : {true, false}) {
+    try {
+      if (losses) {
+        (void)router.losses(d_logits, on_gpu, {0.01, 0, 0.001});
+      } else {
+        router.backward(d_logits, on_gpu, &d_grad_w, {0.01, 0, 0.001}, d_grad);
+      }
+      FAIL() << (losses ? "losses" : "backward") << " of GPU logits without a GPU must throw";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), StatusCode::kInvalidUsage) << e.what();
+      EXPECT_NE(std::string(e.what()).find("a CUDA tensor was passed"), std::string::npos)
+          << e.what();
+    }
+  }
+  for (float v : grad) ASSERT_EQ(v, 7.0f) << "grad_logits was written";
 }
 
 TEST(CudaTensors, DispatchFailsOnEveryRankNotJustTheOneWithTheCudaTensor) {
