@@ -12,6 +12,11 @@ namespace moecomm {
 inline constexpr int kFp8BlockSize = 128;
 inline constexpr float kFp8E4M3Max = 448.0f;
 
+// Scales per row of `hidden` values: ceil(hidden / 128).
+inline constexpr int64_t fp8ScaleBlocks(int64_t hidden) {
+  return (hidden + kFp8BlockSize - 1) / kFp8BlockSize;
+}
+
 MOECOMM_API uint16_t floatToBf16(float value) noexcept;
 MOECOMM_API float bf16ToFloat(uint16_t bits) noexcept;
 MOECOMM_API uint16_t floatToF16(float value) noexcept;

@@ -90,7 +90,9 @@ __global__ void unpackKernel(const void* recv, const float* recv_weights, int to
       const void* src = static_cast<const char*>(recv) + (slot / topk) * row_bytes;
       copyRowUnits<Unit>(dst, src, row_bytes, static_cast<int>(threadIdx.x), blockDim.x);
     }
-    if (threadIdx.x == 0) row_weights[row] = slot < 0 ? 0.0f : recv_weights[slot];
+    if (threadIdx.x == 0 && row_weights != nullptr) {
+      row_weights[row] = slot < 0 ? 0.0f : recv_weights[slot];
+    }
   }
 }
 

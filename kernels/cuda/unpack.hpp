@@ -35,7 +35,8 @@ cudaError_t planUnpack(const int32_t* recv_experts, int64_t rows_in, int topk,
 
 // out[row] = recv[row_source[row] / k] and row_weights[row] = recv_weights[row_source[row]] for
 // the layout's rows; padding rows get zeros and weight 0. Rows past the layout (up to max_rows)
-// are left as they are. Rows are row_bytes long (any size).
+// are left as they are. Rows are row_bytes long (any size). With row_weights null (a second
+// payload laid out by the same plan) only the rows are written.
 cudaError_t unpackRows(const void* recv, const float* recv_weights, int topk, int64_t row_bytes,
                        const UnpackPlan& plan, int local_experts, int64_t max_rows, void* out,
                        float* row_weights, cudaStream_t stream);

@@ -20,6 +20,7 @@
 #include "kernels/cuda/combine.hpp"
 #include "kernels/cuda/layout.hpp"
 #include "kernels/cuda/unpack.hpp"
+#include "moecomm/quant.hpp"
 #include "src/core/device.hpp"
 #include "src/core/tensor_checks.hpp"
 #include "src/ep/expert_layout.hpp"
@@ -63,6 +64,7 @@ struct DeviceScratch {
   int device = -1;
   Buffer send_rows, send_experts, send_weights, recv_rows, recv_experts, recv_weights, partial,
       back, grad, small;
+  Buffer send_scales, recv_scales;      // FP8 dispatch: each row's f32 scales, a second payload
   std::array<cudaEvent_t, 3> events{};  // per round: what this rank published is ready
 
   ~DeviceScratch();
@@ -121,8 +123,9 @@ struct PeerMessage {
   uint64_t rows = 0;  // device pointer
   uint64_t experts = 0;
   uint64_t weights = 0;
-  uint64_t event = 0;  // cudaEvent_t
-  int64_t count = 0;   // rows
+  uint64_t event = 0;   // cudaEvent_t
+  int64_t count = 0;    // rows
+  uint64_t scales = 0;  // device pointer to the rows' FP8 scales (FP8 dispatch only)
 };
 
 Status cudaStatus(cudaError_t status, const char* what) {
@@ -286,10 +289,21 @@ Status readyRound(Dispatcher::State& state, WireOp op, uint64_t sequence, int ph
   return round(state, op, sequence, phase, local, sizeof(PeerMessage), [](int, std::byte*) {});
 }
 
-Status checkDispatchInputs(const Group::Impl& group, const TensorView& x, const TensorView& idx,
-                           const TensorView& w) {
+Status checkDispatchInputs(const Group::Impl& group, const TensorView& x, const TensorView* scales,
+                           const TensorView& idx, const TensorView& w) {
   const GroupConfig& c = group.config;
   MOECOMM_RETURN_IF_ERROR(checkMatrix("x", x, -1, c.hidden, {c.dtype}, true));
+  if ((scales != nullptr) != (c.dtype == DType::kFP8E4M3)) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "x_scales go with fp8e4m3 groups, and fp8e4m3 groups need them; this group's "
+                     "dtype is {}",
+                     dtypeName(c.dtype));
+  }
+  if (scales != nullptr) {
+    MOECOMM_RETURN_IF_ERROR(checkMatrix("x_scales", *scales, x.shape[0], fp8ScaleBlocks(c.hidden),
+                                        {DType::kF32}, true));
+    MOECOMM_RETURN_IF_ERROR(checkOnDevice("x_scales", *scales, x.device.index));
+  }
   MOECOMM_RETURN_IF_ERROR(checkMatrix("topk_idx", idx, x.shape[0], c.topk, {DType::kI32}, true));
   MOECOMM_RETURN_IF_ERROR(checkMatrix("topk_weights", w, x.shape[0], c.topk, {DType::kF32}, true));
   MOECOMM_RETURN_IF_ERROR(checkOnDevice("topk_idx", idx, x.device.index));
@@ -309,8 +323,9 @@ Status checkDispatchInputs(const Group::Impl& group, const TensorView& x, const 
 
 // The source side of dispatch: layout (one wait for the counts), then the send buffer.
 Status layoutAndPack(Dispatcher::State& state, DeviceScratch& sc, const TensorView& x,
-                     const TensorView& idx, const TensorView& w, cudaStream_t stream,
-                     DeviceHandle& h, std::vector<int32_t>* tokens_per_expert) {
+                     const TensorView* scales, const TensorView& idx, const TensorView& w,
+                     cudaStream_t stream, DeviceHandle& h,
+                     std::vector<int32_t>* tokens_per_expert) {
   const Group::Impl& group = *state.group;
   const int n = group.size;
   const int E = group.config.num_experts;
@@ -363,6 +378,14 @@ Status layoutAndPack(Dispatcher::State& state, DeviceScratch& sc, const TensorVi
       cudaStatus(cuda::packRows(x.data, T, static_cast<int64_t>(rb), n, h.send_pos.as<int32_t>(),
                                 sc.send_rows.data(), stream),
                  "pack"));
+  if (scales != nullptr) {  // the same placement for the scales, a row of their own per token
+    const auto sb = static_cast<int64_t>(scales->shape[1] * sizeof(float));
+    MOECOMM_RETURN_IF_ERROR(grow(sc.send_scales, sent * static_cast<size_t>(sb), h.device));
+    MOECOMM_RETURN_IF_ERROR(
+        cudaStatus(cuda::packRows(scales->data, T, sb, n, h.send_pos.as<int32_t>(),
+                                  sc.send_scales.data(), stream),
+                   "pack scales"));
+  }
   MOECOMM_RETURN_IF_ERROR(cudaStatus(
       cuda::packRouting(idx.as<const int32_t>(), w.as<const float>(), T, h.topk, E, n,
                         h.send_pos.as<int32_t>(),
@@ -375,12 +398,16 @@ Status layoutAndPack(Dispatcher::State& state, DeviceScratch& sc, const TensorVi
 }  // namespace
 
 bool deviceExchangeApplies(const Group::Impl& group, const TensorView& x,
-                           const TensorView& topk_idx, const TensorView& topk_weights) {
+                           const TensorView& topk_idx, const TensorView& topk_weights,
+                           const TensorView* x_scales) {
   // Host tensors, the common case, are told apart before anything costlier.
   if (!x.device.isCuda() || !topk_idx.device.isCuda() || !topk_weights.device.isCuda() ||
-      topk_idx.dtype != DType::kI32 || group.config.dtype == DType::kFP8E4M3) {
-    return false;  // FP8 rows (values and scales) take the host engine
+      topk_idx.dtype != DType::kI32) {
+    return false;
   }
+  // FP8 rows travel with their scales; without them the host engine says what is missing.
+  if ((group.config.dtype == DType::kFP8E4M3) != (x_scales != nullptr)) return false;
+  if (x_scales != nullptr && !x_scales->device.isCuda()) return false;
   const bool device_capable =
       group.device_transport != nullptr || std::string(group.transport->name()) == "local";
   return device_capable && envInt("MOECOMM_CUDA_NATIVE", 1) != 0;
@@ -390,8 +417,9 @@ bool isDeviceHandle(const DispatchHandle& handle) {
   return handle.valid() && handle.impl()->device != nullptr;
 }
 
-Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const TensorView& topk_idx,
-                      const TensorView& topk_weights, ExecContext context, ExpertBatch* out) {
+Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const TensorView* x_scales,
+                      const TensorView& topk_idx, const TensorView& topk_weights,
+                      ExecContext context, ExpertBatch* out) {
   Group::Impl& group = *state.group;
   const uint64_t sequence = group.takeSequence();
   state.times = {};
@@ -407,13 +435,18 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
   h->tokens = x.shape[0];
   h->hidden = group.config.hidden;
   const size_t rb = rowBytes(h->hidden, group.config.dtype);
+  const int64_t blocks = x_scales != nullptr ? fp8ScaleBlocks(h->hidden) : 0;
+  const size_t sb = static_cast<size_t>(blocks) * sizeof(float);  // a row's scales
   DeviceScratch* sc = nullptr;
   std::vector<int32_t> tpe;
   Status local = checkDispatchOptions(state.options);
-  if (local.isOk()) local = checkDispatchInputs(group, x, topk_idx, topk_weights);
+  if (local.isOk()) local = checkDispatchInputs(group, x, x_scales, topk_idx, topk_weights);
+  if (local.isOk()) local = device::requireDevice(h->device);  // says "no GPU is usable"
   if (local.isOk()) local = device::setDevice(h->device);
   if (local.isOk()) local = scratchFor(state, h->device, &sc);
-  if (local.isOk()) local = layoutAndPack(state, *sc, x, topk_idx, topk_weights, stream, *h, &tpe);
+  if (local.isOk()) {
+    local = layoutAndPack(state, *sc, x, x_scales, topk_idx, topk_weights, stream, *h, &tpe);
+  }
 
   // Round 1: to each destination, where its rows sit, the event after the pack, and how many
   // rows each of its experts gets from this rank.
@@ -428,6 +461,8 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
               m.weights = reinterpret_cast<uint64_t>(sc->send_weights.data() + first * k * 4);
               m.event = reinterpret_cast<uint64_t>(sc->events[0]);
               m.count = h->send_offsets[d + 1] - first;
+              if (sb > 0)
+                m.scales = reinterpret_cast<uint64_t>(sc->send_scales.data() + first * sb);
               std::memcpy(payload, &m, sizeof(m));
               for (int e = 0; e < L; ++e) {
                 const int64_t c = tpe[static_cast<size_t>(d * L + e)];
@@ -468,6 +503,10 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
   if (mid.isOk()) mid = grow(sc->recv_experts, static_cast<size_t>(rows_in * k) * 4, h->device);
   if (mid.isOk()) mid = grow(sc->recv_weights, static_cast<size_t>(rows_in * k) * 4, h->device);
   if (mid.isOk()) mid = grow(sc->partial, static_cast<size_t>(2 * L + 2) * 4, h->device);
+  if (mid.isOk() && sb > 0) {
+    mid = deviceTensor({h->num_rows, blocks}, DType::kF32, h->device, stream, &batch.x_scales);
+    if (mid.isOk()) mid = grow(sc->recv_scales, static_cast<size_t>(rows_in) * sb, h->device);
+  }
   const bool over_nccl = group.device_transport != nullptr;
   if (over_nccl) {
     MOECOMM_RETURN_IF_ERROR(readyRound(state, WireOp::kDeviceDispatch, sequence, 1, mid));
@@ -483,6 +522,10 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
       mid = moveOverDeviceTransport(group, sc->send_weights.data(), so, sc->recv_weights.data(), ro,
                                     static_cast<size_t>(k) * 4, stream);
     }
+    if (mid.isOk() && sb > 0) {
+      mid = moveOverDeviceTransport(group, sc->send_scales.data(), so, sc->recv_scales.data(), ro,
+                                    sb, stream);
+    }
   }
   for (int s = 0; s < n && mid.isOk() && !over_nccl; ++s) {
     const int64_t first = h->recv_offsets[s];
@@ -490,13 +533,15 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
     if (count == 0) continue;
     mid = cudaStatus(cudaStreamWaitEvent(stream, reinterpret_cast<cudaEvent_t>(from[s].event), 0),
                      "cudaStreamWaitEvent");
-    const std::array<std::pair<size_t, std::pair<std::byte*, uint64_t>>, 3> copies = {{
+    const std::array<std::pair<size_t, std::pair<std::byte*, uint64_t>>, 4> copies = {{
         {rb, {sc->recv_rows.data(), from[s].rows}},
         {static_cast<size_t>(k) * 4, {sc->recv_experts.data(), from[s].experts}},
         {static_cast<size_t>(k) * 4, {sc->recv_weights.data(), from[s].weights}},
+        {sb, {sc->recv_scales.data(), from[s].scales}},  // none (0 bytes) unless FP8
     }};
     for (const auto& [unit, where] : copies) {
       if (!mid.isOk()) break;
+      if (unit == 0) continue;
       mid = cudaStatus(
           cudaMemcpyAsync(where.first + first * unit, reinterpret_cast<const void*>(where.second),
                           static_cast<size_t>(count) * unit, cudaMemcpyDefault, stream),
@@ -527,6 +572,12 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
                            k, static_cast<int64_t>(rb), plan, L, h->num_rows, batch.x.data(),
                            h->row_weights.as<float>(), stream),
           "unpack");
+    }
+    if (mid.isOk() && sb > 0) {  // the same plan places each row's scales (padding: zeros)
+      mid =
+          cudaStatus(cuda::unpackRows(sc->recv_scales.data(), nullptr, k, static_cast<int64_t>(sb),
+                                      plan, L, h->num_rows, batch.x_scales.data(), nullptr, stream),
+                     "unpack scales");
     }
   }
   if (over_nccl) {
@@ -730,7 +781,7 @@ Status deviceCombineBackward(Dispatcher::State& state, const TensorView& grad_ou
 #else
 
 bool deviceExchangeApplies(const Group::Impl&, const TensorView&, const TensorView&,
-                           const TensorView&) {
+                           const TensorView&, const TensorView*) {
   return false;
 }
 
@@ -738,8 +789,8 @@ bool isDeviceHandle(const DispatchHandle&) {
   return false;
 }
 
-Status deviceDispatch(Dispatcher::State&, const TensorView&, const TensorView&, const TensorView&,
-                      ExecContext, ExpertBatch*) {
+Status deviceDispatch(Dispatcher::State&, const TensorView&, const TensorView*, const TensorView&,
+                      const TensorView&, ExecContext, ExpertBatch*) {
   return Status(StatusCode::kInternalError, "the GPU-native path needs a CUDA build");
 }
 

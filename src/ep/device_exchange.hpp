@@ -13,16 +13,19 @@ namespace moecomm {
 
 // True when dispatch of these tensors runs GPU-native: this build has CUDA, MOECOMM_CUDA_NATIVE is
 // not 0, the group's transport is `local` (pointers shared between threads) or `nccl`, and x,
-// topk_idx (i32) and topk_weights are CUDA tensors. Otherwise CUDA tensors are staged through
-// pinned host memory.
+// topk_idx (i32) and topk_weights are CUDA tensors, and for an fp8e4m3 group x_scales too.
+// Otherwise CUDA tensors are staged through pinned host memory.
 bool deviceExchangeApplies(const Group::Impl& group, const TensorView& x,
-                           const TensorView& topk_idx, const TensorView& topk_weights);
+                           const TensorView& topk_idx, const TensorView& topk_weights,
+                           const TensorView* x_scales = nullptr);
 
 // True when `handle` came from a GPU-native dispatch.
 bool isDeviceHandle(const DispatchHandle& handle);
 
-Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const TensorView& topk_idx,
-                      const TensorView& topk_weights, ExecContext context, ExpertBatch* out);
+// x_scales: the fp8e4m3 group's [T, ceil(H / 128)] f32 scales, else null.
+Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const TensorView* x_scales,
+                      const TensorView& topk_idx, const TensorView& topk_weights,
+                      ExecContext context, ExpertBatch* out);
 
 // combine (weighted) or dispatchBackward (not weighted).
 Status deviceReduce(Dispatcher::State& state, const TensorView& rows, const DispatchHandle& handle,

@@ -29,7 +29,7 @@ bool isFp8(const GroupConfig& config) {
 
 // FP8 rows carry one f32 scale per 128-element block after their values.
 int64_t scaleBlocks(const GroupConfig& config) {
-  return isFp8(config) ? (config.hidden + kFp8BlockSize - 1) / kFp8BlockSize : 0;
+  return isFp8(config) ? fp8ScaleBlocks(config.hidden) : 0;
 }
 
 // One token's row on the wire: its values, then (FP8) its scales at a 4-byte boundary, padded
@@ -479,7 +479,7 @@ ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& topk_idx
   // The GPU-native path lays batches out expert-major; token-major ones are staged.
   if (state_->options.layout == BatchLayout::kExpertMajor &&
       deviceExchangeApplies(*state_->group, x, topk_idx, topk_weights)) {
-    status = deviceDispatch(*state_, x, topk_idx, topk_weights, context, &batch);
+    status = deviceDispatch(*state_, x, nullptr, topk_idx, topk_weights, context, &batch);
   } else {
     // Host tensors as they are; other CUDA tensors staged through pinned host memory.
     status = runMirrored<3, 0>(
@@ -495,16 +495,22 @@ ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& topk_idx
 ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& x_scales,
                                  const TensorView& topk_idx, const TensorView& topk_weights,
                                  ExecContext context) {
-  // The host engine carries FP8 rows; CUDA tensors are staged through pinned host memory (the
-  // GPU-native path moves f32 and bf16 rows only).
   ExpertBatch batch;
-  const Status status =
-      runMirrored<4, 0>(context, {&x, &x_scales, &topk_idx, &topk_weights}, {},
-                        [&](auto& in, auto&, const Status& staged) {
-                          return runDispatch(*state_, in[0], &in[1], in[2], in[3], &batch, staged);
-                        });
+  Status status;
+  // GPU-native as the 16-bit rows are (values and scales move as two row payloads); token-major
+  // batches and the other transports are staged.
+  if (state_->options.layout == BatchLayout::kExpertMajor &&
+      deviceExchangeApplies(*state_->group, x, topk_idx, topk_weights, &x_scales)) {
+    status = deviceDispatch(*state_, x, &x_scales, topk_idx, topk_weights, context, &batch);
+  } else {
+    status = runMirrored<4, 0>(context, {&x, &x_scales, &topk_idx, &topk_weights}, {},
+                               [&](auto& in, auto&, const Status& staged) {
+                                 return runDispatch(*state_, in[0], &in[1], in[2], in[3], &batch,
+                                                    staged);
+                               });
+  }
   if (!status.isOk()) state_->group->raise(status);
-  if (x.device.isCuda()) toDevice(batch, x.device, context);
+  if (x.device.isCuda() && !batch.handle.onDevice()) toDevice(batch, x.device, context);
   return batch;
 }
 

@@ -21,6 +21,7 @@
 #include "moecomm/error.hpp"
 #include "moecomm/experts.hpp"
 #include "moecomm/group.hpp"
+#include "moecomm/quant.hpp"
 #include "moecomm/router.hpp"
 #include "src/core/numeric.hpp"
 #include "src/routing/capacity.hpp"
@@ -466,6 +467,109 @@ GPU_TEST(dispatch_combine_cuda_tensors_on_1_2_4_8_ranks) {
     }
     dispatchCombineRanks({ranks, DType::kI32, capped});
     dispatchCombineRanks({ranks, DType::kI32, padded});
+  }
+}
+
+// FP8 dispatch GPU-native (values and scales as two row payloads) against the CPU engine on the
+// same e4m3 rows and scales, bit for bit: the batch, its scales (padding rows zero), the row
+// weights and the layout; then combine and both backward passes through the FP8 handle. H = 200
+// leaves a short last scale block and rows that take the 4-byte copy path.
+void fp8DispatchRanks(int ranks, const DispatchOptions& options) {
+  std::printf("         fp8 ranks=%d capacity=%lld\n", ranks,
+              static_cast<long long>(options.expert_capacity));
+  std::fflush(stdout);
+  const int experts = 8, topk = 2;
+  const int64_t hidden = 200, blocks = fp8ScaleBlocks(hidden);
+  LocalWorld world(ranks);
+  onThreads(ranks, [&](int rank) {
+    cudaStream_t stream = nullptr;
+    CUDA_OK(cudaStreamCreate(&stream));
+    {
+      const ExecContext ctx{stream};
+      GroupConfig config;
+      config.num_experts = experts;
+      config.hidden = static_cast<int>(hidden);
+      config.dtype = DType::kFP8E4M3;
+      config.topk = topk;
+      config.transport = "local";
+      Group group = Group::create(world, rank, config);
+      Dispatcher host_d(group, options);
+      Dispatcher dev_d(group, options);
+      const int64_t tokens = rank == 1 ? 0 : 40 + 11 * rank;
+      const Tensor x = randomHost({tokens, hidden}, DType::kF32, -3.0f, 3.0f);
+      Tensor q = Tensor::empty({tokens, hidden}, DType::kFP8E4M3);
+      Tensor scales = Tensor::empty({tokens, blocks}, DType::kF32);
+      quantizeFp8(x.view(), q.view(), scales.view());
+      Tensor idx = Tensor::empty({tokens, topk}, DType::kI32);
+      Tensor w = Tensor::empty({tokens, topk}, DType::kF32);
+      std::mt19937 local_rng(static_cast<unsigned>(rank + 5));
+      for (int64_t t = 0; t < tokens; ++t) {
+        std::vector<int32_t> perm(experts);
+        for (int e = 0; e < experts; ++e) perm[e] = e;
+        std::shuffle(perm.begin(), perm.end(), local_rng);
+        for (int j = 0; j < topk; ++j) {
+          idx.as<int32_t>()[t * topk + j] = (t + j) % 9 == 0 ? -1 : perm[j];
+          w.as<float>()[t * topk + j] = 0.25f + 0.125f * static_cast<float>(j);
+        }
+      }
+      const std::string tag =
+          "fp8 ranks=" + std::to_string(ranks) + " rank " + std::to_string(rank);
+      const ExpertBatch hb = host_d.dispatch(q.view(), scales.view(), idx.view(), w.view());
+      const Tensor dq = onGpu(q, stream), ds = onGpu(scales, stream), didx = onGpu(idx, stream),
+                   dw = onGpu(w, stream);
+      const ExpertBatch db = dev_d.dispatch(dq.view(), ds.view(), didx.view(), dw.view(), ctx);
+      GPU_CHECK(db.handle.onDevice(), tag << ": FP8 CUDA tensors must take the GPU-native path");
+      GPU_CHECK(db.x.device().isCuda() && db.x_scales.device().isCuda(),
+                tag << ": the batch must stay on the GPU");
+      GPU_CHECK(sameBytes(hb.x.view(), onHost(db.x.view()).view()), tag << ": e4m3 rows differ");
+      GPU_CHECK(sameBytes(hb.x_scales.view(), onHost(db.x_scales.view()).view()),
+                tag << ": scales differ");
+      GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
+                tag << ": row weights differ");
+      GPU_CHECK(hb.expert_counts == db.expert_counts && hb.expert_offsets == db.expert_offsets &&
+                    hb.tokens_from_rank == db.tokens_from_rank && hb.refused == db.refused,
+                tag << ": layout differs");
+      // Combine and the backward passes take bf16 rows through the FP8 handle.
+      const int64_t rows = hb.x.dim(0);
+      const Tensor y = randomHost({rows, hidden}, DType::kBF16);
+      const Tensor dy = onGpu(y, stream);
+      const Tensor host_out = host_d.combine(y.view(), hb.handle);
+      Tensor dev_out = poisoned({tokens, hidden}, DType::kBF16);
+      dev_d.combine(dy.view(), db.handle, dev_out.view(), ctx);
+      GPU_CHECK(sameBytes(host_out.view(), onHost(dev_out.view()).view()),
+                tag << ": combine differs");
+      Tensor host_gx = Tensor::empty({tokens, hidden}, DType::kBF16);
+      Tensor dev_gx = poisoned({tokens, hidden}, DType::kBF16);
+      host_d.dispatchBackward(y.view(), hb.handle, host_gx.view());
+      dev_d.dispatchBackward(dy.view(), db.handle, dev_gx.view(), ctx);
+      GPU_CHECK(sameBytes(host_gx.view(), onHost(dev_gx.view()).view()),
+                tag << ": dispatch backward differs");
+      const Tensor grad_out = randomHost({tokens, hidden}, DType::kBF16);
+      const Tensor d_grad_out = onGpu(grad_out, stream);
+      Tensor host_gy = Tensor::empty({rows, hidden}, DType::kBF16);
+      Tensor host_gw = Tensor::empty({tokens, topk}, DType::kF32);
+      Tensor dev_gy = poisoned({rows, hidden}, DType::kBF16);
+      Tensor dev_gw = poisoned({tokens, topk}, DType::kF32);
+      host_d.combineBackward(grad_out.view(), y.view(), hb.handle, host_gy.view(), host_gw.view());
+      dev_d.combineBackward(d_grad_out.view(), dy.view(), db.handle, dev_gy.view(), dev_gw.view(),
+                            ctx);
+      GPU_CHECK(sameBytes(host_gy.view(), onHost(dev_gy.view()).view()),
+                tag << ": combine backward grad_y differs");
+      GPU_CHECK(closeFloats(host_gw.view(), onHost(dev_gw.view()).view(), 1e-6f),
+                tag << ": combine backward grad_weights differs");
+    }
+    CUDA_OK(cudaStreamDestroy(stream));
+  });
+}
+
+GPU_TEST(fp8_dispatch_gpu_native_on_1_2_4_8_ranks) {
+  DispatchOptions aligned;
+  aligned.expert_alignment = 4;
+  DispatchOptions capped = aligned;
+  capped.expert_capacity = 5;
+  for (int ranks : {1, 2, 4, 8}) {
+    fp8DispatchRanks(ranks, aligned);
+    fp8DispatchRanks(ranks, capped);
   }
 }
 
