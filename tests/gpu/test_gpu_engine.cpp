@@ -337,6 +337,39 @@ GPU_TEST(route_on_stream_defers_the_wait_and_the_errors) {
 
 // ------------------------------------------------------------------ dispatch and combine
 
+// Combine and both backward passes of one dispatch, on the host and the GPU, through each one's
+// handle: y (the experts' output rows, host and GPU copies) is combined and sent back as the
+// rows' gradient, and a random grad_out goes through combine's backward.
+void expectSameReductions(Dispatcher& host_d, Dispatcher& dev_d, const ExpertBatch& hb,
+                          const ExpertBatch& db, const Tensor& y, const Tensor& dy, int64_t tokens,
+                          int64_t hidden, int topk, cudaStream_t stream, const std::string& tag) {
+  const ExecContext ctx{stream};
+  const Tensor host_out = host_d.combine(y.view(), hb.handle);
+  Tensor dev_out = poisoned({tokens, hidden}, DType::kBF16);
+  dev_d.combine(dy.view(), db.handle, dev_out.view(), ctx);
+  GPU_CHECK(sameBytes(host_out.view(), onHost(dev_out.view()).view()), tag << ": combine differs");
+  Tensor host_gx = Tensor::empty({tokens, hidden}, DType::kBF16);
+  Tensor dev_gx = poisoned({tokens, hidden}, DType::kBF16);
+  host_d.dispatchBackward(y.view(), hb.handle, host_gx.view());
+  dev_d.dispatchBackward(dy.view(), db.handle, dev_gx.view(), ctx);
+  GPU_CHECK(sameBytes(host_gx.view(), onHost(dev_gx.view()).view()),
+            tag << ": dispatch backward differs");
+  const Tensor grad_out = randomHost({tokens, hidden}, DType::kBF16);
+  const Tensor d_grad_out = onGpu(grad_out, stream);
+  const int64_t rows = y.dim(0);
+  Tensor host_gy = Tensor::empty({rows, hidden}, DType::kBF16);
+  Tensor host_gw = Tensor::empty({tokens, topk}, DType::kF32);
+  Tensor dev_gy = poisoned({rows, hidden}, DType::kBF16);
+  Tensor dev_gw = poisoned({tokens, topk}, DType::kF32);
+  host_d.combineBackward(grad_out.view(), y.view(), hb.handle, host_gy.view(), host_gw.view());
+  dev_d.combineBackward(d_grad_out.view(), dy.view(), db.handle, dev_gy.view(), dev_gw.view(), ctx);
+  GPU_CHECK(sameBytes(host_gy.view(), onHost(dev_gy.view()).view()),
+            tag << ": combine backward grad_y differs");
+  // The dots sum in f64 in another order on the GPU: equal up to the last f32 bit.
+  GPU_CHECK(closeFloats(host_gw.view(), onHost(dev_gw.view()).view(), 1e-6f),
+            tag << ": combine backward grad_weights differs");
+}
+
 struct EngineCase {
   int ranks;
   DType idx_dtype;  // i32 runs GPU-native on local and nccl; i64 is staged through the host
@@ -417,36 +450,9 @@ void dispatchCombineRanks(const EngineCase& c) {
                         hb.expert_demand == db.expert_demand && hb.refused == db.refused,
                     tag << ": layout differs");
 
-          // Combine with the rows themselves as the expert output.
-          const Tensor host_out = host_d.combine(hb.x.view(), hb.handle);
-          Tensor dev_out = poisoned({tokens, hidden}, DType::kBF16);
-          dev_d.combine(db.x.view(), db.handle, dev_out.view(), ctx);
-          GPU_CHECK(sameBytes(host_out.view(), onHost(dev_out.view()).view()),
-                    tag << ": combine differs");
-
-          // Backward of dispatch and of combine.
-          Tensor host_gx = Tensor::empty({tokens, hidden}, DType::kBF16);
-          Tensor dev_gx = poisoned({tokens, hidden}, DType::kBF16);
-          host_d.dispatchBackward(hb.x.view(), hb.handle, host_gx.view());
-          dev_d.dispatchBackward(db.x.view(), db.handle, dev_gx.view(), ctx);
-          GPU_CHECK(sameBytes(host_gx.view(), onHost(dev_gx.view()).view()),
-                    tag << ": dispatch backward differs");
-          const Tensor grad_out = randomHost({tokens, hidden}, DType::kBF16);
-          const Tensor d_grad_out = onGpu(grad_out, stream);
-          const int64_t rows = hb.x.dim(0);
-          Tensor host_gy = Tensor::empty({rows, hidden}, DType::kBF16);
-          Tensor host_gw = Tensor::empty({tokens, topk}, DType::kF32);
-          Tensor dev_gy = poisoned({rows, hidden}, DType::kBF16);
-          Tensor dev_gw = poisoned({tokens, topk}, DType::kF32);
-          host_d.combineBackward(grad_out.view(), hb.x.view(), hb.handle, host_gy.view(),
-                                 host_gw.view());
-          dev_d.combineBackward(d_grad_out.view(), db.x.view(), db.handle, dev_gy.view(),
-                                dev_gw.view(), ctx);
-          GPU_CHECK(sameBytes(host_gy.view(), onHost(dev_gy.view()).view()),
-                    tag << ": combine backward grad_y differs");
-          // The dots sum in f64 in another order on the GPU: equal up to the last f32 bit.
-          GPU_CHECK(closeFloats(host_gw.view(), onHost(dev_gw.view()).view(), 1e-6f),
-                    tag << ": combine backward grad_weights differs");
+          // Combine and the backward passes with the rows themselves as the expert output.
+          expectSameReductions(host_d, dev_d, hb, db, hb.x, db.x, tokens, hidden, topk, stream,
+                               tag);
         }
         CUDA_OK(cudaStreamDestroy(stream));
       },
@@ -533,30 +539,7 @@ void fp8DispatchRanks(int ranks, const DispatchOptions& options) {
       const int64_t rows = hb.x.dim(0);
       const Tensor y = randomHost({rows, hidden}, DType::kBF16);
       const Tensor dy = onGpu(y, stream);
-      const Tensor host_out = host_d.combine(y.view(), hb.handle);
-      Tensor dev_out = poisoned({tokens, hidden}, DType::kBF16);
-      dev_d.combine(dy.view(), db.handle, dev_out.view(), ctx);
-      GPU_CHECK(sameBytes(host_out.view(), onHost(dev_out.view()).view()),
-                tag << ": combine differs");
-      Tensor host_gx = Tensor::empty({tokens, hidden}, DType::kBF16);
-      Tensor dev_gx = poisoned({tokens, hidden}, DType::kBF16);
-      host_d.dispatchBackward(y.view(), hb.handle, host_gx.view());
-      dev_d.dispatchBackward(dy.view(), db.handle, dev_gx.view(), ctx);
-      GPU_CHECK(sameBytes(host_gx.view(), onHost(dev_gx.view()).view()),
-                tag << ": dispatch backward differs");
-      const Tensor grad_out = randomHost({tokens, hidden}, DType::kBF16);
-      const Tensor d_grad_out = onGpu(grad_out, stream);
-      Tensor host_gy = Tensor::empty({rows, hidden}, DType::kBF16);
-      Tensor host_gw = Tensor::empty({tokens, topk}, DType::kF32);
-      Tensor dev_gy = poisoned({rows, hidden}, DType::kBF16);
-      Tensor dev_gw = poisoned({tokens, topk}, DType::kF32);
-      host_d.combineBackward(grad_out.view(), y.view(), hb.handle, host_gy.view(), host_gw.view());
-      dev_d.combineBackward(d_grad_out.view(), dy.view(), db.handle, dev_gy.view(), dev_gw.view(),
-                            ctx);
-      GPU_CHECK(sameBytes(host_gy.view(), onHost(dev_gy.view()).view()),
-                tag << ": combine backward grad_y differs");
-      GPU_CHECK(closeFloats(host_gw.view(), onHost(dev_gw.view()).view(), 1e-6f),
-                tag << ": combine backward grad_weights differs");
+      expectSameReductions(host_d, dev_d, hb, db, y, dy, tokens, hidden, topk, stream, tag);
     }
     CUDA_OK(cudaStreamDestroy(stream));
   });
