@@ -79,7 +79,7 @@ class MOECOMM_API ExpertMlp {
   // Saved by forward.
   std::vector<int64_t> counts_, offsets_;
   Tensor x_, pre_, h_;  // input rows and activation [R, F] in compute_dtype; pre-activation f32
-  Tensor w_in_c_, w_out_c_;  // the weights as bf16 operands (compute_dtype kBF16 only)
+  Tensor w_in_c_, w_out_c_;  // the weights as GEMM operands (the masters themselves for f32)
 };
 
 }  // namespace moecomm

@@ -102,24 +102,38 @@ MOECOMM_ROUTER_HD inline double auxQ(int score, Scratch a, double sum, double z,
   return score == kSoftmax ? a[e] : a[e] / sum;
 }
 
+// <f, q> for the aux loss, q from a and scores()'s sum; *z gets the sigmoid normalizer (sum of a)
+// that q divides by (0 for the softmax forms).
+MOECOMM_ROUTER_HD inline double auxDot(int score, int E, Scratch a, double sum, const double* f,
+                                       double* z) {
+  *z = 0.0;
+  if (score == kSigmoid) {
+    for (int e = 0; e < E; ++e) *z += a[e];
+  }
+  double fq = 0.0, unused = 0.0;
+  for (int e = 0; e < E; ++e) fq += f[e] * auxQ(score, a, sum, *z, e, &unused);
+  return fq;
+}
+
+// logsumexp of the row, reusing scores()'s sum where it has one (the softmax forms).
+MOECOMM_ROUTER_HD inline double logSumExp(const float* row, int E, int score, double max,
+                                          const double* known_sum) {
+  return max + log(known_sum != nullptr && score != kSigmoid ? *known_sum : sumExp(row, E, max));
+}
+
 // One token's loss terms: <f, q_t> for the aux loss (when f is not null) and logsumexp(l_t) for
 // the z loss (when lse is not null). scratch: E entries.
 MOECOMM_ROUTER_HD inline void tokenLossTerms(const Params& p, const float* row, const double* f,
                                              Scratch scratch, double* fq, double* lse) {
   const int E = p.experts;
   const double max = rowMax(row, E);
+  double sum = 0.0;
   if (f != nullptr) {
-    const Scratch a = scratch;
-    const double sum = scores(row, E, p.score, max, a);
+    sum = scores(row, E, p.score, max, scratch);
     double z = 0.0;
-    if (p.score == kSigmoid) {
-      for (int e = 0; e < E; ++e) z += a[e];
-    }
-    double s = 0.0, unused = 0.0;
-    for (int e = 0; e < E; ++e) s += f[e] * auxQ(p.score, a, sum, z, e, &unused);
-    *fq = s;
+    *fq = auxDot(p.score, E, scratch, sum, f, &z);
   }
-  if (lse != nullptr) *lse = max + log(sumExp(row, E, max));
+  if (lse != nullptr) *lse = logSumExp(row, E, p.score, max, f != nullptr ? &sum : nullptr);
 }
 
 // d loss / d logits of token t: the routing weights' gradient (grad_w, when not null) through the
@@ -166,14 +180,9 @@ MOECOMM_ROUTER_HD inline void tokenGrad(const Params& p, int64_t t, const float*
   double factor = 0.0, z = 0.0, fq = 0.0;
   if (f != nullptr) {
     factor = auxFactor(p, t);
-    if (p.score == kSigmoid) {
-      for (int e = 0; e < E; ++e) z += a[e];
-    }
-    double unused = 0.0;
-    for (int e = 0; e < E; ++e) fq += f[e] * auxQ(p.score, a, sum, z, e, &unused);
+    fq = auxDot(p.score, E, a, sum, f, &z);
   }
-  double lse = 0.0;
-  if (p.z_coeff != 0.0) lse = max + log(p.score == kSigmoid ? sumExp(row, E, max) : sum);
+  const double lse = p.z_coeff != 0.0 ? logSumExp(row, E, p.score, max, &sum) : 0.0;
   for (int e = 0; e < E; ++e) {
     double g = 0.0;
     if (grad_w != nullptr) {

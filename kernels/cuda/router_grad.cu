@@ -6,13 +6,15 @@ namespace moecomm::cuda {
 namespace {
 
 constexpr int kTokenThreads = 128;
+// Threads of the per-token kernels, at most; each holds 2E doubles of scratch.
+constexpr int64_t kMaxThreads = 8192;
 
 __device__ inline int64_t threadIndex() {
   return blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
 }
 
 int64_t tokenThreads(const routergrad::Params& p) {
-  return p.tokens < kRouterGradMaxThreads ? p.tokens : kRouterGradMaxThreads;
+  return p.tokens < kMaxThreads ? p.tokens : kMaxThreads;
 }
 
 __global__ void countKeptKernel(const int32_t* idx, int64_t slots, int k, int E, int64_t len,

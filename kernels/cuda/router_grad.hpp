@@ -11,15 +11,12 @@
 
 namespace moecomm::cuda {
 
-// Threads of the per-token kernels, at most; each holds 2E doubles of scratch.
-inline constexpr int64_t kRouterGradMaxThreads = 8192;
-
 // f [chunks, E]: each aux chunk's kept assignments per expert over its total (0 when it has
 // none), from idx [tokens, topk] (-1: none). counts: [chunks, E] int32 scratch.
 cudaError_t auxFractions(const routergrad::Params& p, const int32_t* idx, int32_t* counts,
                          double* f, cudaStream_t stream);
 
-// Doubles of scratch the two kernels below take.
+// Doubles of scratch the two kernels below take: 2E for each of their threads (at most 8192).
 int64_t routerGradScratch(const routergrad::Params& p);
 
 // out [tokens, E] f32: routergrad::tokenGrad of every token. grad_w [tokens, topk] and f may be

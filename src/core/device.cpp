@@ -19,16 +19,18 @@ namespace moecomm::device {
 
 namespace {
 
-Status cudaError(cudaError_t status, const char* what) {
-  return makeError(StatusCode::kSystemError, "{} failed: {} ({})", what, cudaGetErrorString(status),
-                   cudaGetErrorName(status));
-}
-
 cudaStream_t asStream(void* stream) {
   return static_cast<cudaStream_t>(stream);
 }
 
 }  // namespace
+
+Status cudaStatus(int error, const char* what) {
+  if (error == cudaSuccess) return Status::ok();
+  const auto status = static_cast<cudaError_t>(error);
+  return makeError(StatusCode::kSystemError, "{} failed on the GPU: {} ({})", what,
+                   cudaGetErrorString(status), cudaGetErrorName(status));
+}
 
 Status requireDevice(int index) {
   int count = 0;
@@ -43,19 +45,6 @@ Status requireDevice(int index) {
     return makeError(StatusCode::kInvalidArgument,
                      "CUDA device {} does not exist: this process sees {} GPU(s)", index, count);
   }
-  return Status::ok();
-}
-
-Status allocate(int index, size_t bytes, std::shared_ptr<std::byte>* out) {
-  MOECOMM_RETURN_IF_ERROR(requireDevice(index));
-  MOECOMM_RETURN_IF_ERROR(setDevice(index));
-  void* p = nullptr;
-  const cudaError_t status = cudaMalloc(&p, bytes > 0 ? bytes : 1);
-  if (status != cudaSuccess) {
-    return makeError(StatusCode::kSystemError, "cudaMalloc of {} bytes on GPU {} failed: {}", bytes,
-                     index, cudaGetErrorString(status));
-  }
-  *out = std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [](std::byte* q) { cudaFree(q); });
   return Status::ok();
 }
 
@@ -110,23 +99,23 @@ Status copyAsync(void* dst, const void* src, size_t bytes, Direction direction, 
                               : direction == Direction::kToDevice ? cudaMemcpyHostToDevice
                                                                   : cudaMemcpyDeviceToDevice;
   const cudaError_t status = cudaMemcpyAsync(dst, src, bytes, kind, asStream(stream));
-  return status == cudaSuccess ? Status::ok() : cudaError(status, "cudaMemcpyAsync");
+  return cudaStatus(status, "cudaMemcpyAsync");
 }
 
 Status memsetAsync(void* dst, int byte, size_t bytes, void* stream) {
   if (bytes == 0) return Status::ok();
   const cudaError_t status = cudaMemsetAsync(dst, byte, bytes, asStream(stream));
-  return status == cudaSuccess ? Status::ok() : cudaError(status, "cudaMemsetAsync");
+  return cudaStatus(status, "cudaMemsetAsync");
 }
 
 Status synchronize(void* stream) {
   const cudaError_t status = cudaStreamSynchronize(asStream(stream));
-  return status == cudaSuccess ? Status::ok() : cudaError(status, "cudaStreamSynchronize");
+  return cudaStatus(status, "cudaStreamSynchronize");
 }
 
 Status setDevice(int index) {
   const cudaError_t status = cudaSetDevice(index);
-  return status == cudaSuccess ? Status::ok() : cudaError(status, "cudaSetDevice");
+  return cudaStatus(status, "cudaSetDevice");
 }
 
 #else
@@ -144,8 +133,9 @@ Status notBuilt() {
 Status requireDevice(int) {
   return notBuilt();
 }
-Status allocate(int, size_t, std::shared_ptr<std::byte>*) {
-  return notBuilt();
+Status cudaStatus(int error, const char* what) {
+  if (error == 0) return Status::ok();
+  return makeError(StatusCode::kSystemError, "{} failed on the GPU: CUDA error {}", what, error);
 }
 Status acquirePinned(size_t, std::shared_ptr<std::byte>*) {
   return notBuilt();
@@ -165,8 +155,11 @@ Status setDevice(int) {
 
 #endif
 
-Status allocateFor(int index, size_t bytes, void* stream, std::shared_ptr<std::byte>* out) {
-  std::shared_ptr<DeviceAllocator> allocator = currentDeviceAllocator();
+namespace {
+
+// for_call: memory of a call, whose allocator the caller may choose (the message says how).
+Status allocateWith(std::shared_ptr<DeviceAllocator> allocator, bool for_call, int index,
+                    size_t bytes, void* stream, std::shared_ptr<std::byte>* out) {
   // The built-in allocators need the GPU. An application's is called as it is, with the GPU made
   // current when there is one (PyTorch's allocates on the current device).
   const Status usable = requireDevice(index);
@@ -191,14 +184,27 @@ Status allocateFor(int index, size_t bytes, void* stream, std::shared_ptr<std::b
     if (why.empty()) why = "it returned null";
     return makeError(StatusCode::kSystemError,
                      "allocating {} bytes on GPU {} with the '{}' allocator failed: {} (free GPU "
-                     "memory, or set another allocator: MOECOMM_CUDA_ALLOCATOR)",
-                     asked, index, allocator->name(), why);
+                     "memory{})",
+                     asked, index, allocator->name(), why,
+                     for_call ? ", or choose another allocator: MOECOMM_CUDA_ALLOCATOR, "
+                                "setDeviceAllocator"
+                              : "");
   }
   *out = std::shared_ptr<std::byte>(static_cast<std::byte*>(p),
                                     [allocator, asked, index, stream](std::byte* q) {
                                       allocator->release(q, asked, index, stream);
                                     });
   return Status::ok();
+}
+
+}  // namespace
+
+Status allocate(int index, size_t bytes, std::shared_ptr<std::byte>* out) {
+  return allocateWith(synchronousDeviceAllocator(), false, index, bytes, nullptr, out);
+}
+
+Status allocateFor(int index, size_t bytes, void* stream, std::shared_ptr<std::byte>* out) {
+  return allocateWith(currentDeviceAllocator(), true, index, bytes, stream, out);
 }
 
 }  // namespace moecomm::device

@@ -14,6 +14,10 @@ namespace moecomm::device {
 // Fails unless a CUDA device is usable; the message says why (driver, no device, index).
 Status requireDevice(int index);
 
+// A cudaError_t (as an int, so that callers need no CUDA header) as a Status: ok for cudaSuccess,
+// else kSystemError "<what> failed on the GPU: <error string> (<error name>)".
+Status cudaStatus(int error, const char* what);
+
 // Long-lived device memory of `bytes` on GPU `index` that any stream may use (cudaMalloc; the
 // returned owner's cudaFree waits for the device): parameters, and buffers peers read.
 Status allocate(int index, size_t bytes, std::shared_ptr<std::byte>* out);

@@ -128,11 +128,7 @@ struct PeerMessage {
   uint64_t scales = 0;  // device pointer to the rows' FP8 scales (FP8 dispatch only)
 };
 
-Status cudaStatus(cudaError_t status, const char* what) {
-  if (status == cudaSuccess) return Status::ok();
-  return makeError(StatusCode::kSystemError, "{} failed on the GPU: {} ({})", what,
-                   cudaGetErrorString(status), cudaGetErrorName(status));
-}
+using device::cudaStatus;
 
 Status grow(DeviceScratch::Buffer& buffer, size_t bytes, int device) {
   if (buffer.capacity >= bytes && buffer.memory) return Status::ok();

@@ -15,11 +15,18 @@ int64_t inColumns(const ExpertMlpConfig& c) {
   return c.activation == Activation::kSwiGLU ? 2 * int64_t{c.ffn} : c.ffn;
 }
 
-// Weights as bf16 GEMM operands: bf16 on a GPU (cuBLAS takes A and B of one dtype), their bf16
-// values held in f32 on the host (BLAS takes f32 weights). The same products either way.
-Tensor bf16Weights(const Tensor& w, ExecContext context) {
+// Weights as GEMM operands of the compute dtype: the f32 masters themselves for f32. For bf16:
+// bf16 on a GPU (cuBLAS takes A and B of one dtype), their bf16 values held in f32 on the host
+// (BLAS takes f32 weights); the same products either way.
+Tensor weightOperand(const Tensor& w, DType compute, ExecContext context) {
+  if (compute == DType::kF32) return w;
   Tensor rounded = ops::copyOnDevice(w, DType::kBF16, context);
   return w.device().isCuda() ? rounded : ops::copyOnDevice(rounded, DType::kF32, context);
+}
+
+// An activation as a GEMM operand: itself, or rounded to the compute dtype.
+Tensor activationOperand(Tensor t, DType compute, ExecContext context) {
+  return t.dtype() == compute ? t : ops::copyOnDevice(t, compute, context);
 }
 
 }  // namespace
@@ -65,27 +72,20 @@ Tensor ExpertMlp::forward(const TensorView& x, const std::vector<int64_t>& count
   const int64_t R = x.shape[0], F = config_.ffn;
   const Device d = config_.device;
   const DType cd = config_.compute_dtype;
-  const bool bf16 = cd == DType::kBF16;
   // Keep the input as an operand: a caller's buffer may be reused before backward.
   Tensor x_c = ops::copyOnDevice(x, cd, context);
-  Tensor w_in_c, w_out_c;
-  if (bf16) {
-    w_in_c = bf16Weights(w_in_, context);
-    w_out_c = bf16Weights(w_out_, context);
-  }
+  Tensor w_in_c = weightOperand(w_in_, cd, context);
+  Tensor w_out_c = weightOperand(w_out_, cd, context);
   Tensor pre = Tensor::empty({R, inColumns(config_)}, DType::kF32, d, context);
-  throwIfError(runGroupedGemm(GemmForm::kNN, x_c, bf16 ? w_in_c : w_in_, pre, counts, offsets, 0.0f,
-                              context));
+  throwIfError(runGroupedGemm(GemmForm::kNN, x_c, w_in_c, pre, counts, offsets, 0.0f, context));
   Tensor h = Tensor::empty({R, F}, DType::kF32, d, context);
   throwIfError(ops::activationForward(config_.activation, pre, h, context));
-  Tensor h_c;
-  const TensorView& h_op = ops::asDtype(h, cd, h_c, context);
+  Tensor h_c = activationOperand(std::move(h), cd, context);
   Tensor y = Tensor::empty({R, config_.hidden}, DType::kF32, d, context);
-  throwIfError(runGroupedGemm(GemmForm::kNN, h_op, bf16 ? w_out_c : w_out_, y, counts, offsets,
-                              0.0f, context));
+  throwIfError(runGroupedGemm(GemmForm::kNN, h_c, w_out_c, y, counts, offsets, 0.0f, context));
   x_ = std::move(x_c);
   pre_ = std::move(pre);
-  h_ = bf16 ? std::move(h_c) : std::move(h);
+  h_ = std::move(h_c);
   w_in_c_ = std::move(w_in_c);
   w_out_c_ = std::move(w_out_c);
   counts_ = counts;
@@ -108,23 +108,20 @@ Tensor ExpertMlp::backward(const TensorView& grad_y, ExecContext context) {
   }
   const Device d = config_.device;
   const DType cd = config_.compute_dtype;
-  const bool bf16 = cd == DType::kBF16;
-  const TensorView& w_in = bf16 ? w_in_c_.view() : w_in_.view();
-  const TensorView& w_out = bf16 ? w_out_c_.view() : w_out_.view();
   // cuBLAS takes A and B of one dtype: every operand meets the others in the compute dtype.
   Tensor g_c;
   const TensorView& g = ops::asDtype(grad_y, cd, g_c, context);
   Tensor dh = Tensor::empty({R, F}, DType::kF32, d, context);
-  throwIfError(runGroupedGemm(GemmForm::kNT, g, w_out, dh, counts_, offsets_, 0.0f, context));
+  throwIfError(runGroupedGemm(GemmForm::kNT, g, w_out_c_, dh, counts_, offsets_, 0.0f, context));
   throwIfError(runGroupedGemm(GemmForm::kTN, h_, g, grad_w_out_, counts_, offsets_, 1.0f, context));
   Tensor dpre = Tensor::empty({R, inColumns(config_)}, DType::kF32, d, context);
   throwIfError(ops::activationBackward(config_.activation, pre_, dh, dpre, context));
-  Tensor dpre_c;
-  const TensorView& dpre_op = ops::asDtype(dpre, cd, dpre_c, context);
+  const Tensor dpre_c = activationOperand(std::move(dpre), cd, context);
   throwIfError(
-      runGroupedGemm(GemmForm::kTN, x_, dpre_op, grad_w_in_, counts_, offsets_, 1.0f, context));
+      runGroupedGemm(GemmForm::kTN, x_, dpre_c, grad_w_in_, counts_, offsets_, 1.0f, context));
   Tensor dx = Tensor::empty({R, config_.hidden}, DType::kF32, d, context);
-  throwIfError(runGroupedGemm(GemmForm::kNT, dpre_op, w_in, dx, counts_, offsets_, 0.0f, context));
+  throwIfError(
+      runGroupedGemm(GemmForm::kNT, dpre_c, w_in_c_, dx, counts_, offsets_, 0.0f, context));
   return dx;
 }
 

@@ -23,11 +23,6 @@ bool isRowType(DType dtype) {
 }
 
 #if defined(MOECOMM_HAVE_CUDA)
-Status fromCuda(cudaError_t status, const char* what) {
-  if (status == cudaSuccess) return Status::ok();
-  return makeError(StatusCode::kSystemError, "{} failed on the GPU: {} ({})", what,
-                   cudaGetErrorString(status), cudaGetErrorName(status));
-}
 
 cudaStream_t streamOf(ExecContext context) {
   return static_cast<cudaStream_t>(context.stream);
@@ -63,12 +58,13 @@ Status activationForward(Activation activation, const TensorView& pre, const Ten
   }
 #if defined(MOECOMM_HAVE_CUDA)
   if (activation == Activation::kSwiGLU) {
-    return fromCuda(
+    return device::cudaStatus(
         cuda::swigluForward(pre.as<float>(), h.as<float>(), rows, ffn, streamOf(context)),
         "the SwiGLU kernel");
   }
-  return fromCuda(cuda::geluForward(pre.as<float>(), h.as<float>(), rows * ffn, streamOf(context)),
-                  "the GELU kernel");
+  return device::cudaStatus(
+      cuda::geluForward(pre.as<float>(), h.as<float>(), rows * ffn, streamOf(context)),
+      "the GELU kernel");
 #else
   (void)context;
   return Status::ok();
@@ -90,13 +86,13 @@ Status activationBackward(Activation activation, const TensorView& pre, const Te
   }
 #if defined(MOECOMM_HAVE_CUDA)
   if (activation == Activation::kSwiGLU) {
-    return fromCuda(cuda::swigluBackward(pre.as<float>(), dh.as<float>(), dpre.as<float>(), rows,
-                                         ffn, streamOf(context)),
-                    "the SwiGLU backward kernel");
+    return device::cudaStatus(cuda::swigluBackward(pre.as<float>(), dh.as<float>(),
+                                                   dpre.as<float>(), rows, ffn, streamOf(context)),
+                              "the SwiGLU backward kernel");
   }
-  return fromCuda(cuda::geluBackward(pre.as<float>(), dh.as<float>(), dpre.as<float>(), rows * ffn,
-                                     streamOf(context)),
-                  "the GELU backward kernel");
+  return device::cudaStatus(cuda::geluBackward(pre.as<float>(), dh.as<float>(), dpre.as<float>(),
+                                               rows * ffn, streamOf(context)),
+                            "the GELU backward kernel");
 #else
   (void)context;
   return Status::ok();
@@ -124,11 +120,11 @@ Status convert(const TensorView& src, const TensorView& dst, ExecContext context
   }
 #if defined(MOECOMM_HAVE_CUDA)
   if (dst.dtype == DType::kF32) {
-    return fromCuda(
+    return device::cudaStatus(
         cuda::toF32(src.data, rowType(src.dtype), dst.as<float>(), n, streamOf(context)),
         "the conversion kernel");
   }
-  return fromCuda(
+  return device::cudaStatus(
       cuda::fromF32(src.as<float>(), dst.data, rowType(dst.dtype), n, streamOf(context)),
       "the conversion kernel");
 #else
@@ -153,8 +149,8 @@ Status addInto(const TensorView& y, const TensorView& x, ExecContext context) {
     return Status::ok();
   }
 #if defined(MOECOMM_HAVE_CUDA)
-  return fromCuda(cuda::addInto(y.as<float>(), x.as<float>(), n, streamOf(context)),
-                  "the add kernel");
+  return device::cudaStatus(cuda::addInto(y.as<float>(), x.as<float>(), n, streamOf(context)),
+                            "the add kernel");
 #else
   (void)context;
   return Status::ok();

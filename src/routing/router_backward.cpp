@@ -14,6 +14,11 @@
 
 namespace moecomm {
 
+static_assert(routergrad::kSoftmax == static_cast<int>(ScoreFunction::kSoftmax) &&
+                  routergrad::kSigmoid == static_cast<int>(ScoreFunction::kSigmoid) &&
+                  routergrad::kTopkThenSoftmax == static_cast<int>(ScoreFunction::kTopkThenSoftmax),
+              "kernels/common/router_grad.hpp mirrors ScoreFunction's values");
+
 namespace {
 
 struct AuxChunk {

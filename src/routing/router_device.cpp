@@ -43,10 +43,7 @@ Routing routeStaged(const Router& router, const TensorView& logits, const Tensor
 #if defined(MOECOMM_HAVE_CUDA)
 
 void throwIfCuda(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    throw Error(StatusCode::kSystemError,
-                text::format("{} failed on the GPU: {}", what, cudaGetErrorString(status)));
-  }
+  throwIfError(device::cudaStatus(status, what));
 }
 
 #endif

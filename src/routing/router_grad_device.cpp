@@ -30,11 +30,7 @@ bool allOnOneGpu(std::initializer_list<const TensorView*> views) {
 
 namespace {
 
-Status cudaStatus(cudaError_t status, const char* what) {
-  if (status == cudaSuccess) return Status::ok();
-  return makeError(StatusCode::kSystemError, "{} failed on the GPU: {} ({})", what,
-                   cudaGetErrorString(status), cudaGetErrorName(status));
-}
+using device::cudaStatus;
 
 // The aux loss's fractions [chunks, E] on the GPU, or null without aux loss.
 Status auxFractionsOnDevice(const routergrad::Params& p, const Routing& routing,
@@ -92,9 +88,9 @@ Status lossesOnDevice(const routergrad::Params& p, const TensorView& logits, con
           cudaStatus(scratch.take(static_cast<size_t>(T), &d_lse), "cudaMallocAsync"));
     }
     MOECOMM_RETURN_IF_ERROR(cudaStatus(scratch.take(1, &d_bad), "cudaMallocAsync"));
-    MOECOMM_RETURN_IF_ERROR(cudaStatus(
-        cudaMemcpyAsync(d_bad, &bad_row, sizeof(bad_row), cudaMemcpyHostToDevice, stream),
-        "cudaMemcpyAsync"));
+    // All ones: ULLONG_MAX, "no bad row".
+    MOECOMM_RETURN_IF_ERROR(
+        cudaStatus(cudaMemsetAsync(d_bad, 0xff, sizeof(*d_bad), stream), "cudaMemsetAsync"));
     MOECOMM_RETURN_IF_ERROR(cudaStatus(cuda::routerLossTerms(p, logits.as<const float>(), f,
                                                              d_scratch, d_fq, d_lse, d_bad, stream),
                                        "the router loss kernel"));

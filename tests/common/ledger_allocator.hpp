@@ -6,7 +6,9 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdlib>
 #include <map>
+#include <memory>
 #include <mutex>
 
 #include "moecomm/allocator.hpp"
@@ -72,5 +74,12 @@ class LedgerAllocator final : public DeviceAllocator {
   int allocations_ = 0;
   int mismatches_ = 0;
 };
+
+// Host memory behind "GPU" tensors, for the CPU suites: nothing may read it, the tests only follow
+// where it goes.
+inline std::shared_ptr<LedgerAllocator> hostLedgerAllocator() {
+  return std::make_shared<LedgerAllocator>([](size_t bytes, void*) { return std::malloc(bytes); },
+                                           [](void* p, void*) { std::free(p); });
+}
 
 }  // namespace moecomm::testing

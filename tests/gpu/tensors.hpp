@@ -83,6 +83,17 @@ inline void onThreads(int ranks, const std::function<void(int)>& body, bool spre
   if (failure) std::rethrow_exception(failure);
 }
 
+// Runs body(stream) on a new stream and destroys the stream after everything the body made has
+// gone: a stream-ordered allocator gives memory back on the stream it was taken on. (A failing
+// check leaves the stream behind, not a tensor.)
+inline void onStream(const std::function<void(cudaStream_t)>& body,
+                     unsigned flags = cudaStreamDefault) {
+  cudaStream_t stream = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, flags));
+  body(stream);
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
 inline int gpuCount() {
   int count = 0;
   CUDA_OK(cudaGetDeviceCount(&count));

@@ -391,11 +391,7 @@ void dispatchCombineRanks(const EngineCase& c) {
   onThreads(
       ranks,
       [&](int rank) {
-        cudaStream_t stream = nullptr;
-        CUDA_OK(cudaStreamCreate(&stream));
-        // Every tensor of the call dies in this scope, before its stream: a stream-ordered
-        // allocator gives memory back on the stream it was taken on.
-        {
+        onStream([&](cudaStream_t stream) {
           const ExecContext ctx{stream};
           GroupConfig config;
           config.num_experts = experts;
@@ -453,8 +449,7 @@ void dispatchCombineRanks(const EngineCase& c) {
           // Combine and the backward passes with the rows themselves as the expert output.
           expectSameReductions(host_d, dev_d, hb, db, hb.x, db.x, tokens, hidden, topk, stream,
                                tag);
-        }
-        CUDA_OK(cudaStreamDestroy(stream));
+        });
       },
       nccl);
 }
@@ -488,17 +483,10 @@ void fp8DispatchRanks(int ranks, const DispatchOptions& options) {
   const int64_t hidden = 200, blocks = fp8ScaleBlocks(hidden);
   LocalWorld world(ranks);
   onThreads(ranks, [&](int rank) {
-    cudaStream_t stream = nullptr;
-    CUDA_OK(cudaStreamCreate(&stream));
-    {
+    onStream([&](cudaStream_t stream) {
       const ExecContext ctx{stream};
-      GroupConfig config;
-      config.num_experts = experts;
-      config.hidden = static_cast<int>(hidden);
-      config.dtype = DType::kFP8E4M3;
-      config.topk = topk;
-      config.transport = "local";
-      Group group = Group::create(world, rank, config);
+      Group group = Group::create(
+          world, rank, {experts, static_cast<int>(hidden), DType::kFP8E4M3, topk, 0, "local"});
       Dispatcher host_d(group, options);
       Dispatcher dev_d(group, options);
       const int64_t tokens = rank == 1 ? 0 : 40 + 11 * rank;
@@ -540,8 +528,7 @@ void fp8DispatchRanks(int ranks, const DispatchOptions& options) {
       const Tensor y = randomHost({rows, hidden}, DType::kBF16);
       const Tensor dy = onGpu(y, stream);
       expectSameReductions(host_d, dev_d, hb, db, y, dy, tokens, hidden, topk, stream, tag);
-    }
-    CUDA_OK(cudaStreamDestroy(stream));
+    });
   });
 }
 

@@ -131,81 +131,82 @@ GPU_TEST(expert_mlp_bf16_compute_matches_cpu) {
   for (int64_t c : counts) offsets.push_back(offsets.back() + (c + 7) / 8 * 8);
   const int64_t rows = offsets.back() + 3;
   const int hidden = 40, ffn = 24;
-  cudaStream_t stream = nullptr;
-  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  {
-    const ExecContext ctx{stream};
-    for (Activation act : {Activation::kSwiGLU, Activation::kGelu}) {
-      const std::string tag = act == Activation::kSwiGLU ? "swiglu" : "gelu";
-      ExpertMlpConfig config{hidden, ffn, static_cast<int>(counts.size()), act};
-      config.compute_dtype = DType::kBF16;
-      const int64_t E = config.num_experts;
-      const int64_t in_cols = act == Activation::kSwiGLU ? 2 * ffn : ffn;
-      std::mt19937 grid_rng(act == Activation::kSwiGLU ? 11u : 12u);
-      auto grid = [&](std::initializer_list<int64_t> shape) {
-        Tensor t = Tensor::empty(shape, DType::kF32);
-        const std::vector<float> v = testing::gridValues(static_cast<size_t>(t.numel()), grid_rng);
-        std::memcpy(t.data(), v.data(), v.size() * sizeof(float));
-        return t;
-      };
-      const Tensor w_in = grid({E, hidden, in_cols}), w_out = grid({E, ffn, hidden});
-      const Tensor x = grid({rows, hidden}), gy = grid({rows, hidden});
-      ExpertMlp host(config);
-      setParameter(host.w_in(), w_in);
-      setParameter(host.w_out(), w_out);
-      const Tensor y_host = host.forward(x.view(), counts, offsets);
-      const Tensor gx_host = host.backward(gy.view());
-      for (DType compute : {DType::kBF16, DType::kF32}) {
-        ExpertMlpConfig dev_config = config;
-        dev_config.device = Device::cuda(0);
-        dev_config.compute_dtype = compute;
-        ExpertMlp dev(dev_config);
-        setParameter(dev.w_in(), w_in);
-        setParameter(dev.w_out(), w_out);
-        const Tensor dx = onGpu(x, stream), dgy = onGpu(gy, stream);
-        const Tensor y_dev = dev.forward(dx.view(), counts, offsets, ctx);
-        const Tensor gx_dev = dev.backward(dgy.view(), ctx);
-        CUDA_OK(cudaStreamSynchronize(stream));
-        struct Pair {
-          const char* what;
-          const Tensor* want;
-          const Tensor* got;
-        };
-        for (const Pair& p : {Pair{"y", &y_host, &y_dev}, Pair{"grad_x", &gx_host, &gx_dev},
-                              Pair{"grad_w_in", &host.grad_w_in(), &dev.grad_w_in()},
-                              Pair{"grad_w_out", &host.grad_w_out(), &dev.grad_w_out()}}) {
-          const Tensor want = onHost(p.want->view());
-          const Tensor got = onHost(p.got->view());
-          float largest = 0;
-          for (int64_t i = 0; i < want.numel(); ++i) {
-            largest = std::max(largest, std::fabs(want.as<float>()[i]));
-          }
-          // Zeros on both sides (padding, idle experts) count for neither side.
-          int64_t tight = 0, counted = 0;
-          float worst = 0;
-          for (int64_t i = 0; i < want.numel(); ++i) {
-            const float a = want.as<float>()[i], b = got.as<float>()[i];
-            if (a == 0.0f && b == 0.0f) continue;
-            const float d = std::fabs(a - b);
-            worst = std::max(worst, d);
-            ++counted;
-            if (d <= 1e-5f * largest) ++tight;
-          }
-          GPU_CHECK(counted > 0, tag << " " << p.what << ": all zeros");
-          const double share = double(tight) / double(counted);
-          if (compute == DType::kBF16) {
-            GPU_CHECK(share >= 0.95 && worst <= 2e-2f * largest,
-                      tag << " " << p.what << ": " << share * 100 << "% within 1e-5, worst "
-                          << worst << " of " << largest);
-          } else {
-            GPU_CHECK(share < 0.5, tag << " " << p.what << ": the f32 GPU layer matched the bf16 "
-                                       << "host layer on " << share * 100 << "% of elements");
+  onStream(
+      [&](cudaStream_t stream) {
+        const ExecContext ctx{stream};
+        for (Activation act : {Activation::kSwiGLU, Activation::kGelu}) {
+          const std::string tag = act == Activation::kSwiGLU ? "swiglu" : "gelu";
+          ExpertMlpConfig config{hidden, ffn, static_cast<int>(counts.size()), act};
+          config.compute_dtype = DType::kBF16;
+          const int64_t E = config.num_experts;
+          const int64_t in_cols = act == Activation::kSwiGLU ? 2 * ffn : ffn;
+          std::mt19937 grid_rng(act == Activation::kSwiGLU ? 11u : 12u);
+          auto grid = [&](std::initializer_list<int64_t> shape) {
+            Tensor t = Tensor::empty(shape, DType::kF32);
+            const std::vector<float> v =
+                testing::gridValues(static_cast<size_t>(t.numel()), grid_rng);
+            std::memcpy(t.data(), v.data(), v.size() * sizeof(float));
+            return t;
+          };
+          const Tensor w_in = grid({E, hidden, in_cols}), w_out = grid({E, ffn, hidden});
+          const Tensor x = grid({rows, hidden}), gy = grid({rows, hidden});
+          ExpertMlp host(config);
+          setParameter(host.w_in(), w_in);
+          setParameter(host.w_out(), w_out);
+          const Tensor y_host = host.forward(x.view(), counts, offsets);
+          const Tensor gx_host = host.backward(gy.view());
+          for (DType compute : {DType::kBF16, DType::kF32}) {
+            ExpertMlpConfig dev_config = config;
+            dev_config.device = Device::cuda(0);
+            dev_config.compute_dtype = compute;
+            ExpertMlp dev(dev_config);
+            setParameter(dev.w_in(), w_in);
+            setParameter(dev.w_out(), w_out);
+            const Tensor dx = onGpu(x, stream), dgy = onGpu(gy, stream);
+            const Tensor y_dev = dev.forward(dx.view(), counts, offsets, ctx);
+            const Tensor gx_dev = dev.backward(dgy.view(), ctx);
+            CUDA_OK(cudaStreamSynchronize(stream));
+            struct Pair {
+              const char* what;
+              const Tensor* want;
+              const Tensor* got;
+            };
+            for (const Pair& p : {Pair{"y", &y_host, &y_dev}, Pair{"grad_x", &gx_host, &gx_dev},
+                                  Pair{"grad_w_in", &host.grad_w_in(), &dev.grad_w_in()},
+                                  Pair{"grad_w_out", &host.grad_w_out(), &dev.grad_w_out()}}) {
+              const Tensor want = onHost(p.want->view());
+              const Tensor got = onHost(p.got->view());
+              float largest = 0;
+              for (int64_t i = 0; i < want.numel(); ++i) {
+                largest = std::max(largest, std::fabs(want.as<float>()[i]));
+              }
+              // Zeros on both sides (padding, idle experts) count for neither side.
+              int64_t tight = 0, counted = 0;
+              float worst = 0;
+              for (int64_t i = 0; i < want.numel(); ++i) {
+                const float a = want.as<float>()[i], b = got.as<float>()[i];
+                if (a == 0.0f && b == 0.0f) continue;
+                const float d = std::fabs(a - b);
+                worst = std::max(worst, d);
+                ++counted;
+                if (d <= 1e-5f * largest) ++tight;
+              }
+              GPU_CHECK(counted > 0, tag << " " << p.what << ": all zeros");
+              const double share = double(tight) / double(counted);
+              if (compute == DType::kBF16) {
+                GPU_CHECK(share >= 0.95 && worst <= 2e-2f * largest,
+                          tag << " " << p.what << ": " << share * 100 << "% within 1e-5, worst "
+                              << worst << " of " << largest);
+              } else {
+                GPU_CHECK(share < 0.5, tag << " " << p.what
+                                           << ": the f32 GPU layer matched the bf16 "
+                                           << "host layer on " << share * 100 << "% of elements");
+              }
+            }
           }
         }
-      }
-    }
-  }
-  CUDA_OK(cudaStreamDestroy(stream));
+      },
+      cudaStreamNonBlocking);
 }
 
 // The whole layer on 2 ranks sharing GPU 0, each with its own stream, against the host layer of
@@ -217,79 +218,73 @@ GPU_TEST(moe_layer_cuda_matches_cpu_on_2_ranks) {
   for (bool shared : {false, true}) {
     LocalWorld world(ranks);
     onThreads(ranks, [&](int rank) {
-      cudaStream_t stream = nullptr;
-      CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-      // The layers and every tensor die in this scope, before their stream: a stream-ordered
-      // allocator gives memory back on the stream it was taken on.
-      {
-        const ExecContext ctx{stream};
-        GroupConfig g;
-        g.num_experts = 8;
-        g.hidden = 64;
-        g.dtype = DType::kBF16;
-        g.topk = 2;
-        g.transport = "local";
-        Group group = Group::create(world, rank, g);
-        MoeLayerConfig lc;
-        lc.ffn = 32;
-        lc.shared_ffn = shared ? 16 : 0;
-        lc.router.topk = 2;
-        lc.losses.aux_loss_coeff = 0.01;
-        lc.losses.z_loss_coeff = 0.001;
-        lc.dispatch.expert_alignment = 8;
-        MoeLayer host(group, lc);
-        lc.device = Device::cuda(0);
-        MoeLayer dev(group, lc);
-        host.initWeights(11);
-        dev.initWeights(11, ctx);
-        const std::string tag =
-            std::string(shared ? "shared " : "") + "rank " + std::to_string(rank);
-        expectClose(host.routerWeight().view(), dev.routerWeight().view(), 0.0f,
-                    tag + " initial router weight");
-        expectClose(host.experts().w_in().view(), dev.experts().w_in().view(), 0.0f,
-                    tag + " initial w_in");
-        const int64_t tokens = 40 + 17 * rank;
-        const Tensor x = randomHost({tokens, g.hidden}, DType::kF32);
-        const MoeOutput out_host = host.forward(x.view());
-        const Tensor dx = onGpu(x, stream);  // named: it must outlive the work queued on it
-        const MoeOutput out_dev = dev.forward(dx.view(), ctx);
-        GPU_CHECK(out_dev.out.device().isCuda(), tag << ": the output must be on the GPU");
-        CUDA_OK(cudaStreamSynchronize(stream));
-        GPU_CHECK(out_host.stats.tokens_per_expert == out_dev.stats.tokens_per_expert,
-                  tag << ": the routing differs (a near-tie in the logits?)");
-        expectClose(out_host.out.view(), out_dev.out.view(), 2e-4f, tag + " out");
-        GPU_CHECK(std::fabs(out_host.losses.aux_loss - out_dev.losses.aux_loss) <= 1e-5 &&
-                      std::fabs(out_host.losses.z_loss - out_dev.losses.z_loss) <= 1e-5,
-                  tag << ": losses " << out_host.losses.aux_loss << "/" << out_host.losses.z_loss
-                      << " vs " << out_dev.losses.aux_loss << "/" << out_dev.losses.z_loss);
-        const Tensor grad_out = randomHost({tokens, g.hidden}, DType::kBF16);
-        const Tensor gx_host = host.backward(grad_out.view());
-        const Tensor d_grad_out = onGpu(grad_out, stream);
-        const Tensor gx_dev = dev.backward(d_grad_out.view(), ctx);
-        CUDA_OK(cudaStreamSynchronize(stream));
-        expectClose(gx_host.view(), gx_dev.view(), 2e-4f, tag + " grad_x");
-        expectClose(host.gradRouterWeight().view(), dev.gradRouterWeight().view(), 2e-4f,
-                    tag + " router weight gradient");
-        expectClose(host.experts().grad_w_in().view(), dev.experts().grad_w_in().view(), 2e-4f,
-                    tag + " experts' grad_w_in");
-        expectClose(host.experts().grad_w_out().view(), dev.experts().grad_w_out().view(), 2e-4f,
-                    tag + " experts' grad_w_out");
-        if (shared) {
-          expectClose(host.sharedExpert()->grad_w_in().view(),
-                      dev.sharedExpert()->grad_w_in().view(), 2e-4f, tag + " shared grad_w_in");
-        }
-        // The aux-loss-free bias update on a GPU bias equals the host's.
-        updateExpertBias(host.expertBias().view(), out_host.stats.tokens_per_expert, 0.01f);
-        updateExpertBias(dev.expertBias().view(), out_dev.stats.tokens_per_expert, 0.01f, ctx);
-        expectClose(host.expertBias().view(), dev.expertBias().view(), 0.0f, tag + " expert bias");
-        dev.zeroGrad(ctx);
-        CUDA_OK(cudaStreamSynchronize(stream));
-        const Tensor zeroed = onHost(dev.gradRouterWeight().view());
-        for (int64_t i = 0; i < zeroed.numel(); ++i) {
-          GPU_CHECK(zeroed.as<float>()[i] == 0.0f, tag << ": zeroGrad left element " << i);
-        }
-      }
-      CUDA_OK(cudaStreamDestroy(stream));
+      onStream(
+          [&](cudaStream_t stream) {
+            const ExecContext ctx{stream};
+            const GroupConfig g{8, 64, DType::kBF16, 2, 0, "local"};
+            Group group = Group::create(world, rank, g);
+            MoeLayerConfig lc;
+            lc.ffn = 32;
+            lc.shared_ffn = shared ? 16 : 0;
+            lc.router.topk = 2;
+            lc.losses.aux_loss_coeff = 0.01;
+            lc.losses.z_loss_coeff = 0.001;
+            lc.dispatch.expert_alignment = 8;
+            MoeLayer host(group, lc);
+            lc.device = Device::cuda(0);
+            MoeLayer dev(group, lc);
+            host.initWeights(11);
+            dev.initWeights(11, ctx);
+            const std::string tag =
+                std::string(shared ? "shared " : "") + "rank " + std::to_string(rank);
+            expectClose(host.routerWeight().view(), dev.routerWeight().view(), 0.0f,
+                        tag + " initial router weight");
+            expectClose(host.experts().w_in().view(), dev.experts().w_in().view(), 0.0f,
+                        tag + " initial w_in");
+            const int64_t tokens = 40 + 17 * rank;
+            const Tensor x = randomHost({tokens, g.hidden}, DType::kF32);
+            const MoeOutput out_host = host.forward(x.view());
+            const Tensor dx = onGpu(x, stream);  // named: it must outlive the work queued on it
+            const MoeOutput out_dev = dev.forward(dx.view(), ctx);
+            GPU_CHECK(out_dev.out.device().isCuda(), tag << ": the output must be on the GPU");
+            CUDA_OK(cudaStreamSynchronize(stream));
+            GPU_CHECK(out_host.stats.tokens_per_expert == out_dev.stats.tokens_per_expert,
+                      tag << ": the routing differs (a near-tie in the logits?)");
+            expectClose(out_host.out.view(), out_dev.out.view(), 2e-4f, tag + " out");
+            GPU_CHECK(std::fabs(out_host.losses.aux_loss - out_dev.losses.aux_loss) <= 1e-5 &&
+                          std::fabs(out_host.losses.z_loss - out_dev.losses.z_loss) <= 1e-5,
+                      tag << ": losses " << out_host.losses.aux_loss << "/"
+                          << out_host.losses.z_loss << " vs " << out_dev.losses.aux_loss << "/"
+                          << out_dev.losses.z_loss);
+            const Tensor grad_out = randomHost({tokens, g.hidden}, DType::kBF16);
+            const Tensor gx_host = host.backward(grad_out.view());
+            const Tensor d_grad_out = onGpu(grad_out, stream);
+            const Tensor gx_dev = dev.backward(d_grad_out.view(), ctx);
+            CUDA_OK(cudaStreamSynchronize(stream));
+            expectClose(gx_host.view(), gx_dev.view(), 2e-4f, tag + " grad_x");
+            expectClose(host.gradRouterWeight().view(), dev.gradRouterWeight().view(), 2e-4f,
+                        tag + " router weight gradient");
+            expectClose(host.experts().grad_w_in().view(), dev.experts().grad_w_in().view(), 2e-4f,
+                        tag + " experts' grad_w_in");
+            expectClose(host.experts().grad_w_out().view(), dev.experts().grad_w_out().view(),
+                        2e-4f, tag + " experts' grad_w_out");
+            if (shared) {
+              expectClose(host.sharedExpert()->grad_w_in().view(),
+                          dev.sharedExpert()->grad_w_in().view(), 2e-4f, tag + " shared grad_w_in");
+            }
+            // The aux-loss-free bias update on a GPU bias equals the host's.
+            updateExpertBias(host.expertBias().view(), out_host.stats.tokens_per_expert, 0.01f);
+            updateExpertBias(dev.expertBias().view(), out_dev.stats.tokens_per_expert, 0.01f, ctx);
+            expectClose(host.expertBias().view(), dev.expertBias().view(), 0.0f,
+                        tag + " expert bias");
+            dev.zeroGrad(ctx);
+            CUDA_OK(cudaStreamSynchronize(stream));
+            const Tensor zeroed = onHost(dev.gradRouterWeight().view());
+            for (int64_t i = 0; i < zeroed.numel(); ++i) {
+              GPU_CHECK(zeroed.as<float>()[i] == 0.0f, tag << ": zeroGrad left element " << i);
+            }
+          },
+          cudaStreamNonBlocking);
     });
   }
 }

@@ -4,8 +4,6 @@
 // it) instead of leaving the peers waiting. Skipped where a GPU is usable: tests/gpu covers that.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -98,9 +96,7 @@ TEST(CudaTensors, RouterLossesAndBackwardOnAMissingGpuSayWhy) {
   const Router router(o);
   std::vector<float> logits(8 * 16, 0.5f), grad(8 * 16, 7.0f), grad_w(16, 1.0f);
   const Routing host = router.route(TensorView::matrix(logits.data(), DType::kF32, 8, 16));
-  setDeviceAllocator(std::make_shared<testing::LedgerAllocator>(
-      [](size_t bytes, void*) { return std::malloc(bytes); },
-      [](void* p, void*) { std::free(p); }));
+  setDeviceAllocator(testing::hostLedgerAllocator());
   Routing on_gpu = host;
   on_gpu.topk_idx = Tensor::empty({8, 2}, DType::kI32, Device::cuda(0), ExecContext{});
   on_gpu.selected_idx = Tensor::empty({8, 2}, DType::kI32, Device::cuda(0), ExecContext{});

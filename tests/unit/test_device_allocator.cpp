@@ -21,12 +21,6 @@ namespace {
 using testing::gpuUsable;
 using testing::LedgerAllocator;
 
-// Host memory: nothing reads it, the tests only follow where it goes.
-std::shared_ptr<LedgerAllocator> hostLedger() {
-  return std::make_shared<LedgerAllocator>([](size_t bytes, void*) { return std::malloc(bytes); },
-                                           [](void* p, void*) { std::free(p); });
-}
-
 // Installs an allocator for one test and restores the default after it.
 class DeviceAllocatorTest : public ::testing::Test {
  protected:
@@ -62,7 +56,7 @@ TEST(DeviceAllocatorChoice, TheEnvironmentPicksTheBuiltInOne) {
 }
 
 TEST_F(DeviceAllocatorTest, CallTensorsComeFromItWithTheirGpuAndStream) {
-  auto ledger = hostLedger();
+  auto ledger = testing::hostLedgerAllocator();
   setDeviceAllocator(ledger);
   EXPECT_EQ(currentDeviceAllocator(), ledger);
   {
@@ -96,7 +90,7 @@ TEST_F(DeviceAllocatorTest, CallTensorsComeFromItWithTheirGpuAndStream) {
 }
 
 TEST_F(DeviceAllocatorTest, TensorsWithoutAContextNeverReachIt) {
-  auto ledger = hostLedger();
+  auto ledger = testing::hostLedgerAllocator();
   setDeviceAllocator(ledger);
   // Long-lived tensors (parameters) come from cudaMalloc, which needs a GPU this machine lacks.
   EXPECT_THROW((void)Tensor::empty({4}, DType::kF32, Device::cuda(0)), Error);
@@ -104,8 +98,8 @@ TEST_F(DeviceAllocatorTest, TensorsWithoutAContextNeverReachIt) {
 }
 
 TEST_F(DeviceAllocatorTest, ATensorGoesBackToTheAllocatorThatMadeIt) {
-  auto first = hostLedger();
-  auto second = hostLedger();
+  auto first = testing::hostLedgerAllocator();
+  auto second = testing::hostLedgerAllocator();
   setDeviceAllocator(first);
   Tensor a = Tensor::empty({16}, DType::kF32, Device::cuda(0), ExecContext{streamNamed(3)});
   setDeviceAllocator(second);
@@ -119,7 +113,7 @@ TEST_F(DeviceAllocatorTest, ATensorGoesBackToTheAllocatorThatMadeIt) {
   EXPECT_EQ(first->counts().mismatches, 0);
   EXPECT_EQ(second->counts().mismatches, 0);
   // The tensor keeps its allocator alive after the application let go of it.
-  auto third = hostLedger();
+  auto third = testing::hostLedgerAllocator();
   const std::weak_ptr<LedgerAllocator> watch = third;
   setDeviceAllocator(third);
   Tensor c = Tensor::empty({4}, DType::kF32, Device::cuda(0), ExecContext{});
@@ -167,7 +161,7 @@ TEST_F(DeviceAllocatorTest, AFailureNamesTheSizeTheGpuTheAllocatorAndWhy) {
 }
 
 TEST_F(DeviceAllocatorTest, ZerosThatCannotRunGiveTheirMemoryBack) {
-  auto ledger = hostLedger();
+  auto ledger = testing::hostLedgerAllocator();
   setDeviceAllocator(ledger);
   // The memset needs a GPU: the call fails, and the block it took goes back.
   EXPECT_THROW((void)Tensor::zeros({8, 8}, DType::kF32, Device::cuda(0), ExecContext{}), Error);
