@@ -53,18 +53,25 @@ if [ -z "$nccl_dir" ]; then
              2>/dev/null || true)
 fi
 
+# fmt for the engine's messages where the C++ library has no std::format (g++ 12 or older): the
+# headers PyTorch's wheel carries, used header-only (cmake/Format.cmake).
+fmt_dir=$(python3 -c 'import importlib.util as u, os
+print(os.path.join(os.path.dirname(u.find_spec("torch").origin), "include"))' 2>/dev/null || true)
+[ -n "$fmt_dir" ] && [ ! -f "$fmt_dir/fmt/format.h" ] && fmt_dir=""
+
 echo "== machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true
 echo "nvcc: $(nvcc --version 2>/dev/null | tail -1)"
 echo "cmake: $(cmake --version 2>/dev/null | head -1)"
 echo "c++: $(c++ --version 2>/dev/null | head -1)"
 echo "nccl: ${nccl_dir:-not found}"
+echo "fmt headers (used only without std::format): ${fmt_dir:-not found}"
 echo "cores: $(nproc)"
 
 step configure 120 cmake -S "$root" -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90 -DMOECOMM_WITH_CUDA=ON -DMOECOMM_WITH_MPI=OFF \
   -DMOECOMM_WITH_UCX=OFF -DMOECOMM_WARNINGS_AS_ERRORS=OFF -DMOECOMM_BUILD_EXAMPLES=OFF \
-  ${nccl_dir:+-DMOECOMM_NCCL_ROOT="$nccl_dir"}
+  ${nccl_dir:+-DMOECOMM_NCCL_ROOT="$nccl_dir"} ${fmt_dir:+-DMOECOMM_FMT_INCLUDE_DIR="$fmt_dir"}
 # Two builds, so that a failure in the engine's build still leaves the kernels' tests to run.
 step build 300 cmake --build "$dir" -j "$(nproc)" --target test_gpu_kernels bench_gpu_kernels
 step build-engine 300 cmake --build "$dir" -j "$(nproc)" --target test_gpu_engine test_gpu_layer \
