@@ -96,6 +96,17 @@ __global__ void unpackKernel(const void* recv, const float* recv_weights, int to
   }
 }
 
+__global__ void keptRoutingKernel(const int32_t* recv_experts, const float* recv_weights,
+                                  const int32_t* slot_row, int64_t slots, int32_t* topk_idx,
+                                  float* topk_weights) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < slots;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const bool kept = slot_row[i] >= 0;
+    topk_idx[i] = kept ? recv_experts[i] : -1;
+    topk_weights[i] = kept ? recv_weights[i] : 0.0f;
+  }
+}
+
 }  // namespace
 
 cudaError_t planUnpack(const int32_t* recv_experts, int64_t rows_in, int topk,
@@ -168,6 +179,15 @@ cudaError_t unpackRows(const void* recv, const float* recv_weights, int topk, in
           recv, recv_weights, topk, row_bytes, plan.row_source, total, max_rows, out, row_weights);
       break;
   }
+  return cudaGetLastError();
+}
+
+cudaError_t keptRouting(const int32_t* recv_experts, const float* recv_weights,
+                        const int32_t* slot_row, int64_t slots, int32_t* topk_idx,
+                        float* topk_weights, cudaStream_t stream) {
+  if (slots == 0) return cudaSuccess;
+  keptRoutingKernel<<<blocksFor(slots), kThreads, 0, stream>>>(recv_experts, recv_weights, slot_row,
+                                                               slots, topk_idx, topk_weights);
   return cudaGetLastError();
 }
 

@@ -41,4 +41,11 @@ cudaError_t unpackRows(const void* recv, const float* recv_weights, int topk, in
                        const UnpackPlan& plan, int local_experts, int64_t max_rows, void* out,
                        float* row_weights, cudaStream_t stream);
 
+// Token-major routing from a plan with alignment 1: each received slot's local expert and weight
+// where the plan kept it (slot_row >= 0), -1 and 0 where it did not (another rank's expert, an
+// unused slot, or a refusal under capacity). slots = rows_in * topk.
+cudaError_t keptRouting(const int32_t* recv_experts, const float* recv_weights,
+                        const int32_t* slot_row, int64_t slots, int32_t* topk_idx,
+                        float* topk_weights, cudaStream_t stream);
+
 }  // namespace moecomm::cuda

@@ -1,7 +1,9 @@
 // Dispatch + combine through the public API with CUDA tensors, ranks as threads sharing one GPU:
 // the GPU-native path (i32 indices) against the path staged through pinned host memory (i64
 // indices), in the same run, and the GPU-native path again with the call tensors from the
-// stream-ordered pool instead of cudaMalloc/cudaFree. Prints "RESULT" lines for
+// stream-ordered pool instead of cudaMalloc/cudaFree, with FP8 rows, and with token-major
+// batches (one row per token and rank, so combine sends back the rows as they are). Prints
+// "RESULT" lines for
 // scripts/gpu-check.sh.
 #include <cuda_runtime_api.h>
 
@@ -30,7 +32,7 @@ struct Shape {
 // Mean milliseconds of one dispatch + combine per rank (all ranks at once). fp8: the group's rows
 // are e4m3 with their scales (half of bf16's bytes on the way out); combine takes bf16 rows.
 double run(const Shape& s, DType idx_dtype, int iters, std::shared_ptr<DeviceAllocator> allocator,
-           bool fp8 = false) {
+           bool fp8 = false, BatchLayout layout = BatchLayout::kExpertMajor) {
   setDeviceAllocator(std::move(allocator));
   LocalWorld world(s.ranks);
   std::vector<double> ms(static_cast<size_t>(s.ranks));
@@ -48,7 +50,9 @@ double run(const Shape& s, DType idx_dtype, int iters, std::shared_ptr<DeviceAll
         config.topk = s.topk;
         config.transport = "local";
         Group group = Group::create(world, rank, config);
-        Dispatcher d(group);
+        DispatchOptions options;
+        options.layout = layout;
+        Dispatcher d(group, options);
         std::mt19937 rng(static_cast<unsigned>(rank));
         Tensor idx = Tensor::empty({s.tokens, s.topk}, idx_dtype);
         std::vector<int> perm(s.experts);
@@ -117,13 +121,15 @@ int main() {
       const double native = run(s, DType::kI32, 10, synchronousDeviceAllocator());
       const double pooled = run(s, DType::kI32, 10, streamOrderedDeviceAllocator());
       const double fp8 = run(s, DType::kI32, 10, synchronousDeviceAllocator(), true);
+      const double token_major =
+          run(s, DType::kI32, 10, synchronousDeviceAllocator(), false, BatchLayout::kTokenMajor);
       const double staged = run(s, DType::kI64, 2, synchronousDeviceAllocator());
       std::printf(
           "RESULT engine %d ranks T=%lld H=%lld: native %.2f ms (cudaMalloc), %.2f ms "
-          "(stream-ordered pool), %.2f ms (FP8 dispatch), staged through host %.2f ms per "
-          "dispatch+combine (%.1fx)\n",
+          "(stream-ordered pool), %.2f ms (FP8 dispatch), %.2f ms (token-major), staged through "
+          "host %.2f ms per dispatch+combine (%.1fx)\n",
           s.ranks, static_cast<long long>(s.tokens), static_cast<long long>(s.hidden), native,
-          pooled, fp8, staged, staged / native);
+          pooled, fp8, token_major, staged, staged / native);
       std::fflush(stdout);
     }
   } catch (const std::exception& e) {

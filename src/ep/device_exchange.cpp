@@ -42,11 +42,12 @@ struct DeviceHandle {
   std::vector<int64_t> send_offsets;  // [ranks + 1] send-buffer rows per destination
   std::vector<int64_t> recv_offsets;  // [ranks + 1] received rows per source, in source order
   int64_t num_rows = 0;
-  Tensor send_pos;        // i32 [ranks, tokens]
-  Tensor slot_row;        // i32 [rows in, topk]
-  Tensor row_source;      // i32 [num_rows]
-  Tensor row_weights;     // f32 [num_rows]
-  Tensor expert_offsets;  // i32 [local experts + 1]
+  bool token_major = false;  // the batch has one row per received token (num_rows = received())
+  Tensor send_pos;           // i32 [ranks, tokens]
+  Tensor slot_row;           // i32 [rows in, topk]
+  Tensor row_source;         // i32 [num_rows]
+  Tensor row_weights;        // f32 [num_rows]
+  Tensor expert_offsets;     // i32 [local experts + 1]
 
   int64_t sent() const { return send_offsets.back(); }
   int64_t received() const { return recv_offsets.back(); }
@@ -481,35 +482,52 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
       demand[e] += c;
     }
   }
+  // Token-major: the received rows are the batch, in source order, and the plan (alignment 1)
+  // only says which slots capacity keeps.
   ExpertBatch batch;
-  h->num_rows = layoutExperts(o, demand, &batch);
+  const int64_t plan_rows = layoutExperts(o, demand, &batch);
   for (int s = 0; s < n; ++s) batch.tokens_from_rank.push_back(from[s].count);
-
-  // Pull every source's rows, then lay them out expert by expert.
   const int64_t rows_in = h->received();
+  h->token_major = o.layout == BatchLayout::kTokenMajor;
+  h->num_rows = h->token_major ? rows_in : plan_rows;
+  if (h->token_major) batch.expert_offsets.clear();
+
+  // Pull every source's rows, then lay them out expert by expert (token-major: straight into
+  // the batch).
   Status mid = deviceTensor({rows_in, k}, DType::kI32, h->device, stream, &h->slot_row);
-  if (mid.isOk()) mid = deviceTensor({h->num_rows}, DType::kI32, h->device, stream, &h->row_source);
-  if (mid.isOk())
+  if (mid.isOk()) mid = deviceTensor({plan_rows}, DType::kI32, h->device, stream, &h->row_source);
+  if (mid.isOk() && !h->token_major)
     mid = deviceTensor({h->num_rows}, DType::kF32, h->device, stream, &h->row_weights);
   if (mid.isOk()) mid = deviceTensor({L + 1}, DType::kI32, h->device, stream, &h->expert_offsets);
   if (mid.isOk()) {
     mid = deviceTensor({h->num_rows, h->hidden}, group.config.dtype, h->device, stream, &batch.x);
   }
-  if (mid.isOk()) mid = grow(sc->recv_rows, static_cast<size_t>(rows_in) * rb, h->device);
+  if (mid.isOk() && h->token_major) {
+    mid = deviceTensor({rows_in, k}, DType::kI32, h->device, stream, &batch.topk_idx);
+    if (mid.isOk())
+      mid = deviceTensor({rows_in, k}, DType::kF32, h->device, stream, &batch.topk_weights);
+  }
+  if (mid.isOk() && !h->token_major)
+    mid = grow(sc->recv_rows, static_cast<size_t>(rows_in) * rb, h->device);
   if (mid.isOk()) mid = grow(sc->recv_experts, static_cast<size_t>(rows_in * k) * 4, h->device);
   if (mid.isOk()) mid = grow(sc->recv_weights, static_cast<size_t>(rows_in * k) * 4, h->device);
   if (mid.isOk()) mid = grow(sc->partial, static_cast<size_t>(2 * L + 2) * 4, h->device);
   if (mid.isOk() && sb > 0) {
     mid = deviceTensor({h->num_rows, blocks}, DType::kF32, h->device, stream, &batch.x_scales);
-    if (mid.isOk()) mid = grow(sc->recv_scales, static_cast<size_t>(rows_in) * sb, h->device);
+    if (mid.isOk() && !h->token_major)
+      mid = grow(sc->recv_scales, static_cast<size_t>(rows_in) * sb, h->device);
   }
+  std::byte* rows_to =
+      h->token_major ? static_cast<std::byte*>(batch.x.data()) : sc->recv_rows.data();
+  std::byte* scales_to = sb == 0 ? nullptr
+                                 : (h->token_major ? static_cast<std::byte*>(batch.x_scales.data())
+                                                   : sc->recv_scales.data());
   const bool over_nccl = group.device_transport != nullptr;
   if (over_nccl) {
     MOECOMM_RETURN_IF_ERROR(readyRound(state, WireOp::kDeviceDispatch, sequence, 1, mid));
     const std::vector<int64_t>& so = h->send_offsets;
     const std::vector<int64_t>& ro = h->recv_offsets;
-    mid = moveOverDeviceTransport(group, sc->send_rows.data(), so, sc->recv_rows.data(), ro, rb,
-                                  stream);
+    mid = moveOverDeviceTransport(group, sc->send_rows.data(), so, rows_to, ro, rb, stream);
     if (mid.isOk()) {
       mid = moveOverDeviceTransport(group, sc->send_experts.data(), so, sc->recv_experts.data(), ro,
                                     static_cast<size_t>(k) * 4, stream);
@@ -519,8 +537,7 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
                                     static_cast<size_t>(k) * 4, stream);
     }
     if (mid.isOk() && sb > 0) {
-      mid = moveOverDeviceTransport(group, sc->send_scales.data(), so, sc->recv_scales.data(), ro,
-                                    sb, stream);
+      mid = moveOverDeviceTransport(group, sc->send_scales.data(), so, scales_to, ro, sb, stream);
     }
   }
   for (int s = 0; s < n && mid.isOk() && !over_nccl; ++s) {
@@ -530,10 +547,10 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
     mid = cudaStatus(cudaStreamWaitEvent(stream, reinterpret_cast<cudaEvent_t>(from[s].event), 0),
                      "cudaStreamWaitEvent");
     const std::array<std::pair<size_t, std::pair<std::byte*, uint64_t>>, 4> copies = {{
-        {rb, {sc->recv_rows.data(), from[s].rows}},
+        {rb, {rows_to, from[s].rows}},
         {static_cast<size_t>(k) * 4, {sc->recv_experts.data(), from[s].experts}},
         {static_cast<size_t>(k) * 4, {sc->recv_weights.data(), from[s].weights}},
-        {sb, {sc->recv_scales.data(), from[s].scales}},  // none (0 bytes) unless FP8
+        {sb, {scales_to, from[s].scales}},  // none (0 bytes) unless FP8
     }};
     for (const auto& [unit, where] : copies) {
       if (!mid.isOk()) break;
@@ -551,7 +568,7 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
     uo.alignment = o.expert_alignment;
     uo.capacity = o.expert_capacity;
     uo.pad_to_capacity = o.pad_to_capacity;
-    uo.max_rows = h->num_rows;
+    uo.max_rows = plan_rows;
     const cuda::UnpackPlan plan{table,
                                 table + L,
                                 h->expert_offsets.as<int32_t>(),
@@ -562,14 +579,22 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
     mid = cudaStatus(cuda::planUnpack(reinterpret_cast<const int32_t*>(sc->recv_experts.data()),
                                       rows_in, k, uo, plan, stream),
                      "the unpack plan");
-    if (mid.isOk()) {
+    if (mid.isOk() && h->token_major) {
+      mid = cudaStatus(
+          cuda::keptRouting(reinterpret_cast<const int32_t*>(sc->recv_experts.data()),
+                            reinterpret_cast<const float*>(sc->recv_weights.data()),
+                            h->slot_row.as<int32_t>(), rows_in * k, batch.topk_idx.as<int32_t>(),
+                            batch.topk_weights.as<float>(), stream),
+          "the token-major routing");
+    }
+    if (mid.isOk() && !h->token_major) {
       mid = cudaStatus(
           cuda::unpackRows(sc->recv_rows.data(), reinterpret_cast<float*>(sc->recv_weights.data()),
                            k, static_cast<int64_t>(rb), plan, L, h->num_rows, batch.x.data(),
                            h->row_weights.as<float>(), stream),
           "unpack");
     }
-    if (mid.isOk() && sb > 0) {  // the same plan places each row's scales (padding: zeros)
+    if (mid.isOk() && sb > 0 && !h->token_major) {  // the same plan places each row's scales
       mid =
           cudaStatus(cuda::unpackRows(sc->recv_scales.data(), nullptr, k, static_cast<int64_t>(sb),
                                       plan, L, h->num_rows, batch.x_scales.data(), nullptr, stream),
@@ -592,6 +617,7 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
   impl->hidden = h->hidden;
   impl->tokens = h->tokens;
   impl->num_rows = h->num_rows;
+  impl->token_major = h->token_major;
   impl->device = h;
   batch.handle = DispatchHandle(impl);
   *out = std::move(batch);
@@ -608,25 +634,26 @@ Status checkDeviceHandle(const DispatchHandle& handle, const Group::Impl& group)
   return Status::ok();
 }
 
-// Expert-side rows come back to their sources: round 1 publishes where each source's rows sit;
-// each source pulls its rows into `back` (send-buffer order) and runs `finish` on them.
+// Expert-side rows (`source`, one per received row in source order) come back to their sources:
+// round 1 publishes where each source's rows sit; each source pulls its rows into `back`
+// (send-buffer order) and runs `finish` on them.
 template <typename Finish>
 Status rowsHome(Dispatcher::State& state, WireOp op, uint64_t sequence, Status local,
-                const DeviceHandle* h, size_t unit, DeviceScratch* sc, cudaStream_t stream,
-                Finish finish) {
+                const DeviceHandle* h, const std::byte* source, size_t unit, DeviceScratch* sc,
+                cudaStream_t stream, Finish finish) {
   if (local.isOk()) local = grow(sc->back, static_cast<size_t>(h->sent()) * unit, h->device);
   MOECOMM_RETURN_IF_ERROR(
       round(state, op, sequence, 2, local, sizeof(PeerMessage), [&](int s, std::byte* payload) {
         PeerMessage m;
-        m.rows = reinterpret_cast<uint64_t>(sc->partial.data() + h->recv_offsets[s] * unit);
+        m.rows = reinterpret_cast<uint64_t>(source + h->recv_offsets[s] * unit);
         m.event = reinterpret_cast<uint64_t>(sc->events[1]);
         m.count = h->recv_offsets[s + 1] - h->recv_offsets[s];
         std::memcpy(payload, &m, sizeof(m));
       }));
   const Group::Impl& group = *state.group;
   if (group.device_transport != nullptr) {
-    Status moved = moveOverDeviceTransport(group, sc->partial.data(), h->recv_offsets,
-                                           sc->back.data(), h->send_offsets, unit, stream);
+    Status moved = moveOverDeviceTransport(group, source, h->recv_offsets, sc->back.data(),
+                                           h->send_offsets, unit, stream);
     if (moved.isOk()) moved = finish();
     return moved;
   }
@@ -660,8 +687,11 @@ Status deviceReduce(Dispatcher::State& state, const TensorView& rows, const Disp
   if (local.isOk()) local = scratchFor(state, h->device, &sc);
   const size_t unit = local.isOk() ? rowBytes(h->hidden, rows.dtype) : 0;
   // The expert side: one partial row per received row, into the shared partial buffer.
-  if (local.isOk()) local = grow(sc->partial, static_cast<size_t>(h->received()) * unit, h->device);
-  if (local.isOk()) {
+  // Token-major: the rows are those partials already (combine's weights applied by the caller).
+  const bool in_place = local.isOk() && h->token_major;
+  if (local.isOk() && !in_place)
+    local = grow(sc->partial, static_cast<size_t>(h->received()) * unit, h->device);
+  if (local.isOk() && !in_place) {
     local = cudaStatus(cuda::combineExpertSide(rows.data, rowType(rows.dtype), h->hidden,
                                                h->received(), h->topk, h->slot_row.as<int32_t>(),
                                                weighted ? h->row_weights.as<float>() : nullptr,
@@ -669,7 +699,9 @@ Status deviceReduce(Dispatcher::State& state, const TensorView& rows, const Disp
                        "the expert-side reduction");
   }
   if (local.isOk()) local = cudaStatus(cudaEventRecord(sc->events[1], stream), "cudaEventRecord");
-  return rowsHome(state, op, sequence, local, h, unit, sc, stream, [&] {
+  const std::byte* source =
+      in_place ? static_cast<const std::byte*>(rows.data) : sc->partial.data();
+  return rowsHome(state, op, sequence, local, h, source, unit, sc, stream, [&] {
     return cudaStatus(
         cuda::combineReduce(sc->back.data(), rowType(rows.dtype), h->hidden, h->tokens, h->ranks,
                             h->send_pos.as<int32_t>(), out.data, stream),
@@ -717,7 +749,7 @@ Status deviceCombineBackward(Dispatcher::State& state, const TensorView& grad_ou
   if (local.isOk()) local = grow(sc->send_rows, static_cast<size_t>(h->sent()) * rb, h->device);
   if (local.isOk()) local = grow(sc->recv_rows, static_cast<size_t>(rows_in) * rb, h->device);
   if (local.isOk()) local = grow(sc->partial, static_cast<size_t>(rows_in) * dot_unit, h->device);
-  if (local.isOk()) local = grow(sc->grad, grad_y_bytes, h->device);
+  if (local.isOk() && !h->token_major) local = grow(sc->grad, grad_y_bytes, h->device);
   if (local.isOk()) {
     local = cudaStatus(cuda::packRows(grad_out.data, h->tokens, static_cast<int64_t>(rb), h->ranks,
                                       h->send_pos.as<int32_t>(), sc->send_rows.data(), stream),
@@ -743,7 +775,14 @@ Status deviceCombineBackward(Dispatcher::State& state, const TensorView& grad_ou
   if (group.device_transport == nullptr) {
     mid = pullFromPeers(state, h->recv_offsets, rb, sc->recv_rows.data(), stream);
   }
-  if (mid.isOk()) {
+  // Token-major: grad_y is grad_out as received (copied out from the receive buffer at the
+  // end), and combine applied no weights, so the dots are zeros.
+  if (mid.isOk() && h->token_major) {
+    mid = cudaStatus(
+        cudaMemsetAsync(sc->partial.data(), 0, static_cast<size_t>(rows_in) * dot_unit, stream),
+        "cudaMemsetAsync");
+  }
+  if (mid.isOk() && !h->token_major) {
     mid = cudaStatus(
         cuda::scaleIntoLayout(sc->recv_rows.data(), rowType(grad_out.dtype), h->hidden, h->topk,
                               h->row_source.as<int32_t>(), h->row_weights.as<float>(),
@@ -751,7 +790,7 @@ Status deviceCombineBackward(Dispatcher::State& state, const TensorView& grad_ou
                               sc->grad.data(), stream),
         "the expert-side gradient");
   }
-  if (mid.isOk()) {
+  if (mid.isOk() && !h->token_major) {
     mid = cudaStatus(cuda::slotDots(sc->recv_rows.data(), y.data, rowType(grad_out.dtype),
                                     h->hidden, rows_in, h->topk, h->slot_row.as<int32_t>(),
                                     reinterpret_cast<float*>(sc->partial.data()), stream),
@@ -759,18 +798,21 @@ Status deviceCombineBackward(Dispatcher::State& state, const TensorView& grad_ou
   }
   if (mid.isOk()) mid = cudaStatus(cudaEventRecord(sc->events[1], stream), "cudaEventRecord");
   // Round 2: the dots go home (rowsHome also closes the call), and only then the outputs.
-  MOECOMM_RETURN_IF_ERROR(rowsHome(state, op, sequence, mid, h, dot_unit, sc, stream, [&] {
-    Status s = cudaStatus(cuda::gatherSlotValues(
-                              reinterpret_cast<const float*>(sc->back.data()), h->tokens, h->ranks,
-                              h->topk, h->send_pos.as<int32_t>(), grad_weights.as<float>(), stream),
-                          "the weight gradients");
-    if (s.isOk()) {
-      s = cudaStatus(cudaMemcpyAsync(grad_y.data, sc->grad.data(), grad_y_bytes,
-                                     cudaMemcpyDeviceToDevice, stream),
-                     "cudaMemcpyAsync");
-    }
-    return s;
-  }));
+  MOECOMM_RETURN_IF_ERROR(
+      rowsHome(state, op, sequence, mid, h, sc->partial.data(), dot_unit, sc, stream, [&] {
+        Status s =
+            cudaStatus(cuda::gatherSlotValues(
+                           reinterpret_cast<const float*>(sc->back.data()), h->tokens, h->ranks,
+                           h->topk, h->send_pos.as<int32_t>(), grad_weights.as<float>(), stream),
+                       "the weight gradients");
+        if (s.isOk()) {
+          const std::byte* from = h->token_major ? sc->recv_rows.data() : sc->grad.data();
+          s = cudaStatus(
+              cudaMemcpyAsync(grad_y.data, from, grad_y_bytes, cudaMemcpyDeviceToDevice, stream),
+              "cudaMemcpyAsync");
+        }
+        return s;
+      }));
   return Status::ok();
 }
 

@@ -476,9 +476,7 @@ ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& topk_idx
                                  const TensorView& topk_weights, ExecContext context) {
   ExpertBatch batch;
   Status status;
-  // The GPU-native path lays batches out expert-major; token-major ones are staged.
-  if (state_->options.layout == BatchLayout::kExpertMajor &&
-      deviceExchangeApplies(*state_->group, x, topk_idx, topk_weights)) {
+  if (deviceExchangeApplies(*state_->group, x, topk_idx, topk_weights)) {
     status = deviceDispatch(*state_, x, nullptr, topk_idx, topk_weights, context, &batch);
   } else {
     // Host tensors as they are; other CUDA tensors staged through pinned host memory.
@@ -497,10 +495,9 @@ ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& x_scales
                                  ExecContext context) {
   ExpertBatch batch;
   Status status;
-  // GPU-native as the 16-bit rows are (values and scales move as two row payloads); token-major
-  // batches and the other transports are staged.
-  if (state_->options.layout == BatchLayout::kExpertMajor &&
-      deviceExchangeApplies(*state_->group, x, topk_idx, topk_weights, &x_scales)) {
+  // GPU-native as the 16-bit rows are (values and scales move as two row payloads); the other
+  // transports are staged.
+  if (deviceExchangeApplies(*state_->group, x, topk_idx, topk_weights, &x_scales)) {
     status = deviceDispatch(*state_, x, &x_scales, topk_idx, topk_weights, context, &batch);
   } else {
     status = runMirrored<4, 0>(context, {&x, &x_scales, &topk_idx, &topk_weights}, {},

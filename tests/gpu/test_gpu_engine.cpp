@@ -380,8 +380,10 @@ struct EngineCase {
 void dispatchCombineRanks(const EngineCase& c) {
   const int ranks = c.ranks;
   const bool nccl = std::string(c.transport) == "nccl";
-  std::printf("         %s ranks=%d %s capacity=%lld pad=%d\n", c.transport, ranks,
+  const bool token_major = c.options.layout == BatchLayout::kTokenMajor;
+  std::printf("         %s ranks=%d %s %s capacity=%lld pad=%d\n", c.transport, ranks,
               c.idx_dtype == DType::kI32 ? "native" : "staged",
+              token_major ? "token-major" : "expert-major",
               static_cast<long long>(c.options.expert_capacity), c.options.pad_to_capacity ? 1 : 0);
   std::fflush(stdout);
   const int experts = 16;
@@ -428,18 +430,29 @@ void dispatchCombineRanks(const EngineCase& c) {
           const Tensor dx = onGpu(x, stream), didx = onGpu(idx, stream), dw = onGpu(w, stream);
           const std::string tag = "ranks=" + std::to_string(ranks) + " rank " +
                                   std::to_string(rank) +
-                                  (c.idx_dtype == DType::kI32 ? " native" : " staged");
+                                  (c.idx_dtype == DType::kI32 ? " native" : " staged") +
+                                  (token_major ? " token-major" : "");
 
           const ExpertBatch hb = host_d.dispatch(x.view(), idx.view(), w.view());
           const ExpertBatch db = dev_d.dispatch(dx.view(), didx.view(), dw.view(), ctx);
           GPU_CHECK(db.handle.onDevice() == (c.idx_dtype == DType::kI32),
                     tag << ": the wrong path ran (onDevice " << db.handle.onDevice() << ")");
-          GPU_CHECK(db.x.device().isCuda() && db.row_weights.device().isCuda(),
-                    tag << ": the batch of CUDA inputs must be on the GPU");
           GPU_CHECK(sameBytes(hb.x.view(), onHost(db.x.view()).view()),
                     tag << ": dispatched rows differ");
-          GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
-                    tag << ": row weights differ");
+          if (token_major) {  // each token once, with its kept local experts and weights
+            GPU_CHECK(db.x.device().isCuda() && db.topk_idx.device().isCuda() &&
+                          db.topk_weights.device().isCuda() && db.row_weights.numel() == 0,
+                      tag << ": the token-major batch of CUDA inputs must be on the GPU");
+            GPU_CHECK(sameBytes(hb.topk_idx.view(), onHost(db.topk_idx.view()).view()),
+                      tag << ": token-major expert ids differ");
+            GPU_CHECK(sameBytes(hb.topk_weights.view(), onHost(db.topk_weights.view()).view()),
+                      tag << ": token-major weights differ");
+          } else {
+            GPU_CHECK(db.x.device().isCuda() && db.row_weights.device().isCuda(),
+                      tag << ": the batch of CUDA inputs must be on the GPU");
+            GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
+                      tag << ": row weights differ");
+          }
           GPU_CHECK(hb.expert_counts == db.expert_counts &&
                         hb.expert_offsets == db.expert_offsets &&
                         hb.tokens_from_rank == db.tokens_from_rank &&
@@ -462,12 +475,18 @@ GPU_TEST(dispatch_combine_cuda_tensors_on_1_2_4_8_ranks) {
   capped.expert_capacity = 6;
   DispatchOptions padded = capped;
   padded.pad_to_capacity = true;
+  DispatchOptions token_major;
+  token_major.layout = BatchLayout::kTokenMajor;
+  DispatchOptions token_major_capped = token_major;
+  token_major_capped.expert_capacity = 6;  // refusals show as -1 ids and zero weights
   for (int ranks : {1, 2, 4, 8}) {
     for (DType idx_dtype : {DType::kI32, DType::kI64}) {
       dispatchCombineRanks({ranks, idx_dtype, aligned});
+      dispatchCombineRanks({ranks, idx_dtype, token_major_capped});
     }
     dispatchCombineRanks({ranks, DType::kI32, capped});
     dispatchCombineRanks({ranks, DType::kI32, padded});
+    dispatchCombineRanks({ranks, DType::kI32, token_major});
   }
 }
 
@@ -476,8 +495,9 @@ GPU_TEST(dispatch_combine_cuda_tensors_on_1_2_4_8_ranks) {
 // weights and the layout; then combine and both backward passes through the FP8 handle. H = 200
 // leaves a short last scale block and rows that take the 4-byte copy path.
 void fp8DispatchRanks(int ranks, const DispatchOptions& options) {
-  std::printf("         fp8 ranks=%d capacity=%lld\n", ranks,
-              static_cast<long long>(options.expert_capacity));
+  const bool token_major = options.layout == BatchLayout::kTokenMajor;
+  std::printf("         fp8 ranks=%d capacity=%lld%s\n", ranks,
+              static_cast<long long>(options.expert_capacity), token_major ? " token-major" : "");
   std::fflush(stdout);
   const int experts = 8, topk = 2;
   const int64_t hidden = 200, blocks = fp8ScaleBlocks(hidden);
@@ -518,8 +538,14 @@ void fp8DispatchRanks(int ranks, const DispatchOptions& options) {
       GPU_CHECK(sameBytes(hb.x.view(), onHost(db.x.view()).view()), tag << ": e4m3 rows differ");
       GPU_CHECK(sameBytes(hb.x_scales.view(), onHost(db.x_scales.view()).view()),
                 tag << ": scales differ");
-      GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
-                tag << ": row weights differ");
+      if (token_major) {
+        GPU_CHECK(sameBytes(hb.topk_idx.view(), onHost(db.topk_idx.view()).view()) &&
+                      sameBytes(hb.topk_weights.view(), onHost(db.topk_weights.view()).view()),
+                  tag << ": token-major expert ids or weights differ");
+      } else {
+        GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
+                  tag << ": row weights differ");
+      }
       GPU_CHECK(hb.expert_counts == db.expert_counts && hb.expert_offsets == db.expert_offsets &&
                     hb.tokens_from_rank == db.tokens_from_rank && hb.refused == db.refused,
                 tag << ": layout differs");
@@ -537,9 +563,13 @@ GPU_TEST(fp8_dispatch_gpu_native_on_1_2_4_8_ranks) {
   aligned.expert_alignment = 4;
   DispatchOptions capped = aligned;
   capped.expert_capacity = 5;
+  DispatchOptions token_major;
+  token_major.layout = BatchLayout::kTokenMajor;
+  token_major.expert_capacity = 5;
   for (int ranks : {1, 2, 4, 8}) {
     fp8DispatchRanks(ranks, aligned);
     fp8DispatchRanks(ranks, capped);
+    fp8DispatchRanks(ranks, token_major);
   }
 }
 
@@ -595,8 +625,11 @@ GPU_TEST(dispatch_combine_over_nccl_one_rank_per_gpu) {
   aligned.expert_alignment = 4;
   DispatchOptions capped = aligned;
   capped.expert_capacity = 6;
+  DispatchOptions token_major;
+  token_major.layout = BatchLayout::kTokenMajor;
+  token_major.expert_capacity = 6;
   const int ranks = gpuCount();
-  for (const DispatchOptions& o : {aligned, capped}) {
+  for (const DispatchOptions& o : {aligned, capped, token_major}) {
     dispatchCombineRanks({ranks, DType::kI32, o, "nccl"});
   }
   dispatchCombineRanks({ranks, DType::kI64, aligned, "nccl"});  // staged on an nccl group
