@@ -674,6 +674,43 @@ GPU_TEST(native_dispatch_reports_bad_routing_on_every_rank) {
   }
 }
 
+// One rank on the GPU-native path and one on the host path send different operations: both must
+// fail with an error naming the other rank, not hang and not mix the two layouts. The deadline is
+// short so that a rank left waiting (the other failure mode) fails the case quickly.
+GPU_TEST(native_and_host_ranks_in_one_call_fail_on_both) {
+  LocalWorld world(2);
+  onThreads(2, [&](int rank) {
+    GroupConfig config;
+    config.num_experts = 4;
+    config.hidden = 8;
+    config.dtype = DType::kF32;
+    config.topk = 2;
+    config.transport = "local";
+    config.timeout_ms = 5000;
+    Group group = Group::create(world, rank, config);
+    Dispatcher d(group);
+    Tensor idx = Tensor::empty({3, 2}, DType::kI32);
+    for (int i = 0; i < 6; ++i) idx.as<int32_t>()[i] = i % 4;
+    const Tensor x = randomHost({3, 8}, DType::kF32);
+    const Tensor w = randomHost({3, 2}, DType::kF32);
+    const Tensor dx = onGpu(x), didx = onGpu(idx), dw = onGpu(w);
+    std::string what;
+    try {
+      if (rank == 0) {
+        (void)d.dispatch(dx.view(), didx.view(), dw.view());  // GPU-native
+      } else {
+        (void)d.dispatch(x.view(), idx.view(), w.view());  // the host engine
+      }
+    } catch (const Error& e) {
+      what = e.what();
+    }
+    std::printf("         rank %d: %s\n", rank, what.empty() ? "(no error)" : what.c_str());
+    const std::string peer = "rank " + std::to_string(1 - rank);
+    GPU_CHECK(!what.empty() && what.find(peer) != std::string::npos,
+              "rank " << rank << " must fail naming " << peer);
+  });
+}
+
 // ------------------------------------------------------------------------------ grouped GEMM
 
 float valueAt(const Tensor& t, int64_t i) {
