@@ -49,8 +49,10 @@ for candidate in /usr/local/cuda /usr; do
   [ -f "$candidate/include/nccl.h" ] && nccl_dir=$candidate && break
 done
 if [ -z "$nccl_dir" ]; then
-  nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))' \
-             2>/dev/null || true)
+  # nvidia/nccl is a namespace package (no __init__.py, so no __file__): take its __path__.
+  nccl_dir=$(python3 -c 'import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])' 2>/dev/null ||
+             true)
+  [ -n "$nccl_dir" ] && [ ! -f "$nccl_dir/include/nccl.h" ] && nccl_dir=""
 fi
 
 # fmt for the engine's messages where the C++ library has no std::format (g++ 12 or older): the
