@@ -641,14 +641,7 @@ GPU_TEST(native_dispatch_reports_bad_routing_on_every_rank) {
   for (int bad_kind : {0, 1}) {  // an id past E, an expert named twice in one token
     LocalWorld world(3);
     onThreads(3, [&](int rank) {
-      GroupConfig config;
-      config.num_experts = 6;
-      config.hidden = 8;
-      config.dtype = DType::kF32;
-      config.topk = 2;
-      config.transport = "local";
-      config.timeout_ms = 30000;
-      Group group = Group::create(world, rank, config);
+      Group group = Group::create(world, rank, {6, 8, DType::kF32, 2, 30000, "local"});
       Dispatcher d(group);
       Tensor idx = Tensor::empty({4, 2}, DType::kI32);
       for (int i = 0; i < 8; ++i) idx.as<int32_t>()[i] = i % 6;
@@ -680,14 +673,7 @@ GPU_TEST(native_dispatch_reports_bad_routing_on_every_rank) {
 GPU_TEST(native_and_host_ranks_in_one_call_fail_on_both) {
   LocalWorld world(2);
   onThreads(2, [&](int rank) {
-    GroupConfig config;
-    config.num_experts = 4;
-    config.hidden = 8;
-    config.dtype = DType::kF32;
-    config.topk = 2;
-    config.transport = "local";
-    config.timeout_ms = 5000;
-    Group group = Group::create(world, rank, config);
+    Group group = Group::create(world, rank, {4, 8, DType::kF32, 2, 5000, "local"});
     Dispatcher d(group);
     Tensor idx = Tensor::empty({3, 2}, DType::kI32);
     for (int i = 0; i < 6; ++i) idx.as<int32_t>()[i] = i % 4;
