@@ -35,7 +35,8 @@ __global__ void gatherKernel(StatsInputs in, int64_t* out) {
   out[2 * E] = rerouted ? in.reroute_counters[1] : total;
   out[2 * E + 1] = rerouted ? in.reroute_counters[0] : 0;
   out[2 * E + 2] = *in.bad_token == INT_MAX ? -1 : *in.bad_token;
-  out[2 * E + 3] = *in.first_overflow == INT_MAX ? -1 : *in.first_overflow;
+  out[2 * E + 3] =
+      in.first_overflow == nullptr || *in.first_overflow == INT_MAX ? -1 : *in.first_overflow;
 }
 
 }  // namespace

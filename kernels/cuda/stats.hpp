@@ -19,7 +19,7 @@ struct StatsInputs {
   const int32_t* reroute_load = nullptr;      // [E] after rerouting, or null
   const int32_t* reroute_counters = nullptr;  // [2] rerouted, dropped; with reroute_load
   const int32_t* bad_token = nullptr;         // [1] INT32_MAX when none
-  const int32_t* first_overflow = nullptr;    // [1] INT32_MAX when none
+  const int32_t* first_overflow = nullptr;    // [1] INT32_MAX when none; null: not kError
   int experts = 0;
   int64_t capacity = 0;  // 0: dropless; else kept = min(demand, capacity) without reroute_load
 };

@@ -133,7 +133,8 @@ Routing routeOnDeviceNoWait(const Router& router, const TensorView& logits, cons
   in.reroute_load = reroute_load;
   in.reroute_counters = reroute_counters;
   in.bad_token = bad;
-  in.first_overflow = first_overflow;
+  // Capacity finds the first overflow under every policy; only kError reports it.
+  in.first_overflow = o.overflow == OverflowPolicy::kError ? first_overflow : nullptr;
   in.experts = experts;
   in.capacity = capacity;
   throwIfCuda(cuda::gatherLoadStats(in, routing.device_stats.as<int64_t>(), stream),

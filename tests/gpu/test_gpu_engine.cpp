@@ -299,7 +299,10 @@ GPU_TEST(route_on_stream_defers_the_wait_and_the_errors) {
     GPU_CHECK(v.as<int64_t>()[2 * E] == want.stats.dropped &&
                   v.as<int64_t>()[2 * E + 1] == want.stats.rerouted &&
                   v.as<int64_t>()[2 * E + 2] == -1 && v.as<int64_t>()[2 * E + 3] == -1,
-              "device_stats totals");
+              "device_stats totals: dropped "
+                  << v.as<int64_t>()[2 * E] << " want " << want.stats.dropped << ", rerouted "
+                  << v.as<int64_t>()[2 * E + 1] << " want " << want.stats.rerouted << ", errors "
+                  << v.as<int64_t>()[2 * E + 2] << " " << v.as<int64_t>()[2 * E + 3]);
     const LoadStats& s = router.collectStats(got, ctx);
     GPU_CHECK(s.tokens_per_expert == want.stats.tokens_per_expert &&
                   s.dropped == want.stats.dropped && s.rerouted == want.stats.rerouted &&
@@ -440,9 +443,11 @@ void dispatchCombineRanks(const EngineCase& c) {
           GPU_CHECK(sameBytes(hb.x.view(), onHost(db.x.view()).view()),
                     tag << ": dispatched rows differ");
           if (token_major) {  // each token once, with its kept local experts and weights
+            // row_weights is expert-major only: a token-major batch leaves it undefined.
             GPU_CHECK(db.x.device().isCuda() && db.topk_idx.device().isCuda() &&
-                          db.topk_weights.device().isCuda() && db.row_weights.numel() == 0,
-                      tag << ": the token-major batch of CUDA inputs must be on the GPU");
+                          db.topk_weights.device().isCuda() && !db.row_weights.defined(),
+                      tag << ": the token-major batch of CUDA inputs must be on the GPU, "
+                             "without row_weights");
             GPU_CHECK(sameBytes(hb.topk_idx.view(), onHost(db.topk_idx.view()).view()),
                       tag << ": token-major expert ids differ");
             GPU_CHECK(sameBytes(hb.topk_weights.view(), onHost(db.topk_weights.view()).view()),

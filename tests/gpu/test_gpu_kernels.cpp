@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <random>
@@ -569,67 +570,95 @@ GPU_TEST(combine_matches_reference) {
 
 // ----------------------------------------------------------------------------------------- fp8
 
+// `shift` elements of offset in front of every GPU array: 16-byte aligned rows take the
+// vector path, shifted ones (or a row length that is no multiple of 16) the scalar one; both
+// must give the CPU's bits and write nothing outside the arrays.
+void runFp8(int64_t rows, int64_t cols, bool bf16, size_t shift) {
+  std::vector<float> xf = randomFloats(static_cast<size_t>(rows * cols), -600.0f, 600.0f);
+  for (int64_t c = 0; c < std::min<int64_t>(cols, 128); ++c) xf[c] = 0.0f;  // a zero block
+  if (cols > 10) {
+    xf[cols + 3] = std::numeric_limits<float>::infinity();
+    xf[2 * cols + 5] = std::numeric_limits<float>::quiet_NaN();
+    xf[3 * cols + 1] = 1e-9f;
+  }
+  const std::vector<uint16_t> xb = toBf16(xf);
+  const DType dtype = bf16 ? DType::kBF16 : DType::kF32;
+  const void* host_x = bf16 ? static_cast<const void*>(xb.data()) : xf.data();
+  const int64_t blocks = (cols + 127) / 128;
+  std::vector<uint8_t> q(static_cast<size_t>(rows * cols));
+  std::vector<float> scales(static_cast<size_t>(rows * blocks));
+  cpu::quantizeFp8Rows(host_x, dtype, rows, cols, q.data(), scales.data());
+  // The arrays with `shift` poisoned elements in front, and the inverse: what follows them.
+  auto shifted = [shift](auto host) {
+    host.insert(host.begin(), shift, typename decltype(host)::value_type{});
+    return host;
+  };
+  auto unshifted = [shift](auto host) {
+    host.erase(host.begin(), host.begin() + static_cast<std::ptrdiff_t>(shift));
+    return host;
+  };
+  DeviceBuffer<float> dxf(shifted(xf));
+  DeviceBuffer<uint16_t> dxb(shifted(xb));
+  DeviceBuffer<uint8_t> dq(q.size() + shift);
+  DeviceBuffer<float> ds(scales.size());
+  dq.poison(0x55);
+  ds.poison(0xff);
+  const auto type = bf16 ? cuda::RowType::kBF16 : cuda::RowType::kF32;
+  const void* dx = bf16 ? static_cast<const void*>(dxb.get() + shift) : dxf.get() + shift;
+  CUDA_OK(cuda::quantizeFp8(dx, type, rows, cols, dq.get() + shift, ds.get(), nullptr));
+  const std::string tag = "cols=" + std::to_string(cols) + (bf16 ? " bf16" : " f32") +
+                          " shift=" + std::to_string(shift);
+  const auto got_q = dq.download();
+  for (size_t i = 0; i < shift; ++i) {
+    GPU_CHECK(got_q[i] == 0x55, tag << " wrote byte " << i << " in front of q");
+  }
+  expectEqual(q, unshifted(got_q), tag + " q");
+  const auto gs = ds.download();
+  for (size_t i = 0; i < scales.size(); ++i) {
+    GPU_CHECK(numeric::floatToBits(gs[i]) == numeric::floatToBits(scales[i]),
+              tag << " scale " << i);
+  }
+  // Dequantize to the same type and compare with the CPU bit for bit (NaN to NaN).
+  std::vector<uint16_t> back_b(q.size());
+  std::vector<float> back_f(q.size());
+  cpu::dequantizeFp8Rows(q.data(), scales.data(), rows, cols,
+                         bf16 ? static_cast<void*>(back_b.data()) : back_f.data(), dtype);
+  DeviceBuffer<float> dbf(q.size() + shift);
+  DeviceBuffer<uint16_t> dbb(q.size() + shift);
+  dbf.poison(0x11);
+  dbb.poison(0x11);
+  void* dout = bf16 ? static_cast<void*>(dbb.get() + shift) : dbf.get() + shift;
+  CUDA_OK(cuda::dequantizeFp8(dq.get() + shift, ds.get(), rows, cols, dout, type, nullptr));
+  if (bf16) {
+    // NaN stays NaN; its payload is the hardware's (a GPU makes the canonical 0x7fff).
+    const auto all = dbb.download();
+    for (size_t i = 0; i < shift; ++i) GPU_CHECK(all[i] == 0x1111, tag << " wrote in front");
+    const auto g = unshifted(all);
+    auto is_nan = [](uint16_t b) { return (b & 0x7f80) == 0x7f80 && (b & 0x7f) != 0; };
+    for (size_t i = 0; i < g.size(); ++i) {
+      GPU_CHECK(g[i] == back_b[i] || (is_nan(g[i]) && is_nan(back_b[i])),
+                tag << " dequantized " << i << ": want " << back_b[i] << " got " << g[i]);
+    }
+  } else {
+    const auto all = dbf.download();
+    for (size_t i = 0; i < shift; ++i) {
+      GPU_CHECK(numeric::floatToBits(all[i]) == 0x11111111u, tag << " wrote in front");
+    }
+    const auto g = unshifted(all);
+    for (size_t i = 0; i < g.size(); ++i) {
+      GPU_CHECK(numeric::floatToBits(g[i]) == numeric::floatToBits(back_f[i]) ||
+                    (std::isnan(g[i]) && std::isnan(back_f[i])),
+                tag << " dequantized " << i);
+    }
+  }
+}
+
 GPU_TEST(fp8_matches_cpu_bit_for_bit) {
-  for (int64_t cols : {1, 100, 128, 300, 7168}) {
+  // 144 and 4000 end in a short block of whole 16-element chunks; 37 rows leave a warp of the
+  // vector path with blocks past the end.
+  for (int64_t cols : {1, 100, 128, 144, 300, 4000, 7168}) {
     for (bool bf16 : {false, true}) {
-      const int64_t rows = 37;
-      std::vector<float> xf = randomFloats(static_cast<size_t>(rows * cols), -600.0f, 600.0f);
-      for (int64_t c = 0; c < std::min<int64_t>(cols, 128); ++c) xf[c] = 0.0f;  // a zero block
-      if (cols > 10) {
-        xf[cols + 3] = std::numeric_limits<float>::infinity();
-        xf[2 * cols + 5] = std::numeric_limits<float>::quiet_NaN();
-        xf[3 * cols + 1] = 1e-9f;
-      }
-      const std::vector<uint16_t> xb = toBf16(xf);
-      const DType dtype = bf16 ? DType::kBF16 : DType::kF32;
-      const void* host_x = bf16 ? static_cast<const void*>(xb.data()) : xf.data();
-      const int64_t blocks = (cols + 127) / 128;
-      std::vector<uint8_t> q(static_cast<size_t>(rows * cols));
-      std::vector<float> scales(static_cast<size_t>(rows * blocks));
-      cpu::quantizeFp8Rows(host_x, dtype, rows, cols, q.data(), scales.data());
-      DeviceBuffer<float> dxf(xf);
-      DeviceBuffer<uint16_t> dxb(xb);
-      DeviceBuffer<uint8_t> dq(q.size());
-      DeviceBuffer<float> ds(scales.size());
-      dq.poison(0x55);
-      ds.poison(0xff);
-      const auto type = bf16 ? cuda::RowType::kBF16 : cuda::RowType::kF32;
-      CUDA_OK(cuda::quantizeFp8(bf16 ? static_cast<const void*>(dxb.get()) : dxf.get(), type, rows,
-                                cols, dq.get(), ds.get(), nullptr));
-      const std::string tag = "cols=" + std::to_string(cols) + (bf16 ? " bf16" : " f32");
-      expectEqual(q, dq.download(), tag + " q");
-      const auto gs = ds.download();
-      for (size_t i = 0; i < scales.size(); ++i) {
-        GPU_CHECK(numeric::floatToBits(gs[i]) == numeric::floatToBits(scales[i]),
-                  tag << " scale " << i);
-      }
-      // Dequantize to the same type and compare with the CPU bit for bit (NaN to NaN).
-      std::vector<uint16_t> back_b(q.size());
-      std::vector<float> back_f(q.size());
-      cpu::dequantizeFp8Rows(q.data(), scales.data(), rows, cols,
-                             bf16 ? static_cast<void*>(back_b.data()) : back_f.data(), dtype);
-      DeviceBuffer<float> dbf(q.size());
-      DeviceBuffer<uint16_t> dbb(q.size());
-      dbf.poison(0x11);
-      dbb.poison(0x11);
-      CUDA_OK(cuda::dequantizeFp8(dq.get(), ds.get(), rows, cols,
-                                  bf16 ? static_cast<void*>(dbb.get()) : dbf.get(), type, nullptr));
-      if (bf16) {
-        // NaN stays NaN; its payload is the hardware's (a GPU makes the canonical 0x7fff).
-        const auto g = dbb.download();
-        auto is_nan = [](uint16_t b) { return (b & 0x7f80) == 0x7f80 && (b & 0x7f) != 0; };
-        for (size_t i = 0; i < g.size(); ++i) {
-          GPU_CHECK(g[i] == back_b[i] || (is_nan(g[i]) && is_nan(back_b[i])),
-                    tag << " dequantized " << i << ": want " << back_b[i] << " got " << g[i]);
-        }
-      } else {
-        const auto g = dbf.download();
-        for (size_t i = 0; i < g.size(); ++i) {
-          GPU_CHECK(numeric::floatToBits(g[i]) == numeric::floatToBits(back_f[i]) ||
-                        (std::isnan(g[i]) && std::isnan(back_f[i])),
-                    tag << " dequantized " << i);
-        }
-      }
+      for (size_t shift : {size_t{0}, size_t{1}}) runFp8(37, cols, bf16, shift);
     }
   }
 }
