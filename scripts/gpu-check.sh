@@ -73,6 +73,7 @@ echo "cores: $(nproc)"
 step configure 120 cmake -S "$root" -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90 -DMOECOMM_WITH_CUDA=ON -DMOECOMM_WITH_MPI=OFF \
   -DMOECOMM_WITH_UCX=OFF -DMOECOMM_WARNINGS_AS_ERRORS=OFF -DMOECOMM_BUILD_EXAMPLES=OFF \
+  -DMOECOMM_EMULATED_GPU_TESTS=OFF \
   ${nccl_dir:+-DMOECOMM_NCCL_ROOT="$nccl_dir"} ${fmt_dir:+-DMOECOMM_FMT_INCLUDE_DIR="$fmt_dir"}
 # Two builds, so that a failure in the engine's build still leaves the kernels' tests to run.
 step build 300 cmake --build "$dir" -j "$(nproc)" --target test_gpu_kernels bench_gpu_kernels
