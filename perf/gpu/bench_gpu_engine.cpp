@@ -4,11 +4,13 @@
 // stream-ordered pool instead of cudaMalloc/cudaFree, with FP8 rows, and with token-major
 // batches (one row per token and rank, so combine sends back the rows as they are). Prints
 // "RESULT" lines for
-// scripts/gpu-check.sh.
+// scripts/gpu-check.sh. MOECOMM_BENCH_SMOKE=1 runs one tiny shape once, to check that every
+// column runs (the emulated GPU tests do, where no GPU is).
 #include <cuda_runtime_api.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -116,14 +118,19 @@ int main() {
     std::printf("SKIP: no usable GPU\n");
     return 77;
   }
+  const bool smoke = std::getenv("MOECOMM_BENCH_SMOKE") != nullptr;
+  const std::vector<Shape> shapes =
+      smoke ? std::vector<Shape>{{2, 96, 256, 4, 8}}
+            : std::vector<Shape>{{8, 8192, 7168, 8, 256}, {2, 4096, 2048, 8, 64}};
+  const int iters = smoke ? 1 : 10;
   try {
-    for (const Shape& s : {Shape{8, 8192, 7168, 8, 256}, Shape{2, 4096, 2048, 8, 64}}) {
-      const double native = run(s, DType::kI32, 10, synchronousDeviceAllocator());
-      const double pooled = run(s, DType::kI32, 10, streamOrderedDeviceAllocator());
-      const double fp8 = run(s, DType::kI32, 10, synchronousDeviceAllocator(), true);
+    for (const Shape& s : shapes) {
+      const double native = run(s, DType::kI32, iters, synchronousDeviceAllocator());
+      const double pooled = run(s, DType::kI32, iters, streamOrderedDeviceAllocator());
+      const double fp8 = run(s, DType::kI32, iters, synchronousDeviceAllocator(), true);
       const double token_major =
-          run(s, DType::kI32, 10, synchronousDeviceAllocator(), false, BatchLayout::kTokenMajor);
-      const double staged = run(s, DType::kI64, 2, synchronousDeviceAllocator());
+          run(s, DType::kI32, iters, synchronousDeviceAllocator(), false, BatchLayout::kTokenMajor);
+      const double staged = run(s, DType::kI64, smoke ? 1 : 2, synchronousDeviceAllocator());
       std::printf(
           "RESULT engine %d ranks T=%lld H=%lld: native %.2f ms (cudaMalloc), %.2f ms "
           "(stream-ordered pool), %.2f ms (FP8 dispatch), %.2f ms (token-major), staged through "
