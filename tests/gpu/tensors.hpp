@@ -4,6 +4,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -23,8 +24,11 @@
 
 namespace moecomm::gputest {
 
+// One engine per thread: ranks are threads that draw their inputs at the same time. Each thread
+// takes the next seed, so ranks draw different data.
 inline std::mt19937& rng() {
-  static std::mt19937 engine(97);
+  static std::atomic<unsigned> next_seed{97};
+  thread_local std::mt19937 engine(next_seed++);
   return engine;
 }
 

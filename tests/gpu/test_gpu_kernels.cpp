@@ -2,6 +2,7 @@
 // fresh random data of many shapes, with outputs poisoned beforehand so that an element a kernel
 // forgot to write fails the comparison.
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstddef>
@@ -25,8 +26,10 @@
 namespace moecomm::gputest {
 namespace {
 
+// One engine per thread (ranks may be threads); each thread takes the next seed.
 std::mt19937& rng() {
-  static std::mt19937 engine(20261128);
+  static std::atomic<unsigned> next_seed{20261128};
+  thread_local std::mt19937 engine(next_seed++);
   return engine;
 }
 
