@@ -1,9 +1,9 @@
-// CUDA kernels on the host, for the emulated GPU tests: compiled into every kernel source that
-// cuda_to_host rewrote. A launch runs its blocks one after another; a block's threads are
-// fibers (ucontext) that switch only at barriers, so __syncthreads, __syncwarp, shuffles and
-// ballots keep their meaning and shared memory is one array per block. What it cannot show:
-// races between threads or streams (everything is sequential), timing, and device-only
-// arithmetic differences (fused multiply-adds, fast intrinsics).
+// CUDA kernels on the host (the builtins kernels/cuda uses, no more), for the emulated GPU tests:
+// compiled into every kernel source that cuda_to_host rewrote. A launch runs its blocks one after
+// another; a block's threads are fibers (ucontext) that switch only at barriers, so __syncthreads,
+// __syncwarp, shuffles and ballots keep their meaning and shared memory is one array per block.
+// What it cannot show: races between threads or streams (everything is sequential), timing, and
+// device-only arithmetic differences (fused multiply-adds, fast intrinsics).
 #pragma once
 
 // Before the CUDA headers, which keep these definitions when they exist.
@@ -36,7 +36,6 @@ inline thread_local dim3 blockDim;
 inline thread_local dim3 gridDim;
 
 using std::isfinite;
-using std::isnan;
 using std::max;
 using std::min;
 
@@ -218,11 +217,6 @@ template <typename T>
 T __shfl_sync(unsigned, T v, int source) {
   return emu::exchange(v, source);
 }
-template <typename T>
-T __shfl_down_sync(unsigned, T v, unsigned delta) {
-  const int from = emu::lane() + static_cast<int>(delta);
-  return emu::exchange(v, from < 32 ? from : emu::lane());
-}
 inline unsigned __ballot_sync(unsigned, int predicate) {
   const int me = emu::block->current;
   const size_t base = static_cast<size_t>(me / 32 * 32);
@@ -239,9 +233,6 @@ inline int __all_sync(unsigned mask, int predicate) {
   const unsigned live = __ballot_sync(mask, 1);
   return __ballot_sync(mask, predicate) == live ? 1 : 0;
 }
-inline int __any_sync(unsigned mask, int predicate) {
-  return __ballot_sync(mask, predicate) != 0 ? 1 : 0;
-}
 // Fibers never run at once, so plain read-modify-writes are atomic.
 template <typename T, typename U>
 T atomicAdd(T* p, U v) {
@@ -254,15 +245,6 @@ T atomicMin(T* p, U v) {
   const T old = *p;
   *p = std::min<T>(old, static_cast<T>(v));
   return old;
-}
-template <typename T, typename U>
-T atomicMax(T* p, U v) {
-  const T old = *p;
-  *p = std::max<T>(old, static_cast<T>(v));
-  return old;
-}
-inline int __popc(unsigned v) {
-  return __builtin_popcount(v);
 }
 inline int __ffs(unsigned v) {
   return __builtin_ffs(static_cast<int>(v));
