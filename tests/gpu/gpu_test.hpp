@@ -41,15 +41,24 @@ struct Register {
   throw Failure(out.str());
 }
 
-// 77 (skip) when no GPU is usable: any error from the device count counts as none.
-inline int runAll(int argc, char** argv) {
+// Prints why and returns false when no GPU is usable: any error from the device count counts as
+// none.
+inline bool gpuUsable() {
   int devices = 0;
   const cudaError_t status = cudaGetDeviceCount(&devices);
   if (status != cudaSuccess || devices == 0) {
     std::printf("SKIP: no usable GPU (%s)\n",
                 status != cudaSuccess ? cudaGetErrorString(status) : "no device");
-    return 77;
+    return false;
   }
+  return true;
+}
+
+// 77 (skip) when no GPU is usable.
+inline int runAll(int argc, char** argv) {
+  if (!gpuUsable()) return 77;
+  int devices = 0;
+  cudaGetDeviceCount(&devices);
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   std::printf("GPU: %s (sm_%d%d), %d device(s)\n", prop.name, prop.major, prop.minor, devices);

@@ -26,8 +26,10 @@
 #include "src/core/numeric.hpp"
 #include "src/routing/capacity.hpp"
 #include "tests/common/ledger_allocator.hpp"
+#include "tests/gpu/exchange_checks.hpp"
 #include "tests/gpu/gpu_test.hpp"
 #include "tests/gpu/tensors.hpp"
+#include "transport/factory.hpp"
 
 namespace moecomm::gputest {
 namespace {
@@ -340,136 +342,19 @@ GPU_TEST(route_on_stream_defers_the_wait_and_the_errors) {
 
 // ------------------------------------------------------------------ dispatch and combine
 
-// Combine and both backward passes of one dispatch, on the host and the GPU, through each one's
-// handle: y (the experts' output rows, host and GPU copies) is combined and sent back as the
-// rows' gradient, and a random grad_out goes through combine's backward.
-void expectSameReductions(Dispatcher& host_d, Dispatcher& dev_d, const ExpertBatch& hb,
-                          const ExpertBatch& db, const Tensor& y, const Tensor& dy, int64_t tokens,
-                          int64_t hidden, int topk, cudaStream_t stream, const std::string& tag) {
-  const ExecContext ctx{stream};
-  const Tensor host_out = host_d.combine(y.view(), hb.handle);
-  Tensor dev_out = poisoned({tokens, hidden}, DType::kBF16);
-  dev_d.combine(dy.view(), db.handle, dev_out.view(), ctx);
-  GPU_CHECK(sameBytes(host_out.view(), onHost(dev_out.view()).view()), tag << ": combine differs");
-  Tensor host_gx = Tensor::empty({tokens, hidden}, DType::kBF16);
-  Tensor dev_gx = poisoned({tokens, hidden}, DType::kBF16);
-  host_d.dispatchBackward(y.view(), hb.handle, host_gx.view());
-  dev_d.dispatchBackward(dy.view(), db.handle, dev_gx.view(), ctx);
-  GPU_CHECK(sameBytes(host_gx.view(), onHost(dev_gx.view()).view()),
-            tag << ": dispatch backward differs");
-  const Tensor grad_out = randomHost({tokens, hidden}, DType::kBF16);
-  const Tensor d_grad_out = onGpu(grad_out, stream);
-  const int64_t rows = y.dim(0);
-  Tensor host_gy = Tensor::empty({rows, hidden}, DType::kBF16);
-  Tensor host_gw = Tensor::empty({tokens, topk}, DType::kF32);
-  Tensor dev_gy = poisoned({rows, hidden}, DType::kBF16);
-  Tensor dev_gw = poisoned({tokens, topk}, DType::kF32);
-  host_d.combineBackward(grad_out.view(), y.view(), hb.handle, host_gy.view(), host_gw.view());
-  dev_d.combineBackward(d_grad_out.view(), dy.view(), db.handle, dev_gy.view(), dev_gw.view(), ctx);
-  GPU_CHECK(sameBytes(host_gy.view(), onHost(dev_gy.view()).view()),
-            tag << ": combine backward grad_y differs");
-  // The dots sum in f64 in another order on the GPU: equal up to the last f32 bit.
-  GPU_CHECK(closeFloats(host_gw.view(), onHost(dev_gw.view()).view(), 1e-6f),
-            tag << ": combine backward grad_weights differs");
-}
-
-struct EngineCase {
-  int ranks;
-  DType idx_dtype;  // i32 runs GPU-native on local and nccl; i64 is staged through the host
-  DispatchOptions options;
-  const char* transport = "local";  // nccl: one rank per GPU
-};
-
-void dispatchCombineRanks(const EngineCase& c) {
-  const int ranks = c.ranks;
-  const bool nccl = std::string(c.transport) == "nccl";
-  const bool token_major = c.options.layout == BatchLayout::kTokenMajor;
-  std::printf("         %s ranks=%d %s %s capacity=%lld pad=%d\n", c.transport, ranks,
-              c.idx_dtype == DType::kI32 ? "native" : "staged",
-              token_major ? "token-major" : "expert-major",
-              static_cast<long long>(c.options.expert_capacity), c.options.pad_to_capacity ? 1 : 0);
-  std::fflush(stdout);
-  const int experts = 16;
-  const int topk = 4;
-  const int64_t hidden = 72;
+// An engine case on `ranks` threads sharing one GPU (local, ucx) or one rank per GPU (nccl).
+void dispatchCombineRanks(int ranks, const EngineCase& c, const std::string& transport = "local") {
+  printEngineCase(transport, ranks, c);
   LocalWorld world(ranks);
   onThreads(
       ranks,
       [&](int rank) {
         onStream([&](cudaStream_t stream) {
-          const ExecContext ctx{stream};
-          GroupConfig config;
-          config.num_experts = experts;
-          config.hidden = static_cast<int>(hidden);
-          config.dtype = DType::kBF16;
-          config.topk = topk;
-          config.transport = c.transport;
-          Group group = Group::create(world, rank, config);
-          Dispatcher host_d(group, c.options);
-          Dispatcher dev_d(group, c.options);
-          const int64_t tokens = rank == 1 ? 0 : 50 + 13 * rank;  // rank 1 sends nothing
-          const Tensor x = randomHost({tokens, hidden}, DType::kBF16);
-          Tensor idx = Tensor::empty({tokens, topk}, c.idx_dtype);
-          std::vector<int32_t> perm(experts);
-          std::mt19937 local_rng(static_cast<unsigned>(rank + 1));
-          for (int64_t t = 0; t < tokens; ++t) {
-            for (int e = 0; e < experts; ++e) perm[e] = e;
-            std::shuffle(perm.begin(), perm.end(), local_rng);
-            if (t % 5 == 0)
-              std::swap(perm[0], *std::find(perm.begin(), perm.end(), 0));  // a hot expert
-            for (int j = 0; j < topk; ++j) {
-              const int32_t e = (t + j) % 7 == 0 ? -1 : perm[j];
-              if (c.idx_dtype == DType::kI32) {
-                idx.as<int32_t>()[t * topk + j] = e;
-              } else {
-                idx.as<int64_t>()[t * topk + j] = e;
-              }
-            }
-          }
-          Tensor w = Tensor::empty({tokens, topk}, DType::kF32);
-          for (int64_t i = 0; i < tokens * topk; ++i) {
-            w.as<float>()[i] = 0.1f + 0.01f * static_cast<float>(i % 17);
-          }
-          const Tensor dx = onGpu(x, stream), didx = onGpu(idx, stream), dw = onGpu(w, stream);
-          const std::string tag = "ranks=" + std::to_string(ranks) + " rank " +
-                                  std::to_string(rank) +
-                                  (c.idx_dtype == DType::kI32 ? " native" : " staged") +
-                                  (token_major ? " token-major" : "");
-
-          const ExpertBatch hb = host_d.dispatch(x.view(), idx.view(), w.view());
-          const ExpertBatch db = dev_d.dispatch(dx.view(), didx.view(), dw.view(), ctx);
-          GPU_CHECK(db.handle.onDevice() == (c.idx_dtype == DType::kI32),
-                    tag << ": the wrong path ran (onDevice " << db.handle.onDevice() << ")");
-          GPU_CHECK(sameBytes(hb.x.view(), onHost(db.x.view()).view()),
-                    tag << ": dispatched rows differ");
-          if (token_major) {  // each token once, with its kept local experts and weights
-            // row_weights is expert-major only: a token-major batch leaves it undefined.
-            GPU_CHECK(db.x.device().isCuda() && db.topk_idx.device().isCuda() &&
-                          db.topk_weights.device().isCuda() && !db.row_weights.defined(),
-                      tag << ": the token-major batch of CUDA inputs must be on the GPU, "
-                             "without row_weights");
-            GPU_CHECK(sameBytes(hb.topk_idx.view(), onHost(db.topk_idx.view()).view()),
-                      tag << ": token-major expert ids differ");
-            GPU_CHECK(sameBytes(hb.topk_weights.view(), onHost(db.topk_weights.view()).view()),
-                      tag << ": token-major weights differ");
-          } else {
-            GPU_CHECK(db.x.device().isCuda() && db.row_weights.device().isCuda(),
-                      tag << ": the batch of CUDA inputs must be on the GPU");
-            GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
-                      tag << ": row weights differ");
-          }
-          GPU_CHECK(hb.expert_counts == db.expert_counts &&
-                        hb.expert_offsets == db.expert_offsets &&
-                        hb.tokens_from_rank == db.tokens_from_rank &&
-                        hb.expert_demand == db.expert_demand && hb.refused == db.refused,
-                    tag << ": layout differs");
-
-          // Combine and the backward passes with the rows themselves as the expert output.
-          expectSameReductions(host_d, dev_d, hb, db, hb.x, db.x, tokens, hidden, topk, stream,
-                               tag);
+          Group group = Group::create(world, rank, engineGroupConfig(transport));
+          checkDispatchCombineOnRank(group, c, stream);
         });
       },
-      nccl);
+      transport == "nccl");
 }
 
 GPU_TEST(dispatch_combine_cuda_tensors_on_1_2_4_8_ranks) {
@@ -486,95 +371,36 @@ GPU_TEST(dispatch_combine_cuda_tensors_on_1_2_4_8_ranks) {
   token_major_capped.expert_capacity = 6;  // refusals show as -1 ids and zero weights
   for (int ranks : {1, 2, 4, 8}) {
     for (DType idx_dtype : {DType::kI32, DType::kI64}) {
-      dispatchCombineRanks({ranks, idx_dtype, aligned});
-      dispatchCombineRanks({ranks, idx_dtype, token_major_capped});
+      dispatchCombineRanks(ranks, {idx_dtype, aligned});
+      dispatchCombineRanks(ranks, {idx_dtype, token_major_capped});
     }
-    dispatchCombineRanks({ranks, DType::kI32, capped});
-    dispatchCombineRanks({ranks, DType::kI32, padded});
-    dispatchCombineRanks({ranks, DType::kI32, token_major});
+    dispatchCombineRanks(ranks, {DType::kI32, capped});
+    dispatchCombineRanks(ranks, {DType::kI32, padded});
+    dispatchCombineRanks(ranks, {DType::kI32, token_major});
   }
 }
 
-// FP8 dispatch GPU-native (values and scales as two row payloads) against the CPU engine on the
-// same e4m3 rows and scales, bit for bit: the batch, its scales (padding rows zero), the row
-// weights and the layout; then combine and both backward passes through the FP8 handle. H = 200
-// leaves a short last scale block and rows that take the 4-byte copy path.
-void fp8DispatchRanks(int ranks, const DispatchOptions& options) {
-  const bool token_major = options.layout == BatchLayout::kTokenMajor;
-  std::printf("         fp8 ranks=%d capacity=%lld%s\n", ranks,
-              static_cast<long long>(options.expert_capacity), token_major ? " token-major" : "");
+void fp8DispatchRanks(int ranks, const DispatchOptions& options,
+                      const std::string& transport = "local") {
+  std::printf("         fp8 %s ranks=%d capacity=%lld%s\n", transport.c_str(), ranks,
+              static_cast<long long>(options.expert_capacity),
+              options.layout == BatchLayout::kTokenMajor ? " token-major" : "");
   std::fflush(stdout);
-  const int experts = 8, topk = 2;
-  const int64_t hidden = 200, blocks = fp8ScaleBlocks(hidden);
   LocalWorld world(ranks);
   onThreads(ranks, [&](int rank) {
     onStream([&](cudaStream_t stream) {
-      const ExecContext ctx{stream};
-      Group group = Group::create(
-          world, rank, {experts, static_cast<int>(hidden), DType::kFP8E4M3, topk, 0, "local"});
-      Dispatcher host_d(group, options);
-      Dispatcher dev_d(group, options);
-      const int64_t tokens = rank == 1 ? 0 : 40 + 11 * rank;
-      const Tensor x = randomHost({tokens, hidden}, DType::kF32, -3.0f, 3.0f);
-      Tensor q = Tensor::empty({tokens, hidden}, DType::kFP8E4M3);
-      Tensor scales = Tensor::empty({tokens, blocks}, DType::kF32);
-      quantizeFp8(x.view(), q.view(), scales.view());
-      Tensor idx = Tensor::empty({tokens, topk}, DType::kI32);
-      Tensor w = Tensor::empty({tokens, topk}, DType::kF32);
-      std::mt19937 local_rng(static_cast<unsigned>(rank + 5));
-      for (int64_t t = 0; t < tokens; ++t) {
-        std::vector<int32_t> perm(experts);
-        for (int e = 0; e < experts; ++e) perm[e] = e;
-        std::shuffle(perm.begin(), perm.end(), local_rng);
-        for (int j = 0; j < topk; ++j) {
-          idx.as<int32_t>()[t * topk + j] = (t + j) % 9 == 0 ? -1 : perm[j];
-          w.as<float>()[t * topk + j] = 0.25f + 0.125f * static_cast<float>(j);
-        }
-      }
-      const std::string tag =
-          "fp8 ranks=" + std::to_string(ranks) + " rank " + std::to_string(rank);
-      const ExpertBatch hb = host_d.dispatch(q.view(), scales.view(), idx.view(), w.view());
-      const Tensor dq = onGpu(q, stream), ds = onGpu(scales, stream), didx = onGpu(idx, stream),
-                   dw = onGpu(w, stream);
-      const ExpertBatch db = dev_d.dispatch(dq.view(), ds.view(), didx.view(), dw.view(), ctx);
-      GPU_CHECK(db.handle.onDevice(), tag << ": FP8 CUDA tensors must take the GPU-native path");
-      GPU_CHECK(db.x.device().isCuda() && db.x_scales.device().isCuda(),
-                tag << ": the batch must stay on the GPU");
-      GPU_CHECK(sameBytes(hb.x.view(), onHost(db.x.view()).view()), tag << ": e4m3 rows differ");
-      GPU_CHECK(sameBytes(hb.x_scales.view(), onHost(db.x_scales.view()).view()),
-                tag << ": scales differ");
-      if (token_major) {
-        GPU_CHECK(sameBytes(hb.topk_idx.view(), onHost(db.topk_idx.view()).view()) &&
-                      sameBytes(hb.topk_weights.view(), onHost(db.topk_weights.view()).view()),
-                  tag << ": token-major expert ids or weights differ");
-      } else {
-        GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
-                  tag << ": row weights differ");
-      }
-      GPU_CHECK(hb.expert_counts == db.expert_counts && hb.expert_offsets == db.expert_offsets &&
-                    hb.tokens_from_rank == db.tokens_from_rank && hb.refused == db.refused,
-                tag << ": layout differs");
-      // Combine and the backward passes take bf16 rows through the FP8 handle.
-      const int64_t rows = hb.x.dim(0);
-      const Tensor y = randomHost({rows, hidden}, DType::kBF16);
-      const Tensor dy = onGpu(y, stream);
-      expectSameReductions(host_d, dev_d, hb, db, y, dy, tokens, hidden, topk, stream, tag);
+      Group group = Group::create(world, rank, fp8GroupConfig(transport));
+      checkFp8DispatchOnRank(group, options, stream);
     });
   });
 }
 
 GPU_TEST(fp8_dispatch_gpu_native_on_1_2_4_8_ranks) {
-  DispatchOptions aligned;
-  aligned.expert_alignment = 4;
-  DispatchOptions capped = aligned;
-  capped.expert_capacity = 5;
-  DispatchOptions token_major;
-  token_major.layout = BatchLayout::kTokenMajor;
-  token_major.expert_capacity = 5;
+  const CaseOptions o = caseOptions(5);
   for (int ranks : {1, 2, 4, 8}) {
-    fp8DispatchRanks(ranks, aligned);
-    fp8DispatchRanks(ranks, capped);
-    fp8DispatchRanks(ranks, token_major);
+    for (const DispatchOptions& options : {o.aligned, o.capped, o.token_major}) {
+      fp8DispatchRanks(ranks, options);
+    }
   }
 }
 
@@ -597,8 +423,8 @@ GPU_TEST(dispatch_combine_with_stream_ordered_and_application_allocators) {
     std::printf("         allocator: %s\n", allocator->name());
     setDeviceAllocator(allocator);
     try {
-      for (int ranks : {1, 2, 4}) dispatchCombineRanks({ranks, DType::kI32, aligned});
-      dispatchCombineRanks({2, DType::kI64, aligned});  // staged: outputs copied to the GPU
+      for (int ranks : {1, 2, 4}) dispatchCombineRanks(ranks, {DType::kI32, aligned});
+      dispatchCombineRanks(2, {DType::kI64, aligned});  // staged: outputs copied to the GPU
       const Tensor logits = onGpu(randomHost({300, 64}, DType::kF32));
       RouterOptions o;
       o.topk = 4;
@@ -626,18 +452,29 @@ GPU_TEST(dispatch_combine_over_nccl_one_rank_per_gpu) {
   std::printf("         skipped: this build has no NCCL\n");
   return;
 #endif
-  DispatchOptions aligned;
-  aligned.expert_alignment = 4;
-  DispatchOptions capped = aligned;
-  capped.expert_capacity = 6;
-  DispatchOptions token_major;
-  token_major.layout = BatchLayout::kTokenMajor;
-  token_major.expert_capacity = 6;
+  const CaseOptions o = caseOptions(6);
   const int ranks = gpuCount();
-  for (const DispatchOptions& o : {aligned, capped, token_major}) {
-    dispatchCombineRanks({ranks, DType::kI32, o, "nccl"});
+  for (const DispatchOptions& options : {o.aligned, o.capped, o.token_major}) {
+    dispatchCombineRanks(ranks, {DType::kI32, options}, "nccl");
   }
-  dispatchCombineRanks({ranks, DType::kI64, aligned, "nccl"});  // staged on an nccl group
+  dispatchCombineRanks(ranks, {DType::kI64, o.aligned}, "nccl");  // staged on an nccl group
+}
+
+// The ucx transport moves host memory only: CUDA tensors are staged through pinned host memory
+// (whatever the id type), and the results must be those of the host engine all the same.
+GPU_TEST(dispatch_combine_over_ucx_staged_through_host_memory) {
+  if ((builtTransports() & kTransportUcx) == 0) {
+    std::printf("         skipped: this build has no UCX\n");
+    return;
+  }
+  const CaseOptions o = caseOptions(6);
+  for (int ranks : {2, 4}) {
+    for (const DispatchOptions& options : {o.aligned, o.capped, o.token_major}) {
+      dispatchCombineRanks(ranks, {DType::kI32, options}, "ucx");
+    }
+    dispatchCombineRanks(ranks, {DType::kI64, o.aligned}, "ucx");
+    fp8DispatchRanks(ranks, o.capped, "ucx");
+  }
 }
 
 // Bad routing on one rank fails the GPU-native dispatch on every rank: that rank with its own
