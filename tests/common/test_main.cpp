@@ -4,15 +4,16 @@
 
 #include <cstring>
 
+#include "common/launched_world.hpp"
 #include "common/rank_runner.hpp"
-#ifdef MOECOMM_TEST_WITH_MPI
-#include <moecomm/mpi.hpp>
-#endif
 
 namespace moecomm::testing {
+LaunchedWorld& launchedWorld() {
+  static LaunchedWorld launched;
+  return launched;
+}
 std::optional<World>& processWorld() {
-  static std::optional<World> world;
-  return world;
+  return launchedWorld().world;
 }
 }  // namespace moecomm::testing
 
@@ -35,28 +36,9 @@ class FailurePrinter : public ::testing::EmptyTestEventListener {
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
-  const char* mode = std::getenv("MOECOMM_TEST_PROCESSES");
-  const bool use_mpi = mode != nullptr && std::strcmp(mode, "mpi") == 0;
-  auto& world = moecomm::testing::processWorld();
-  try {
-    if (mode != nullptr && std::strcmp(mode, "env") == 0) {
-      world = moecomm::World::fromEnv();
-    } else if (use_mpi) {
-#ifdef MOECOMM_TEST_WITH_MPI
-      MPI_Init(&argc, &argv);
-      world = moecomm::worldFromMpi(MPI_COMM_WORLD);
-#else
-      std::fprintf(stderr, "MOECOMM_TEST_PROCESSES=mpi but the tests were built without MPI\n");
-      return 2;
-#endif
-    } else if (mode != nullptr && *mode != '\0') {
-      std::fprintf(stderr, "MOECOMM_TEST_PROCESSES=%s: expected env or mpi\n", mode);
-      return 2;
-    }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "cannot join the launched world: %s\n", e.what());
-    return 2;
-  }
+  moecomm::testing::LaunchedWorld& launched = moecomm::testing::launchedWorld();
+  if (!launched.join(&argc, &argv)) return 2;
+  const auto& world = launched.world;
   if (world && world->rank() != 0) {
     // One rank reports the run; the others report only their failures.
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
@@ -65,9 +47,6 @@ int main(int argc, char** argv) {
   }
   const int rc = RUN_ALL_TESTS();
   if (rc != 0 && world) std::fprintf(stderr, "rank %d: tests failed\n", world->rank());
-  world.reset();
-#ifdef MOECOMM_TEST_WITH_MPI
-  if (use_mpi) MPI_Finalize();
-#endif
+  launched.leave();
   return rc;
 }
