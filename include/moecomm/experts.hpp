@@ -73,6 +73,16 @@ class MOECOMM_API ExpertMlp {
   // gradients into grad_w_in and grad_w_out.
   Tensor backward(const TensorView& grad_y, ExecContext context = {});
 
+  // For inference, where the weights stay as they are between forwards. With compute_dtype bf16,
+  // every forward rounds w_in and w_out to bf16 afresh (3 x H x F weights per expert read as f32
+  // and written as bf16). cacheWeightOperands rounds them once, now, on the context's stream, and
+  // waits for it; later forwards use those copies until invalidateWeightOperands(). A write to
+  // w_in or w_out after the call (loading, an optimizer step) is not seen until then. With
+  // compute_dtype f32 the masters are the operands and both calls change nothing.
+  void cacheWeightOperands(ExecContext context = {});
+  void invalidateWeightOperands() noexcept;
+  bool weightOperandsCached() const noexcept { return w_in_cached_.defined(); }
+
  private:
   ExpertMlpConfig config_;
   Tensor w_in_, w_out_, grad_w_in_, grad_w_out_;
@@ -80,6 +90,8 @@ class MOECOMM_API ExpertMlp {
   std::vector<int64_t> counts_, offsets_;
   Tensor x_, pre_, h_;  // input rows and activation [R, F] in compute_dtype; pre-activation f32
   Tensor w_in_c_, w_out_c_;  // the weights as GEMM operands (the masters themselves for f32)
+  // The operands kept by cacheWeightOperands (undefined when none are kept).
+  Tensor w_in_cached_, w_out_cached_;
 };
 
 }  // namespace moecomm

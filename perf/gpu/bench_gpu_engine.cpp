@@ -2,7 +2,8 @@
 // the GPU-native path (i32 indices) against the path staged through pinned host memory (i64
 // indices), in the same run, and the GPU-native path again with the call tensors from the
 // stream-ordered pool instead of cudaMalloc/cudaFree, with FP8 rows, and with token-major
-// batches (one row per token and rank, so combine sends back the rows as they are). Prints
+// batches (one row per token and rank, so combine sends back the rows as they are); and an
+// expert MLP forward in bf16 with its weight operands rounded each time or kept. Prints
 // "RESULT" lines for
 // scripts/gpu-check.sh. MOECOMM_BENCH_SMOKE=1 runs one tiny shape once, to check that every
 // column runs (the emulated GPU tests do, where no GPU is).
@@ -110,6 +111,39 @@ double run(const Shape& s, DType idx_dtype, int iters, std::shared_ptr<DeviceAll
   return worst;
 }
 
+// An expert MLP forward in bf16 compute at decode sizes (a few rows per expert), where rounding
+// the f32 weights to bf16 on every forward costs more than the GEMMs: ms per forward, with the
+// weights rounded each time or kept (cacheWeightOperands). The weights are a constant pattern:
+// the time does not depend on their values.
+double expertMlpForwardMs(int experts, int64_t rows, int hidden, int ffn, bool kept, int iters) {
+  ExpertMlpConfig config{hidden, ffn, experts, Activation::kSwiGLU};
+  config.compute_dtype = DType::kBF16;
+  config.device = Device::cuda(0);
+  cudaStream_t stream = nullptr;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  const ExecContext ctx{stream};
+  double ms = 0;
+  {
+    ExpertMlp mlp(config);
+    cudaMemset(mlp.w_in().data(), 0x3c, mlp.w_in().bytes());  // 0.0115 in every f32
+    cudaMemset(mlp.w_out().data(), 0x3c, mlp.w_out().bytes());
+    cudaDeviceSynchronize();
+    if (kept) mlp.cacheWeightOperands(ctx);
+    Tensor x = Tensor::zeros({experts * rows, hidden}, DType::kBF16, Device::cuda(0));
+    std::vector<int64_t> counts(static_cast<size_t>(experts), rows), offsets;
+    for (int e = 0; e <= experts; ++e) offsets.push_back(e * rows);
+    for (int i = 0; i <= iters; ++i) {  // the first is a warm-up
+      const auto t0 = std::chrono::steady_clock::now();
+      const Tensor y = mlp.forward(x.view(), counts, offsets, ctx);
+      cudaStreamSynchronize(stream);
+      const auto t1 = std::chrono::steady_clock::now();
+      if (i > 0) ms += std::chrono::duration<double, std::milli>(t1 - t0).count() / iters;
+    }
+  }
+  cudaStreamDestroy(stream);
+  return ms;
+}
+
 }  // namespace
 
 int main() {
@@ -139,6 +173,16 @@ int main() {
           pooled, fp8, token_major, staged, staged / native);
       std::fflush(stdout);
     }
+    // 32 local experts of DeepSeek-V3's shape (H=7168, F=2048), 8 rows each.
+    const int experts = smoke ? 2 : 32, hidden = smoke ? 256 : 7168, ffn = smoke ? 128 : 2048;
+    const int64_t rows = 8;
+    const double fresh = expertMlpForwardMs(experts, rows, hidden, ffn, false, iters);
+    const double kept = expertMlpForwardMs(experts, rows, hidden, ffn, true, iters);
+    std::printf(
+        "RESULT expert MLP bf16 forward E=%d rows=%lld H=%d F=%d: %.3f ms rounding the weights "
+        "each forward, %.3f ms with them kept (%.2fx)\n",
+        experts, static_cast<long long>(rows), hidden, ffn, fresh, kept, fresh / kept);
+    std::fflush(stdout);
   } catch (const std::exception& e) {
     std::printf("ERROR: %s\n", e.what());
     return 1;

@@ -60,6 +60,27 @@ void BM_GroupedGemmWeightGrad(benchmark::State& state) {
                                                benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// An expert MLP forward in bf16 compute at decode sizes (few rows per expert), rounding the
+// weights on every forward (kept = 0) or once beforehand (kept = 1, cacheWeightOperands).
+void BM_ExpertMlpForwardBf16(benchmark::State& state) {
+  const int64_t experts = state.range(0), rows = state.range(1);
+  const bool kept = state.range(4) != 0;
+  ExpertMlpConfig config{static_cast<int>(state.range(2)), static_cast<int>(state.range(3)),
+                         static_cast<int>(experts), Activation::kSwiGLU};
+  config.compute_dtype = DType::kBF16;
+  ExpertMlp mlp(config);
+  std::fill_n(mlp.w_in().as<float>(), mlp.w_in().numel(), 0.01f);
+  std::fill_n(mlp.w_out().as<float>(), mlp.w_out().numel(), 0.01f);
+  if (kept) mlp.cacheWeightOperands();
+  Tensor x = filled({experts * rows, config.hidden}, 0.5f);
+  std::vector<int64_t> counts(experts, rows), offsets;
+  for (int64_t e = 0; e <= experts; ++e) offsets.push_back(e * rows);
+  for (auto _ : state) {
+    Tensor y = mlp.forward(x.view(), counts, offsets);
+    benchmark::DoNotOptimize(y.data());
+  }
+}
+
 BENCHMARK(BM_GroupedGemm)->Args({8, 512, 1024, 2048})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_SingleGemm)->Args({4096, 1024, 2048})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_SingleGemm)
@@ -74,6 +95,13 @@ BENCHMARK(BM_GroupedGemmWeightGrad)
 BENCHMARK(BM_GroupedGemm)
     ->Args({64, 16, 1024, 2048})
     ->Name("BM_GroupedGemmSmallExperts")
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+BENCHMARK(BM_ExpertMlpForwardBf16)
+    ->ArgNames({"experts", "rows", "hidden", "ffn", "kept"})
+    ->Args({8, 4, 1024, 1024, 0})
+    ->Args({8, 4, 1024, 1024, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

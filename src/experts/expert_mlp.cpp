@@ -2,6 +2,7 @@
 // backward pass that reuses what forward kept. The same steps on either device: the operands'
 // device picks BLAS or cuBLAS and the CPU or CUDA activation.
 #include "moecomm/experts.hpp"
+#include "src/core/device.hpp"
 #include "src/core/status.hpp"
 #include "src/core/tensor_checks.hpp"
 #include "src/experts/grouped_gemm.hpp"
@@ -74,8 +75,8 @@ Tensor ExpertMlp::forward(const TensorView& x, const std::vector<int64_t>& count
   const DType cd = config_.compute_dtype;
   // Keep the input as an operand: a caller's buffer may be reused before backward.
   Tensor x_c = ops::copyOnDevice(x, cd, context);
-  Tensor w_in_c = weightOperand(w_in_, cd, context);
-  Tensor w_out_c = weightOperand(w_out_, cd, context);
+  Tensor w_in_c = w_in_cached_.defined() ? w_in_cached_ : weightOperand(w_in_, cd, context);
+  Tensor w_out_c = w_out_cached_.defined() ? w_out_cached_ : weightOperand(w_out_, cd, context);
   Tensor pre = Tensor::empty({R, inColumns(config_)}, DType::kF32, d, context);
   throwIfError(runGroupedGemm(GemmForm::kNN, x_c, w_in_c, pre, counts, offsets, 0.0f, context));
   Tensor h = Tensor::empty({R, F}, DType::kF32, d, context);
@@ -91,6 +92,21 @@ Tensor ExpertMlp::forward(const TensorView& x, const std::vector<int64_t>& count
   counts_ = counts;
   offsets_ = offsets;
   return y;
+}
+
+void ExpertMlp::cacheWeightOperands(ExecContext context) {
+  if (config_.compute_dtype == DType::kF32) return;  // the masters are the operands
+  Tensor w_in_c = weightOperand(w_in_, config_.compute_dtype, context);
+  Tensor w_out_c = weightOperand(w_out_, config_.compute_dtype, context);
+  // Forwards on other streams read them: the copies must be done before any of them starts.
+  if (config_.device.isCuda()) throwIfError(device::synchronize(context.stream));
+  w_in_cached_ = std::move(w_in_c);
+  w_out_cached_ = std::move(w_out_c);
+}
+
+void ExpertMlp::invalidateWeightOperands() noexcept {
+  w_in_cached_ = Tensor();
+  w_out_cached_ = Tensor();
 }
 
 Tensor ExpertMlp::backward(const TensorView& grad_y, ExecContext context) {

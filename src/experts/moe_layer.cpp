@@ -165,6 +165,7 @@ void MoeLayer::initWeights(uint64_t seed, ExecContext context) {
       for (int e = 0; e < c.num_experts; ++e)
         fillUniform(p + e * out_size, out_size, rngs[e], 1.0f / std::sqrt(float(c.ffn)));
     });
+    mlp.invalidateWeightOperands();  // new weights: copies kept for inference are stale
   };
   init(s.experts, s.group.firstLocalExpert(), 1);
   if (s.shared) init(*s.shared, 0, 2);

@@ -209,6 +209,65 @@ GPU_TEST(expert_mlp_bf16_compute_matches_cpu) {
       cudaStreamNonBlocking);
 }
 
+// Weight operands kept on the GPU (made on one stream, read by forwards on another) give what
+// rounding afresh on each forward gives, bit for bit, and a write to the weights shows only after
+// invalidateWeightOperands.
+GPU_TEST(expert_mlp_kept_weight_operands_on_gpu) {
+  const std::vector<int64_t> counts = {6, 0, 13};
+  const std::vector<int64_t> offsets = {0, 8, 8, 24};
+  const int64_t rows = 26;
+  ExpertMlpConfig config{48, 32, 3, Activation::kSwiGLU};
+  config.compute_dtype = DType::kBF16;
+  config.device = Device::cuda(0);
+  const int64_t E = config.num_experts, H = config.hidden, F = config.ffn;
+  const Tensor w_in = randomHost({E, H, 2 * F}, DType::kF32, -0.2f, 0.2f);
+  const Tensor w_out = randomHost({E, F, H}, DType::kF32, -0.2f, 0.2f);
+  const Tensor w_in2 = randomHost({E, H, 2 * F}, DType::kF32, -0.2f, 0.2f);
+  const Tensor x = randomHost({rows, H}, DType::kBF16), gy = randomHost({rows, H}, DType::kF32);
+  onStream(
+      [&](cudaStream_t keep_stream) {
+        onStream(
+            [&](cudaStream_t stream) {
+              const ExecContext ctx{stream};
+              ExpertMlp fresh(config), kept(config);
+              for (ExpertMlp* m : {&fresh, &kept}) {
+                setParameter(m->w_in(), w_in);
+                setParameter(m->w_out(), w_out);
+              }
+              kept.cacheWeightOperands(ExecContext{keep_stream});
+              GPU_CHECK(kept.weightOperandsCached(), "no operands kept");
+              const Tensor dx = onGpu(x, stream), dgy = onGpu(gy, stream);
+              // y, grad_x and the weight gradients of one step, on the host.
+              auto run = [&](ExpertMlp& m) {
+                m.zeroGrad(ctx);
+                const Tensor y = m.forward(dx.view(), counts, offsets, ctx);
+                const Tensor gx = m.backward(dgy.view(), ctx);
+                CUDA_OK(cudaStreamSynchronize(stream));
+                return std::vector<Tensor>{onHost(y.view()), onHost(gx.view()),
+                                           onHost(m.grad_w_in().view()),
+                                           onHost(m.grad_w_out().view())};
+              };
+              auto same = [](const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
+                for (size_t i = 0; i < a.size(); ++i) {
+                  if (!sameBytes(a[i].view(), b[i].view())) return false;
+                }
+                return true;
+              };
+              const std::vector<Tensor> want = run(fresh);
+              GPU_CHECK(same(want, run(kept)), "kept operands differ from fresh ones");
+              setParameter(fresh.w_in(), w_in2);
+              setParameter(kept.w_in(), w_in2);
+              const std::vector<Tensor> want2 = run(fresh);
+              GPU_CHECK(!same(want, want2), "new weights changed nothing");
+              GPU_CHECK(same(want, run(kept)), "forward did not use the kept operands");
+              kept.invalidateWeightOperands();
+              GPU_CHECK(same(want2, run(kept)), "after invalidating, the new weights differ");
+            },
+            cudaStreamNonBlocking);
+      },
+      cudaStreamNonBlocking);
+}
+
 // The whole layer on 2 ranks sharing GPU 0, each with its own stream, against the host layer of
 // the same weights on the same ranks: output, losses, load, every gradient. The streams are
 // non-blocking (as PyTorch's are), so work the library put on the default stream instead of the

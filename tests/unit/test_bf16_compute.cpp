@@ -20,6 +20,8 @@
 #include "kernels/cpu/activations.hpp"
 #include "moecomm/error.hpp"
 #include "moecomm/experts.hpp"
+#include "moecomm/group.hpp"
+#include "moecomm/moe_layer.hpp"
 #include "src/core/numeric.hpp"
 
 namespace moecomm {
@@ -210,6 +212,107 @@ TEST(Bf16Compute, ExpertMlpRoundsEveryGemmOperandAndAccumulatesInF32) {
     EXPECT_GT(std::max({f32.y, f32.dx, f32.gw_in, f32.gw_out}), 1000 * tight)
         << tag << ": f32 compute came as close to the bf16 reference as bf16 compute";
   }
+}
+
+// One forward and backward of `mlp` on x and gy (f32); y, grad_x and both weight gradients.
+struct Step {
+  std::vector<float> y, dx, gw_in, gw_out;
+};
+Step step(ExpertMlp& mlp, const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
+          int64_t rows, std::vector<float> x, std::vector<float> gy) {
+  mlp.zeroGrad();
+  const int64_t H = mlp.config().hidden;
+  const Tensor y = mlp.forward(TensorView::matrix(x.data(), DType::kF32, rows, H), counts, offsets);
+  const Tensor dx = mlp.backward(TensorView::matrix(gy.data(), DType::kF32, rows, H));
+  return {valuesOf(y), valuesOf(dx), valuesOf(mlp.grad_w_in()), valuesOf(mlp.grad_w_out())};
+}
+
+bool sameSteps(const Step& a, const Step& b) {
+  return a.y == b.y && a.dx == b.dx && a.gw_in == b.gw_in && a.gw_out == b.gw_out;
+}
+
+// Kept weight operands give what rounding afresh gives, bit for bit, forward and backward; a
+// write to the masters is not seen until invalidateWeightOperands (the documented contract, and
+// the proof that the kept copies are what forward used); f32 compute keeps nothing.
+TEST(Bf16Compute, KeptWeightOperandsMatchFreshOnesUntilInvalidated) {
+  const std::vector<int64_t> counts = {7, 0, 3};
+  const std::vector<int64_t> offsets = {0, 8, 8, 11};
+  const int64_t rows = 11;
+  ExpertMlpConfig config{32, 20, 3, Activation::kSwiGLU};
+  config.compute_dtype = DType::kBF16;
+  std::mt19937 rng(31);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  auto draw = [&](size_t n) {
+    std::vector<float> v(n);
+    for (float& f : v) f = normal(rng);
+    return v;
+  };
+  const int64_t H = config.hidden, F = config.ffn, E = config.num_experts;
+  const auto w_in = draw(size_t(E * H * 2 * F)), w_out = draw(size_t(E * F * H));
+  const auto x = draw(size_t(rows * H)), gy = draw(size_t(rows * H));
+
+  ExpertMlp fresh(config), kept(config);
+  for (ExpertMlp* m : {&fresh, &kept}) {
+    setTensor(m->w_in(), w_in);
+    setTensor(m->w_out(), w_out);
+  }
+  EXPECT_FALSE(kept.weightOperandsCached());
+  kept.cacheWeightOperands();
+  ASSERT_TRUE(kept.weightOperandsCached());
+  const Step want = step(fresh, counts, offsets, rows, x, gy);
+  EXPECT_TRUE(sameSteps(want, step(kept, counts, offsets, rows, x, gy)));
+  EXPECT_TRUE(sameSteps(want, step(kept, counts, offsets, rows, x, gy)))
+      << "a second forward on the kept operands differs";
+
+  // New weights: the kept copies still hold the old ones until invalidated.
+  std::vector<float> w_in2 = w_in;
+  for (float& f : w_in2) f *= -0.5f;
+  setTensor(fresh.w_in(), w_in2);
+  setTensor(kept.w_in(), w_in2);
+  const Step want2 = step(fresh, counts, offsets, rows, x, gy);
+  ASSERT_FALSE(sameSteps(want, want2));
+  EXPECT_TRUE(sameSteps(want, step(kept, counts, offsets, rows, x, gy)))
+      << "forward did not use the kept operands";
+  kept.invalidateWeightOperands();
+  EXPECT_FALSE(kept.weightOperandsCached());
+  EXPECT_TRUE(sameSteps(want2, step(kept, counts, offsets, rows, x, gy)));
+  kept.cacheWeightOperands();  // kept again, from the new masters
+  EXPECT_TRUE(sameSteps(want2, step(kept, counts, offsets, rows, x, gy)));
+
+  // f32 compute: the masters are the operands, so a write is seen at once.
+  config.compute_dtype = DType::kF32;
+  ExpertMlp f32(config), f32_fresh(config);
+  for (ExpertMlp* m : {&f32, &f32_fresh}) {
+    setTensor(m->w_in(), w_in);
+    setTensor(m->w_out(), w_out);
+  }
+  f32.cacheWeightOperands();
+  EXPECT_FALSE(f32.weightOperandsCached());
+  setTensor(f32.w_in(), w_in2);
+  setTensor(f32_fresh.w_in(), w_in2);
+  EXPECT_TRUE(sameSteps(step(f32_fresh, counts, offsets, rows, x, gy),
+                        step(f32, counts, offsets, rows, x, gy)));
+}
+
+// MoeLayer::initWeights writes new weights, so it drops the operands its experts kept.
+TEST(Bf16Compute, InitWeightsDropsKeptWeightOperands) {
+  LocalWorld world(1);
+  Group group = Group::create(world, 0, {4, 16, DType::kBF16, 2});
+  MoeLayerConfig lc;
+  lc.ffn = 8;
+  lc.shared_ffn = 8;
+  lc.router.topk = 2;
+  lc.compute_dtype = DType::kBF16;
+  MoeLayer layer(group, lc);
+  layer.initWeights(1);
+  ASSERT_NE(layer.sharedExpert(), nullptr);
+  layer.experts().cacheWeightOperands();
+  layer.sharedExpert()->cacheWeightOperands();
+  ASSERT_TRUE(layer.experts().weightOperandsCached() &&
+              layer.sharedExpert()->weightOperandsCached());
+  layer.initWeights(2);
+  EXPECT_FALSE(layer.experts().weightOperandsCached());
+  EXPECT_FALSE(layer.sharedExpert()->weightOperandsCached());
 }
 
 TEST(Bf16Compute, OnlyF32AndBf16AreComputeDtypes) {
