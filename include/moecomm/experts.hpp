@@ -75,8 +75,9 @@ class MOECOMM_API ExpertMlp {
 
   // For inference, where the weights stay as they are between forwards. With compute_dtype bf16,
   // every forward rounds w_in and w_out to bf16 afresh (3 x H x F weights per expert read as f32
-  // and written as bf16). cacheWeightOperands rounds them once, now, on the context's stream, and
-  // waits for it; later forwards use those copies until invalidateWeightOperands(). A write to
+  // and written as bf16). cacheWeightOperands rounds them once, now, on the context's stream, into
+  // long-lived memory (cudaMalloc on a GPU, as the parameters), and waits for it; later forwards,
+  // on any stream, use those copies until invalidateWeightOperands(). A write to
   // w_in or w_out after the call (loading, an optimizer step) is not seen until then. With
   // compute_dtype f32 the masters are the operands and both calls change nothing.
   void cacheWeightOperands(ExecContext context = {});

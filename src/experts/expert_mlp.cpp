@@ -30,6 +30,17 @@ Tensor activationOperand(Tensor t, DType compute, ExecContext context) {
   return t.dtype() == compute ? t : ops::copyOnDevice(t, compute, context);
 }
 
+// A weight operand kept across forwards. On a GPU it comes from cudaMalloc, as the parameters
+// do, not from the call's stream-ordered allocator: forwards on other streams read it, and it may
+// be released long after, from any stream (docs/cuda.md, "Where GPU memory comes from").
+Tensor keptWeightOperand(const Tensor& w, DType compute, ExecContext context) {
+  if (!w.device().isCuda()) return weightOperand(w, compute, context);
+  const TensorView& v = w.view();
+  Tensor kept = Tensor::empty(std::vector<int64_t>(v.shape, v.shape + v.ndim), compute, v.device);
+  throwIfError(ops::convert(v, kept.view(), context));
+  return kept;
+}
+
 }  // namespace
 
 ExpertMlp::ExpertMlp(const ExpertMlpConfig& config) : config_(config) {
@@ -96,8 +107,8 @@ Tensor ExpertMlp::forward(const TensorView& x, const std::vector<int64_t>& count
 
 void ExpertMlp::cacheWeightOperands(ExecContext context) {
   if (config_.compute_dtype == DType::kF32) return;  // the masters are the operands
-  Tensor w_in_c = weightOperand(w_in_, config_.compute_dtype, context);
-  Tensor w_out_c = weightOperand(w_out_, config_.compute_dtype, context);
+  Tensor w_in_c = keptWeightOperand(w_in_, config_.compute_dtype, context);
+  Tensor w_out_c = keptWeightOperand(w_out_, config_.compute_dtype, context);
   // Forwards on other streams read them: the copies must be done before any of them starts.
   if (config_.device.isCuda()) throwIfError(device::synchronize(context.stream));
   w_in_cached_ = std::move(w_in_c);
