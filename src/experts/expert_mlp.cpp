@@ -18,27 +18,26 @@ int64_t inColumns(const ExpertMlpConfig& c) {
 
 // Weights as GEMM operands of the compute dtype: the f32 masters themselves for f32. For bf16:
 // bf16 on a GPU (cuBLAS takes A and B of one dtype), their bf16 values held in f32 on the host
-// (BLAS takes f32 weights); the same products either way.
-Tensor weightOperand(const Tensor& w, DType compute, ExecContext context) {
+// (BLAS takes f32 weights); the same products either way. An operand `kept` across forwards
+// (cacheWeightOperands) is read on other streams and released from any: on a GPU it comes from
+// cudaMalloc, as the parameters do, not from the call's allocator (docs/cuda.md).
+Tensor weightOperand(const Tensor& w, DType compute, ExecContext context, bool kept = false) {
   if (compute == DType::kF32) return w;
-  Tensor rounded = ops::copyOnDevice(w, DType::kBF16, context);
+  Tensor rounded;
+  if (kept && w.device().isCuda()) {
+    const TensorView& v = w.view();
+    rounded =
+        Tensor::empty(std::vector<int64_t>(v.shape, v.shape + v.ndim), DType::kBF16, v.device);
+    throwIfError(ops::convert(v, rounded.view(), context));
+  } else {
+    rounded = ops::copyOnDevice(w, DType::kBF16, context);
+  }
   return w.device().isCuda() ? rounded : ops::copyOnDevice(rounded, DType::kF32, context);
 }
 
 // An activation as a GEMM operand: itself, or rounded to the compute dtype.
 Tensor activationOperand(Tensor t, DType compute, ExecContext context) {
   return t.dtype() == compute ? t : ops::copyOnDevice(t, compute, context);
-}
-
-// A weight operand kept across forwards. On a GPU it comes from cudaMalloc, as the parameters
-// do, not from the call's stream-ordered allocator: forwards on other streams read it, and it may
-// be released long after, from any stream (docs/cuda.md, "Where GPU memory comes from").
-Tensor keptWeightOperand(const Tensor& w, DType compute, ExecContext context) {
-  if (!w.device().isCuda()) return weightOperand(w, compute, context);
-  const TensorView& v = w.view();
-  Tensor kept = Tensor::empty(std::vector<int64_t>(v.shape, v.shape + v.ndim), compute, v.device);
-  throwIfError(ops::convert(v, kept.view(), context));
-  return kept;
 }
 
 }  // namespace
@@ -107,8 +106,8 @@ Tensor ExpertMlp::forward(const TensorView& x, const std::vector<int64_t>& count
 
 void ExpertMlp::cacheWeightOperands(ExecContext context) {
   if (config_.compute_dtype == DType::kF32) return;  // the masters are the operands
-  Tensor w_in_c = keptWeightOperand(w_in_, config_.compute_dtype, context);
-  Tensor w_out_c = keptWeightOperand(w_out_, config_.compute_dtype, context);
+  Tensor w_in_c = weightOperand(w_in_, config_.compute_dtype, context, /*kept=*/true);
+  Tensor w_out_c = weightOperand(w_out_, config_.compute_dtype, context, /*kept=*/true);
   // Forwards on other streams read them: the copies must be done before any of them starts.
   if (config_.device.isCuda()) throwIfError(device::synchronize(context.stream));
   w_in_cached_ = std::move(w_in_c);

@@ -25,9 +25,9 @@
 #include "moecomm/router.hpp"
 #include "src/core/numeric.hpp"
 #include "src/routing/capacity.hpp"
-#include "tests/common/ledger_allocator.hpp"
 #include "tests/gpu/exchange_checks.hpp"
 #include "tests/gpu/gpu_test.hpp"
+#include "tests/gpu/ledger_on_gpu.hpp"
 #include "tests/gpu/tensors.hpp"
 #include "transport/factory.hpp"
 
@@ -409,34 +409,20 @@ GPU_TEST(fp8_dispatch_gpu_native_on_1_2_4_8_ranks) {
 GPU_TEST(dispatch_combine_with_stream_ordered_and_application_allocators) {
   DispatchOptions aligned;
   aligned.expert_alignment = 4;
-  // An application's allocator over cudaMallocAsync that follows every block.
-  auto ledger = std::make_shared<testing::LedgerAllocator>(
-      [](size_t bytes, void* stream) {
-        void* p = nullptr;
-        return cudaMallocAsync(&p, bytes, static_cast<cudaStream_t>(stream)) == cudaSuccess
-                   ? p
-                   : nullptr;
-      },
-      [](void* p, void* stream) { cudaFreeAsync(p, static_cast<cudaStream_t>(stream)); });
+  const auto ledger = gpuLedgerAllocator();
   for (const std::shared_ptr<DeviceAllocator>& allocator :
        {streamOrderedDeviceAllocator(), std::shared_ptr<DeviceAllocator>(ledger)}) {
     std::printf("         allocator: %s\n", allocator->name());
-    setDeviceAllocator(allocator);
-    try {
-      for (int ranks : {1, 2, 4}) dispatchCombineRanks(ranks, {DType::kI32, aligned});
-      dispatchCombineRanks(2, {DType::kI64, aligned});  // staged: outputs copied to the GPU
-      const Tensor logits = onGpu(randomHost({300, 64}, DType::kF32));
-      RouterOptions o;
-      o.topk = 4;
-      o.capacity_factor = 1.0;
-      o.overflow = OverflowPolicy::kReroute;
-      const Routing r = Router(o).route(logits.view());
-      GPU_CHECK(r.topk_idx.device().isCuda(), "the routing must stay on the GPU");
-    } catch (...) {
-      setDeviceAllocator(nullptr);
-      throw;
-    }
-    setDeviceAllocator(nullptr);
+    const AllocatorInForce in_force(allocator);
+    for (int ranks : {1, 2, 4}) dispatchCombineRanks(ranks, {DType::kI32, aligned});
+    dispatchCombineRanks(2, {DType::kI64, aligned});  // staged: outputs copied to the GPU
+    const Tensor logits = onGpu(randomHost({300, 64}, DType::kF32));
+    RouterOptions o;
+    o.topk = 4;
+    o.capacity_factor = 1.0;
+    o.overflow = OverflowPolicy::kReroute;
+    const Routing r = Router(o).route(logits.view());
+    GPU_CHECK(r.topk_idx.device().isCuda(), "the routing must stay on the GPU");
   }
   CUDA_OK(cudaDeviceSynchronize());
   const testing::LedgerAllocator::Counts c = ledger->counts();

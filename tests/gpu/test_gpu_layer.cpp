@@ -7,20 +7,18 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "moecomm/allocator.hpp"
 #include "moecomm/error.hpp"
 #include "moecomm/experts.hpp"
 #include "moecomm/group.hpp"
 #include "moecomm/moe_layer.hpp"
 #include "moecomm/router.hpp"
 #include "tests/common/bf16_grid.hpp"
-#include "tests/common/ledger_allocator.hpp"
 #include "tests/gpu/gpu_test.hpp"
+#include "tests/gpu/ledger_on_gpu.hpp"
 #include "tests/gpu/tensors.hpp"
 
 namespace moecomm::gputest {
@@ -240,22 +238,11 @@ GPU_TEST(expert_mlp_kept_weight_operands_on_gpu) {
               // Kept operands outlive the call and are read on other streams, so they must not
               // come from the stream-ordered allocator in force (a ledger here), just as the
               // parameters do not.
-              auto ledger = std::make_shared<testing::LedgerAllocator>(
-                  [](size_t bytes, void* s) {
-                    void* p = nullptr;
-                    return cudaMallocAsync(&p, bytes, static_cast<cudaStream_t>(s)) == cudaSuccess
-                               ? p
-                               : nullptr;
-                  },
-                  [](void* p, void* s) { cudaFreeAsync(p, static_cast<cudaStream_t>(s)); });
-              setDeviceAllocator(ledger);
-              try {
+              const auto ledger = gpuLedgerAllocator();
+              {
+                const AllocatorInForce in_force(ledger);
                 kept.cacheWeightOperands(ExecContext{keep_stream});
-              } catch (...) {
-                setDeviceAllocator(nullptr);
-                throw;
               }
-              setDeviceAllocator(nullptr);
               GPU_CHECK(kept.weightOperandsCached(), "no operands kept");
               GPU_CHECK(ledger->counts().live == 0,
                         ledger->counts().live << " kept operand blocks from the call's allocator");
