@@ -44,6 +44,12 @@ struct DispatchOptions {
   // alignment above 1.
   bool pad_to_capacity = false;
   BatchLayout layout = BatchLayout::kExpertMajor;  // last, so {alignment, capacity} still works
+  // Dispatch without a host wait (needs pad_to_capacity, so the batch's shape is static): the
+  // GPU-native path sizes its buffers for the worst case instead of reading the counts back, and
+  // the counts stay on the batch's device in ExpertBatch::device_counts until collectCounts. On
+  // every path the host vectors expert_counts, expert_demand and tokens_from_rank are then empty
+  // and refused is -1 until collectCounts. docs/cuda.md says what it costs.
+  bool sync_free = false;
 };
 
 // Everything combine and the backward passes need to reuse a dispatch's layout without exchanging
@@ -88,8 +94,27 @@ struct ExpertBatch {
   std::vector<int64_t> tokens_from_rank;  // [ranks] tokens received from each rank
   std::vector<int64_t> expert_demand;     // [local experts] rows offered, before expert_capacity
   int64_t refused = 0;                    // rows refused by expert_capacity
+  // Sync-free dispatch only (DispatchOptions::sync_free): the counts as i64 on the batch's
+  // device, written on the context's stream. Layout, with L local experts and R ranks:
+  //   [0, L) demand per local expert, [L, 2L) rows kept per local expert, [2L, 2L + R) tokens
+  //   received from each rank, [2L + R] rows refused, [2L + R + 1] first slot of this rank's
+  //   topk_idx naming no expert, [2L + R + 2] first slot repeating its token's expert (-1: none).
+  // Undefined otherwise.
+  Tensor device_counts;
   DispatchHandle handle;
 };
+
+// Entries of ExpertBatch::device_counts for L local experts and R ranks.
+inline int64_t dispatchCountsSize(int64_t local_experts, int64_t ranks) {
+  return 2 * local_experts + ranks + 3;
+}
+
+// Fills expert_demand, expert_counts, tokens_from_rank and refused of a sync-free batch from its
+// device_counts (one wait for the context's stream when they are on a GPU) and throws, on this
+// rank only, what dispatch would have thrown for a bad topk_idx: a sync-free GPU dispatch cannot
+// refuse it before returning: it routes an id outside [-1, E) nowhere and a repeated one twice. A
+// batch whose counts are on the host already is left as it is.
+MOECOMM_API void collectCounts(ExpertBatch& batch, ExecContext context = {});
 
 // All calls are collective over the group and synchronous on CPU. On error they throw
 // moecomm::Error on every rank (the rank with the bad input gets its own error, the others

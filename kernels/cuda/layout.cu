@@ -39,12 +39,16 @@ __global__ void markKernel(const int32_t* idx, int64_t tokens, int topk, int exp
 }
 
 __global__ void positionsKernel(const int32_t* flags, const int32_t* scan, int64_t tokens,
-                                int ranks, int32_t* send_pos, int32_t* rank_offsets,
-                                int32_t* tokens_per_rank) {
+                                int ranks, bool static_regions, int32_t* send_pos,
+                                int32_t* rank_offsets, int32_t* tokens_per_rank) {
   const int64_t n = tokens * ranks;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    send_pos[i] = flags[i] ? scan[i] : -1;
+    // Static regions: rank r's block begins at r * T; its first token's scan is r's offset.
+    const int64_t region = i / tokens * tokens;
+    const int32_t pos =
+        static_regions ? static_cast<int32_t>(region + scan[i] - scan[region]) : scan[i];
+    send_pos[i] = flags[i] ? pos : -1;
   }
   if (blockIdx.x == 0) {
     for (int r = static_cast<int>(threadIdx.x); r <= ranks; r += blockDim.x) {
@@ -112,7 +116,35 @@ __global__ void packRoutingKernel(const int32_t* idx, const float* weights, int6
   }
 }
 
+__global__ void fillKernel(int32_t* values, int64_t n, int32_t value) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    values[i] = value;
+  }
+}
+
+__global__ void widenKernel(const int32_t* in, int64_t n, int64_t* out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = in[i] == INT32_MAX ? -1 : static_cast<int64_t>(in[i]);
+  }
+}
+
 }  // namespace
+
+cudaError_t fillInt32(int32_t* values, int64_t n, int32_t value, cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  fillKernel<<<blocksFor(n), kThreads, 0, stream>>>(values, n, value);
+  return cudaGetLastError();
+}
+
+cudaError_t widenCounts(const int32_t* in, int64_t n, int64_t* out, cudaStream_t stream) {
+  if (n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  widenKernel<<<blocksFor(n), kThreads, 0, stream>>>(in, n, out);
+  return cudaGetLastError();
+}
 
 cudaError_t computeLayout(const int32_t* topk_idx, int64_t tokens, int topk, int experts, int ranks,
                           const LayoutOutputs& out, cudaStream_t stream) {
@@ -139,7 +171,8 @@ cudaError_t computeLayout(const int32_t* topk_idx, int64_t tokens, int topk, int
     MOECOMM_CUDA_TRY(
         cub::DeviceScan::ExclusiveSum(temp, temp_bytes, flags, scan, static_cast<int>(n), stream));
   }
-  positionsKernel<<<blocksFor(n), kThreads, 0, stream>>>(flags, scan, tokens, ranks, out.send_pos,
+  positionsKernel<<<blocksFor(n), kThreads, 0, stream>>>(flags, scan, tokens, ranks,
+                                                         out.static_regions, out.send_pos,
                                                          out.rank_offsets, out.tokens_per_rank);
   MOECOMM_CUDA_TRY(cudaGetLastError());
   return countExperts(topk_idx, tokens * topk, experts, out.tokens_per_expert, stream);

@@ -19,6 +19,9 @@ struct LayoutOutputs {
   int32_t* bad_slot;  // [1], or null: lowered to the first slot whose id is outside [-1, E)
   // [1], or null: lowered to the first slot naming an expert its token already names.
   int32_t* repeated_slot = nullptr;
+  // Static send regions (sync-free dispatch): rank r's rows start at row r * T of the send
+  // buffer instead of right after rank r - 1's, so the host needs no count to find them.
+  bool static_regions = false;
 };
 
 // topk_idx [T, k] i32 on the device, experts split evenly over ranks (E % ranks == 0).
@@ -42,5 +45,11 @@ cudaError_t packRouting(const int32_t* topk_idx, const float* topk_weights, int6
                         int topk, int experts, int ranks, const int32_t* send_pos,
                         int32_t* send_experts, float* send_weights, int32_t* send_token,
                         cudaStream_t stream);
+
+// values[0, n) = value, on the stream (no host memory involved).
+cudaError_t fillInt32(int32_t* values, int64_t n, int32_t value, cudaStream_t stream);
+
+// out[i] = in[i] as i64, with INT32_MAX (a "none" of the error slots) as -1.
+cudaError_t widenCounts(const int32_t* in, int64_t n, int64_t* out, cudaStream_t stream);
 
 }  // namespace moecomm::cuda

@@ -2,7 +2,8 @@
 // the GPU-native path (i32 indices) against the path staged through pinned host memory (i64
 // indices), in the same run, and the GPU-native path again with the call tensors from the
 // stream-ordered pool instead of cudaMalloc/cudaFree, with FP8 rows, and with token-major
-// batches (one row per token and rank, so combine sends back the rows as they are); and an
+// batches (one row per token and rank, so combine sends back the rows as they are); a decode
+// shape padded to capacity, with and without the count wait (sync-free); and an
 // expert MLP forward in bf16 with its weight operands rounded each time or kept. Prints
 // "RESULT" lines for
 // scripts/gpu-check.sh. MOECOMM_BENCH_SMOKE=1 runs one tiny shape once, to check that every
@@ -35,7 +36,7 @@ struct Shape {
 // Mean milliseconds of one dispatch + combine per rank (all ranks at once). fp8: the group's rows
 // are e4m3 with their scales (half of bf16's bytes on the way out); combine takes bf16 rows.
 double run(const Shape& s, DType idx_dtype, int iters, std::shared_ptr<DeviceAllocator> allocator,
-           bool fp8 = false, BatchLayout layout = BatchLayout::kExpertMajor) {
+           bool fp8 = false, const DispatchOptions& options = {}) {
   setDeviceAllocator(std::move(allocator));
   LocalWorld world(s.ranks);
   std::vector<double> ms(static_cast<size_t>(s.ranks));
@@ -53,8 +54,6 @@ double run(const Shape& s, DType idx_dtype, int iters, std::shared_ptr<DeviceAll
         config.topk = s.topk;
         config.transport = "local";
         Group group = Group::create(world, rank, config);
-        DispatchOptions options;
-        options.layout = layout;
         Dispatcher d(group, options);
         std::mt19937 rng(static_cast<unsigned>(rank));
         Tensor idx = Tensor::empty({s.tokens, s.topk}, idx_dtype);
@@ -163,8 +162,10 @@ int main() {
       const double native = run(s, DType::kI32, iters, synchronousDeviceAllocator());
       const double pooled = run(s, DType::kI32, iters, streamOrderedDeviceAllocator());
       const double fp8 = run(s, DType::kI32, iters, synchronousDeviceAllocator(), true);
+      DispatchOptions token_major_options;
+      token_major_options.layout = BatchLayout::kTokenMajor;
       const double token_major =
-          run(s, DType::kI32, iters, synchronousDeviceAllocator(), false, BatchLayout::kTokenMajor);
+          run(s, DType::kI32, iters, synchronousDeviceAllocator(), false, token_major_options);
       const double staged = run(s, DType::kI64, smoke ? 1 : 2, synchronousDeviceAllocator());
       std::printf(
           "RESULT engine %d ranks T=%lld H=%lld: native %.2f ms (cudaMalloc), %.2f ms "
@@ -174,6 +175,26 @@ int main() {
           pooled, fp8, token_major, staged, staged / native);
       std::fflush(stdout);
     }
+    // Decode: few tokens per rank, experts padded to twice the mean load (static shapes), with
+    // the one wait for the counts (exact-size layout of the padded batch) or without (sync-free).
+    // Both on the stream-ordered pool, so no cudaFree waits either.
+    const Shape decode = smoke ? Shape{2, 16, 256, 4, 8} : Shape{8, 128, 7168, 8, 256};
+    DispatchOptions padded;
+    padded.expert_capacity = 2 * decode.tokens * decode.ranks * decode.topk / decode.experts;
+    padded.pad_to_capacity = true;
+    DispatchOptions sync_free = padded;
+    sync_free.sync_free = true;
+    const int decode_iters = smoke ? 1 : 50;
+    const double waits =
+        run(decode, DType::kI32, decode_iters, streamOrderedDeviceAllocator(), false, padded);
+    const double no_wait =
+        run(decode, DType::kI32, decode_iters, streamOrderedDeviceAllocator(), false, sync_free);
+    std::printf(
+        "RESULT decode %d ranks T=%lld H=%lld capacity=%lld: padded dispatch+combine %.3f ms "
+        "with the count wait, %.3f ms sync-free (%.2fx)\n",
+        decode.ranks, static_cast<long long>(decode.tokens), static_cast<long long>(decode.hidden),
+        static_cast<long long>(padded.expert_capacity), waits, no_wait, waits / no_wait);
+    std::fflush(stdout);
     // 32 local experts of DeepSeek-V3's shape (H=7168, F=2048), 8 rows each.
     const int experts = smoke ? 2 : 32, hidden = smoke ? 256 : 7168, ffn = smoke ? 128 : 2048;
     const int64_t rows = 8;

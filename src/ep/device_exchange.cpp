@@ -23,6 +23,7 @@
 #include "moecomm/quant.hpp"
 #include "src/core/device.hpp"
 #include "src/core/tensor_checks.hpp"
+#include "src/ep/batch_counts.hpp"
 #include "src/ep/expert_layout.hpp"
 #include "src/ep/handle_impl.hpp"
 #endif
@@ -65,7 +66,8 @@ struct DeviceScratch {
   int device = -1;
   Buffer send_rows, send_experts, send_weights, recv_rows, recv_experts, recv_weights, partial,
       back, grad, small;
-  Buffer send_scales, recv_scales;      // FP8 dispatch: each row's f32 scales, a second payload
+  Buffer send_scales, recv_scales;  // FP8 dispatch: each row's f32 scales, a second payload
+  Buffer counts;  // sync-free dispatch: i32 device_counts (CountsLayout), widened at the end
   std::array<cudaEvent_t, 3> events{};  // per round: what this rank published is ready
 
   ~DeviceScratch();
@@ -127,6 +129,9 @@ struct PeerMessage {
   uint64_t event = 0;   // cudaEvent_t
   int64_t count = 0;    // rows
   uint64_t scales = 0;  // device pointer to the rows' FP8 scales (FP8 dispatch only)
+  // Sync-free dispatch: device pointer to the i32 count of rows this rank really sent the peer
+  // (count is then the size of the static region, the rows that travel).
+  uint64_t sent_rows = 0;
 };
 
 using device::cudaStatus;
@@ -318,34 +323,84 @@ Status checkDispatchInputs(const Group::Impl& group, const TensorView& x, const 
   return Status::ok();
 }
 
-// The source side of dispatch: layout (one wait for the counts), then the send buffer.
+// The send buffer of h.send_offsets rows (static regions: rows no token fills are marked with -1
+// experts first), then the event peers wait on.
+Status pack(DeviceScratch& sc, const TensorView& x, const TensorView* scales, const TensorView& idx,
+            const TensorView& w, cudaStream_t stream, const DeviceHandle& h, int n, int E,
+            size_t rb, bool static_regions) {
+  const int64_t T = h.tokens;
+  const size_t sent = static_cast<size_t>(h.sent());
+  MOECOMM_RETURN_IF_ERROR(grow(sc.send_rows, sent * rb, h.device));
+  MOECOMM_RETURN_IF_ERROR(grow(sc.send_experts, sent * h.topk * 4, h.device));
+  MOECOMM_RETURN_IF_ERROR(grow(sc.send_weights, sent * h.topk * 4 + 4, h.device));
+  if (static_regions && sent > 0) {  // -1 is all bits set
+    MOECOMM_RETURN_IF_ERROR(
+        cudaStatus(cudaMemsetAsync(sc.send_experts.data(), 0xff, sent * h.topk * 4, stream),
+                   "cudaMemsetAsync"));
+  }
+  MOECOMM_RETURN_IF_ERROR(
+      cudaStatus(cuda::packRows(x.data, T, static_cast<int64_t>(rb), n, h.send_pos.as<int32_t>(),
+                                sc.send_rows.data(), stream),
+                 "pack"));
+  if (scales != nullptr) {  // the same placement for the scales, a row of their own per token
+    const auto sb = static_cast<int64_t>(scales->shape[1] * sizeof(float));
+    MOECOMM_RETURN_IF_ERROR(grow(sc.send_scales, sent * static_cast<size_t>(sb), h.device));
+    MOECOMM_RETURN_IF_ERROR(
+        cudaStatus(cuda::packRows(scales->data, T, sb, n, h.send_pos.as<int32_t>(),
+                                  sc.send_scales.data(), stream),
+                   "pack scales"));
+  }
+  MOECOMM_RETURN_IF_ERROR(cudaStatus(
+      cuda::packRouting(idx.as<const int32_t>(), w.as<const float>(), T, h.topk, E, n,
+                        h.send_pos.as<int32_t>(),
+                        reinterpret_cast<int32_t*>(sc.send_experts.data()),
+                        reinterpret_cast<float*>(sc.send_weights.data()), nullptr, stream),
+      "pack routing"));
+  return cudaStatus(cudaEventRecord(sc.events[0], stream), "cudaEventRecord");
+}
+
+// The layout's small outputs in DeviceScratch::small, side by side: per expert (E), per rank
+// (n), rank offsets (n + 1), two error slots, then the [T, n] flags as bytes.
+int32_t* tokensPerRank(const DeviceScratch& sc, int experts) {
+  return reinterpret_cast<int32_t*>(sc.small.data()) + experts;
+}
+
+// The source side of dispatch: layout (one wait for the counts), then the send buffer. With
+// `deferred_errors` (sync-free dispatch) there is no wait: every destination gets a static region
+// of T rows (rows past its count are marked -1 for every expert and carry nothing), and the two
+// error slots are written there for collectCounts instead of being read back.
 Status layoutAndPack(Dispatcher::State& state, DeviceScratch& sc, const TensorView& x,
                      const TensorView* scales, const TensorView& idx, const TensorView& w,
-                     cudaStream_t stream, DeviceHandle& h,
-                     std::vector<int32_t>* tokens_per_expert) {
+                     cudaStream_t stream, DeviceHandle& h, std::vector<int32_t>* tokens_per_expert,
+                     int32_t* deferred_errors) {
   const Group::Impl& group = *state.group;
   const int n = group.size;
   const int E = group.config.num_experts;
   const int64_t T = h.tokens;
   const size_t rb = rowBytes(h.hidden, group.config.dtype);
   MOECOMM_RETURN_IF_ERROR(deviceTensor({n, T}, DType::kI32, h.device, stream, &h.send_pos));
-  // Small outputs side by side: per expert, per rank, rank offsets, two error slots, flags.
   const size_t small_ints = static_cast<size_t>(E + n + (n + 1) + 2);
   MOECOMM_RETURN_IF_ERROR(grow(sc.small, small_ints * 4 + static_cast<size_t>(T * n), h.device));
   auto* ints = reinterpret_cast<int32_t*>(sc.small.data());
   int32_t* tpe = ints;
-  int32_t* tpr = tpe + E;
+  int32_t* tpr = tokensPerRank(sc, E);
   int32_t* offsets = tpr + n;
   int32_t* errors = offsets + n + 1;
   auto* in_rank = reinterpret_cast<uint8_t*>(errors + 2);
-  const std::array<int32_t, 2> none = {INT32_MAX, INT32_MAX};
+  const bool sync_free = deferred_errors != nullptr;
+  if (sync_free) errors = deferred_errors;
   MOECOMM_RETURN_IF_ERROR(
-      cudaStatus(cudaMemcpyAsync(errors, none.data(), sizeof(none), cudaMemcpyHostToDevice, stream),
-                 "cudaMemcpyAsync"));
+      cudaStatus(cuda::fillInt32(errors, 2, INT32_MAX, stream), "the layout's error slots"));
   cuda::LayoutOutputs lo{tpe, tpr, offsets, h.send_pos.as<int32_t>(), in_rank, errors};
   lo.repeated_slot = errors + 1;
+  lo.static_regions = sync_free;
   MOECOMM_RETURN_IF_ERROR(cudaStatus(
       cuda::computeLayout(idx.as<const int32_t>(), T, h.topk, E, n, lo, stream), "the layout"));
+  if (sync_free) {
+    h.send_offsets.resize(static_cast<size_t>(n + 1));
+    for (int d = 0; d <= n; ++d) h.send_offsets[d] = d * T;
+    return pack(sc, x, scales, idx, w, stream, h, n, E, rb, true);
+  }
   // The one wait of the call: the counts size every buffer that follows.
   std::vector<int32_t> host(small_ints);
   MOECOMM_RETURN_IF_ERROR(
@@ -367,29 +422,7 @@ Status layoutAndPack(Dispatcher::State& state, DeviceScratch& sc, const TensorVi
   }
   tokens_per_expert->assign(host.begin(), host.begin() + E);
   h.send_offsets.assign(host.begin() + E + n, host.begin() + E + n + n + 1);
-  const size_t sent = static_cast<size_t>(h.sent());
-  MOECOMM_RETURN_IF_ERROR(grow(sc.send_rows, sent * rb, h.device));
-  MOECOMM_RETURN_IF_ERROR(grow(sc.send_experts, sent * h.topk * 4, h.device));
-  MOECOMM_RETURN_IF_ERROR(grow(sc.send_weights, sent * h.topk * 4 + 4, h.device));
-  MOECOMM_RETURN_IF_ERROR(
-      cudaStatus(cuda::packRows(x.data, T, static_cast<int64_t>(rb), n, h.send_pos.as<int32_t>(),
-                                sc.send_rows.data(), stream),
-                 "pack"));
-  if (scales != nullptr) {  // the same placement for the scales, a row of their own per token
-    const auto sb = static_cast<int64_t>(scales->shape[1] * sizeof(float));
-    MOECOMM_RETURN_IF_ERROR(grow(sc.send_scales, sent * static_cast<size_t>(sb), h.device));
-    MOECOMM_RETURN_IF_ERROR(
-        cudaStatus(cuda::packRows(scales->data, T, sb, n, h.send_pos.as<int32_t>(),
-                                  sc.send_scales.data(), stream),
-                   "pack scales"));
-  }
-  MOECOMM_RETURN_IF_ERROR(cudaStatus(
-      cuda::packRouting(idx.as<const int32_t>(), w.as<const float>(), T, h.topk, E, n,
-                        h.send_pos.as<int32_t>(),
-                        reinterpret_cast<int32_t*>(sc.send_experts.data()),
-                        reinterpret_cast<float*>(sc.send_weights.data()), nullptr, stream),
-      "pack routing"));
-  return cudaStatus(cudaEventRecord(sc.events[0], stream), "cudaEventRecord");
+  return pack(sc, x, scales, idx, w, stream, h, n, E, rb, false);
 }
 
 }  // namespace
@@ -436,17 +469,27 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
   const size_t sb = static_cast<size_t>(blocks) * sizeof(float);  // a row's scales
   DeviceScratch* sc = nullptr;
   std::vector<int32_t> tpe;
+  // Sync-free: the counts gather in sc->counts (i32, CountsLayout) and are widened into the
+  // batch's device_counts at the end; nothing comes back to the host.
+  const bool sync_free = state.options.sync_free;
+  const CountsLayout at{L, n};
+  int32_t* counts = nullptr;
   Status local = checkDispatchOptions(state.options);
   if (local.isOk()) local = checkDispatchInputs(group, x, x_scales, topk_idx, topk_weights);
   if (local.isOk()) local = device::requireDevice(h->device);  // says "no GPU is usable"
   if (local.isOk()) local = device::setDevice(h->device);
   if (local.isOk()) local = scratchFor(state, h->device, &sc);
+  if (local.isOk() && sync_free) {
+    local = grow(sc->counts, static_cast<size_t>(at.size()) * 4, h->device);
+    if (local.isOk()) counts = reinterpret_cast<int32_t*>(sc->counts.data());
+  }
   if (local.isOk()) {
-    local = layoutAndPack(state, *sc, x, x_scales, topk_idx, topk_weights, stream, *h, &tpe);
+    local = layoutAndPack(state, *sc, x, x_scales, topk_idx, topk_weights, stream, *h, &tpe,
+                          sync_free ? counts + at.badSlot() : nullptr);
   }
 
   // Round 1: to each destination, where its rows sit, the event after the pack, and how many
-  // rows each of its experts gets from this rank.
+  // rows each of its experts gets from this rank (sync-free: none; the receiver counts them).
   const size_t message_bytes = sizeof(PeerMessage) + static_cast<size_t>(L) * sizeof(int64_t);
   MOECOMM_RETURN_IF_ERROR(
       round(state, WireOp::kDeviceDispatch, sequence, 0, local, message_bytes,
@@ -460,8 +503,11 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
               m.count = h->send_offsets[d + 1] - first;
               if (sb > 0)
                 m.scales = reinterpret_cast<uint64_t>(sc->send_scales.data() + first * sb);
+              if (sync_free) {
+                m.sent_rows = reinterpret_cast<uint64_t>(tokensPerRank(*sc, n * L) + d);
+              }
               std::memcpy(payload, &m, sizeof(m));
-              for (int e = 0; e < L; ++e) {
+              for (int e = 0; e < L && !sync_free; ++e) {
                 const int64_t c = tpe[static_cast<size_t>(d * L + e)];
                 std::memcpy(payload + sizeof(m) + e * sizeof(int64_t), &c, sizeof(c));
               }
@@ -512,6 +558,14 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
   if (mid.isOk()) mid = grow(sc->recv_experts, static_cast<size_t>(rows_in * k) * 4, h->device);
   if (mid.isOk()) mid = grow(sc->recv_weights, static_cast<size_t>(rows_in * k) * 4, h->device);
   if (mid.isOk()) mid = grow(sc->partial, static_cast<size_t>(2 * L + 2) * 4, h->device);
+  if (mid.isOk() && sync_free) {
+    mid = deviceTensor({at.size()}, DType::kI64, h->device, stream, &batch.device_counts);
+  }
+  if (mid.isOk() && sync_free) {  // sources with no tokens send no count
+    mid =
+        cudaStatus(cudaMemsetAsync(counts + at.fromRank(0), 0, static_cast<size_t>(n) * 4, stream),
+                   "cudaMemsetAsync");
+  }
   if (mid.isOk() && sb > 0) {
     mid = deviceTensor({h->num_rows, blocks}, DType::kF32, h->device, stream, &batch.x_scales);
     if (mid.isOk() && !h->token_major)
@@ -539,6 +593,13 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
     if (mid.isOk() && sb > 0) {
       mid = moveOverDeviceTransport(group, sc->send_scales.data(), so, scales_to, ro, sb, stream);
     }
+    if (mid.isOk() && sync_free) {  // each source's real row count, one i32 per pair
+      std::vector<int64_t> one(static_cast<size_t>(n + 1));
+      for (int p = 0; p <= n; ++p) one[p] = p;
+      mid = moveOverDeviceTransport(
+          group, reinterpret_cast<const std::byte*>(tokensPerRank(*sc, n * L)), one,
+          reinterpret_cast<std::byte*>(counts + at.fromRank(0)), one, 4, stream);
+    }
   }
   for (int s = 0; s < n && mid.isOk() && !over_nccl; ++s) {
     const int64_t first = h->recv_offsets[s];
@@ -552,6 +613,12 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
         {static_cast<size_t>(k) * 4, {sc->recv_weights.data(), from[s].weights}},
         {sb, {scales_to, from[s].scales}},  // none (0 bytes) unless FP8
     }};
+    if (mid.isOk() && sync_free) {
+      mid = cudaStatus(
+          cudaMemcpyAsync(counts + at.fromRank(s), reinterpret_cast<const void*>(from[s].sent_rows),
+                          4, cudaMemcpyDefault, stream),
+          "cudaMemcpyAsync");
+    }
     for (const auto& [unit, where] : copies) {
       if (!mid.isOk()) break;
       if (unit == 0) continue;
@@ -569,13 +636,18 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
     uo.capacity = o.expert_capacity;
     uo.pad_to_capacity = o.pad_to_capacity;
     uo.max_rows = plan_rows;
-    const cuda::UnpackPlan plan{table,
-                                table + L,
-                                h->expert_offsets.as<int32_t>(),
-                                h->slot_row.as<int32_t>(),
-                                h->row_source.as<int32_t>(),
-                                table + 2 * L,
-                                table + 2 * L + 1};
+    cuda::UnpackPlan plan{table,
+                          table + L,
+                          h->expert_offsets.as<int32_t>(),
+                          h->slot_row.as<int32_t>(),
+                          h->row_source.as<int32_t>(),
+                          table + 2 * L,
+                          table + 2 * L + 1};
+    if (sync_free) {  // straight into the counts
+      plan.expert_demand = counts + at.demand(0);
+      plan.expert_counts = counts + at.kept(0);
+      plan.refused = counts + at.refused();
+    }
     mid = cudaStatus(cuda::planUnpack(reinterpret_cast<const int32_t*>(sc->recv_experts.data()),
                                       rows_in, k, uo, plan, stream),
                      "the unpack plan");
@@ -600,6 +672,11 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
                                       plan, L, h->num_rows, batch.x_scales.data(), nullptr, stream),
                      "unpack scales");
     }
+    if (mid.isOk() && sync_free) {
+      mid = cudaStatus(
+          cuda::widenCounts(counts, at.size(), batch.device_counts.as<int64_t>(), stream),
+          "the counts");
+    }
   }
   if (over_nccl) {
     MOECOMM_RETURN_IF_ERROR(mid);  // NCCL orders reuse of the buffers on the stream by itself
@@ -610,6 +687,12 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
   }
 
   batch.row_weights = h->row_weights;
+  if (sync_free) {  // the host has none of the counts until collectCounts
+    batch.expert_demand.clear();
+    batch.expert_counts.clear();
+    batch.tokens_from_rank.clear();
+    batch.refused = -1;
+  }
   auto impl = std::make_shared<DispatchHandle::Impl>();
   impl->group = &group;
   impl->ranks = n;

@@ -8,6 +8,7 @@
 #include "src/core/stopwatch.hpp"
 #include "src/core/stream_copy.hpp"
 #include "src/core/tensor_checks.hpp"
+#include "src/ep/batch_counts.hpp"
 #include "src/ep/device_exchange.hpp"
 #include "src/ep/dispatcher_state.hpp"
 #include "src/ep/expert_layout.hpp"
@@ -431,6 +432,9 @@ void toDevice(ExpertBatch& batch, Device device, ExecContext context) {
     batch.topk_idx = copyTo(batch.topk_idx.view(), device, context);
     batch.topk_weights = copyTo(batch.topk_weights.view(), device, context);
   }
+  if (batch.device_counts.defined()) {
+    batch.device_counts = copyTo(batch.device_counts.view(), device, context);
+  }
 }
 
 }  // namespace
@@ -485,6 +489,9 @@ ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& topk_idx
           return runDispatch(*state_, in[0], nullptr, in[1], in[2], &batch, staged);
         });
   }
+  if (status.isOk() && state_->options.sync_free && !batch.handle.onDevice()) {
+    status = deferCounts(batch);
+  }
   if (!status.isOk()) state_->group->raise(status);
   if (x.device.isCuda() && !batch.handle.onDevice()) toDevice(batch, x.device, context);
   return batch;
@@ -505,6 +512,9 @@ ExpertBatch Dispatcher::dispatch(const TensorView& x, const TensorView& x_scales
                                  return runDispatch(*state_, in[0], &in[1], in[2], in[3], &batch,
                                                     staged);
                                });
+  }
+  if (status.isOk() && state_->options.sync_free && !batch.handle.onDevice()) {
+    status = deferCounts(batch);
   }
   if (!status.isOk()) state_->group->raise(status);
   if (x.device.isCuda() && !batch.handle.onDevice()) toDevice(batch, x.device, context);

@@ -26,6 +26,11 @@ Status checkDispatchOptions(const DispatchOptions& options) {
     return makeError(StatusCode::kInvalidArgument,
                      "pad_to_capacity needs expert_capacity > 0 (the static size of each expert)");
   }
+  if (options.sync_free && !options.pad_to_capacity) {
+    return makeError(StatusCode::kInvalidArgument,
+                     "sync_free needs pad_to_capacity (and so expert_capacity > 0): only a static "
+                     "batch shape can be sized without reading the counts back");
+  }
   return Status::ok();
 }
 

@@ -89,6 +89,18 @@ void writeParameter(const Tensor& p, ExecContext context, Fill fill) {
   throwIfError(device::synchronize(context.stream));
 }
 
+// The rows each expert's GEMMs run over: its real rows, or, for a sync-free batch whose counts
+// stay on the GPU, its whole static segment (padding rows are zeros with weight 0, so their
+// outputs and gradient contributions are zero and combine drops them).
+std::vector<int64_t> rowsPerExpert(const ExpertBatch& batch) {
+  if (!batch.expert_counts.empty()) return batch.expert_counts;
+  std::vector<int64_t> rows;
+  for (size_t e = 0; e + 1 < batch.expert_offsets.size(); ++e) {
+    rows.push_back(batch.expert_offsets[e + 1] - batch.expert_offsets[e]);
+  }
+  return rows;
+}
+
 }  // namespace
 
 MoeLayer::MoeLayer(Group& group, const MoeLayerConfig& config) {
@@ -213,7 +225,7 @@ MoeOutput MoeLayer::forward(const TensorView& x, ExecContext context) {
   const Tensor wire = g.dtype == DType::kF32 ? s.x : ops::copyOnDevice(s.x, g.dtype, context);
   s.batch = s.dispatcher.dispatch(wire, s.routing.topk_idx, s.routing.topk_weights, context);
   times.dispatch_ms = lap.lap();
-  s.y = s.experts.forward(s.batch.x, s.batch.expert_counts, s.batch.expert_offsets, context);
+  s.y = s.experts.forward(s.batch.x, rowsPerExpert(s.batch), s.batch.expert_offsets, context);
   times.experts_ms = lap.lap();
   result.out = s.dispatcher.combine(s.y, s.batch.handle, context);
   times.combine_ms = lap.lap();

@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <random>
+#include <utility>
 
 #include "common/rank_runner.hpp"
 #include "common/reference.hpp"
@@ -330,25 +332,90 @@ TEST(GlobalCapacity, ReceiverTruncatesInSourceOrderAndRefusedSlotsContributeNoth
   }
 }
 
-TEST(GlobalCapacity, BadOptionsAreRejectedOnEveryRank) {
-  runRanks(2, [](RankWorld& world, int rank) {
-    Group group = world.group(rank, {2, 8, DType::kF32, 1, 5000, "local"});
-    DispatchOptions options;
-    options.pad_to_capacity = rank == 1;
-    Dispatcher d(group, options);
-    std::vector<float> x(8, 1.0f), w(1, 1.0f);
-    std::vector<int32_t> idx = {0};
-    try {
-      d.dispatch(TensorView::matrix(x.data(), DType::kF32, 1, 8),
-                 TensorView::matrix(idx.data(), DType::kI32, 1, 1),
-                 TensorView::matrix(w.data(), DType::kF32, 1, 1));
-      FAIL() << "accepted pad_to_capacity without a capacity";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("pad_to_capacity needs expert_capacity > 0"),
-                std::string::npos)
-          << e.what();
+// Sync-free dispatch on the host path: the same batch as a padded dispatch, with its counts in
+// device_counts (here a host tensor) and the host vectors empty until collectCounts.
+TEST(SyncFree, CountsWaitInDeviceCountsUntilCollected) {
+  runRanks(3, [&](RankWorld& world, int rank) {
+    Group group = world.group(rank, {6, 8, DType::kF32, 2, 20000, "local"});
+    DispatchOptions padded;
+    padded.expert_capacity = 5;
+    padded.pad_to_capacity = true;
+    padded.expert_alignment = 4;
+    DispatchOptions sync_free = padded;
+    sync_free.sync_free = true;
+    Dispatcher exact(group, padded), deferred(group, sync_free);
+    const int64_t T = 4 + 3 * rank;
+    std::mt19937 rng(static_cast<unsigned>(rank + 11));
+    std::vector<float> x(static_cast<size_t>(T * 8)), w(static_cast<size_t>(T * 2));
+    std::vector<int32_t> idx(static_cast<size_t>(T * 2));
+    for (float& v : x) v = std::uniform_real_distribution<float>(-1, 1)(rng);
+    for (int64_t t = 0; t < T; ++t) {
+      idx[t * 2] = int32_t(rng() % 6);
+      idx[t * 2 + 1] = t % 3 == 0 ? -1 : int32_t((idx[t * 2] + 1 + rng() % 5) % 6);
+      w[t * 2] = 0.75f;
+      w[t * 2 + 1] = 0.25f;
     }
+    const auto xv = TensorView::matrix(x.data(), DType::kF32, T, 8);
+    const auto iv = TensorView::matrix(idx.data(), DType::kI32, T, 2);
+    const auto wv = TensorView::matrix(w.data(), DType::kF32, T, 2);
+    const ExpertBatch a = exact.dispatch(xv, iv, wv);
+    ExpertBatch b = deferred.dispatch(xv, iv, wv);
+    ASSERT_EQ(b.x.dim(0), a.x.dim(0));
+    EXPECT_EQ(0, std::memcmp(a.x.data(), b.x.data(), a.x.view().bytes()));
+    EXPECT_EQ(
+        0, std::memcmp(a.row_weights.data(), b.row_weights.data(), a.row_weights.view().bytes()));
+    EXPECT_EQ(b.expert_offsets, a.expert_offsets);  // static: known without the counts
+    EXPECT_TRUE(b.expert_counts.empty() && b.expert_demand.empty() && b.tokens_from_rank.empty());
+    EXPECT_EQ(b.refused, -1);
+    ASSERT_TRUE(b.device_counts.defined());
+    ASSERT_EQ(b.device_counts.numel(), dispatchCountsSize(2, 3));
+    const int64_t* c = b.device_counts.as<const int64_t>();
+    for (int e = 0; e < 2; ++e) {
+      EXPECT_EQ(c[e], a.expert_demand[e]);
+      EXPECT_EQ(c[2 + e], a.expert_counts[e]);
+    }
+    for (int r = 0; r < 3; ++r) EXPECT_EQ(c[4 + r], a.tokens_from_rank[r]);
+    EXPECT_EQ(c[7], a.refused);
+    EXPECT_EQ(c[8], -1);
+    EXPECT_EQ(c[9], -1);
+    collectCounts(b);
+    EXPECT_EQ(b.expert_counts, a.expert_counts);
+    EXPECT_EQ(b.expert_demand, a.expert_demand);
+    EXPECT_EQ(b.tokens_from_rank, a.tokens_from_rank);
+    EXPECT_EQ(b.refused, a.refused);
+    const Tensor out_a = exact.combine(a.x, a.handle);
+    const Tensor out_b = deferred.combine(b.x, b.handle);
+    EXPECT_EQ(0, std::memcmp(out_a.data(), out_b.data(), out_a.view().bytes()));
+    EXPECT_FALSE(a.device_counts.defined());  // only sync-free batches carry them
   });
+}
+
+// Options that cannot work, on rank 1 only: both ranks fail with rank 1's message.
+TEST(GlobalCapacity, BadOptionsAreRejectedOnEveryRank) {
+  DispatchOptions no_capacity;
+  no_capacity.pad_to_capacity = true;
+  DispatchOptions unpadded_sync_free;
+  unpadded_sync_free.expert_capacity = 4;
+  unpadded_sync_free.sync_free = true;
+  const std::pair<DispatchOptions, const char*> cases[] = {
+      {no_capacity, "pad_to_capacity needs expert_capacity > 0"},
+      {unpadded_sync_free, "sync_free needs pad_to_capacity"}};
+  for (const auto& [bad, message] : cases) {
+    runRanks(2, [&](RankWorld& world, int rank) {
+      Group group = world.group(rank, {2, 8, DType::kF32, 1, 5000, "local"});
+      Dispatcher d(group, rank == 1 ? bad : DispatchOptions{});
+      std::vector<float> x(8, 1.0f), w(1, 1.0f);
+      std::vector<int32_t> idx = {0};
+      try {
+        d.dispatch(TensorView::matrix(x.data(), DType::kF32, 1, 8),
+                   TensorView::matrix(idx.data(), DType::kI32, 1, 1),
+                   TensorView::matrix(w.data(), DType::kF32, 1, 1));
+        FAIL() << "rank " << rank << " accepted options that fail with: " << message;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+      }
+    });
+  }
 }
 
 }  // namespace

@@ -361,6 +361,54 @@ TEST(MoeLayer, AllTokensOnOneExpertAndIdleExperts) {
   });
 }
 
+// A sync-free dispatch leaves the counts on the device; the layer's experts then run over each
+// expert's whole static segment. Padding rows are zeros with weight 0, so the outputs and every
+// gradient match the padded layer's (to GEMM rounding: the weight gradients sum over more rows).
+TEST(MoeLayer, SyncFreeDispatchGivesThePaddedLayersResults) {
+  runRanks(2, [](RankWorld& world, int rank) {
+    Group group = world.group(rank, {8, 8, DType::kF32, 2, 20000, "local"});
+    MoeLayerConfig lc;
+    lc.ffn = 6;
+    lc.router.topk = 2;
+    lc.dispatch.expert_capacity = 5;
+    lc.dispatch.pad_to_capacity = true;
+    lc.dispatch.expert_alignment = 4;
+    MoeLayer padded(group, lc);
+    lc.dispatch.sync_free = true;
+    MoeLayer sync_free(group, lc);
+    padded.initWeights(17);
+    sync_free.initWeights(17);
+    const int64_t T = 9;
+    std::vector<float> x(T * 8), g(T * 8);
+    for (size_t i = 0; i < x.size(); ++i) {
+      x[i] = std::sin(0.7f * float(i) + float(rank));
+      g[i] = std::cos(0.3f * float(i) - float(rank));
+    }
+    const auto xv = TensorView::matrix(x.data(), DType::kF32, T, 8);
+    const auto gv = TensorView::matrix(g.data(), DType::kF32, T, 8);
+    const MoeOutput a = padded.forward(xv);
+    const Tensor ga = padded.backward(gv);
+    const MoeOutput b = sync_free.forward(xv);
+    const Tensor gb = sync_free.backward(gv);
+    const auto near = [&](const Tensor& want, const Tensor& got, const char* what) {
+      ASSERT_EQ(want.numel(), got.numel()) << what;
+      double scale = 0;
+      for (int64_t i = 0; i < want.numel(); ++i) {
+        scale = std::max(scale, double(std::fabs(want.as<float>()[i])));
+      }
+      EXPECT_GT(scale, 0.0) << what << " is all zeros: the case checks nothing";
+      for (int64_t i = 0; i < want.numel(); ++i) {
+        ASSERT_NEAR(want.as<float>()[i], got.as<float>()[i], 1e-5 * scale)
+            << what << "[" << i << "] on rank " << rank;
+      }
+    };
+    near(a.out, b.out, "out");
+    near(ga, gb, "grad_x");
+    near(padded.experts().grad_w_in(), sync_free.experts().grad_w_in(), "grad_w_in");
+    near(padded.experts().grad_w_out(), sync_free.experts().grad_w_out(), "grad_w_out");
+  });
+}
+
 // compute_dtype reaches the routed and the shared experts: the bf16 layer's outputs and
 // gradients stay within bf16 rounding of the f32 layer's, and are not the f32 layer's.
 TEST(MoeLayer, Bf16ComputeReachesEveryExpert) {

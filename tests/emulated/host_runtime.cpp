@@ -3,6 +3,9 @@
 // copy or memset that overruns one, or a free of something it never gave, aborts naming it.
 // Stream work runs at once, in call order: ordering bugs between streams do not show here.
 // cuBLAS GEMMs accumulate in f64; NCCL has one rank per communicator (sends to itself).
+// Each thread counts the calls that would make its host wait for a GPU (synchronizations, the
+// blocking copies and frees, and async copies with pageable host memory):
+// moecommEmulatedHostWaits() lets a test prove that a call never waits.
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #if MOECOMM_EMULATE_NCCL
@@ -48,6 +51,15 @@ class Allocations {
     std::free(p);
     return cudaSuccess;
   }
+  // True when p lies in one of our blocks ("device" or pinned memory), false for pageable memory.
+  bool owns(const void* p) {
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    const std::lock_guard<std::mutex> lock(mutex_);
+    auto it = blocks_.upper_bound(a);
+    if (it == blocks_.begin()) return false;
+    --it;
+    return a < it->first + std::max<size_t>(it->second, 1);
+  }
   // A range that starts inside one of our blocks must end inside it; others are the caller's.
   void check(const void* p, size_t bytes, const char* what) {
     if (bytes == 0) return;
@@ -71,6 +83,19 @@ Allocations& allocations() {
 }
 
 thread_local int current_device = 0;
+thread_local unsigned long long host_waits = 0;  // see moecommEmulatedHostWaits
+
+cudaError_t copy(void* dst, const void* src, size_t bytes) {
+  allocations().check(dst, bytes, "a copy overruns its destination");
+  allocations().check(src, bytes, "a copy overruns its source");
+  if (bytes > 0) std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t set(void* dst, int value, size_t bytes) {
+  allocations().check(dst, bytes, "a memset overruns its destination");
+  if (bytes > 0) std::memset(dst, value, bytes);
+  return cudaSuccess;
+}
 int deviceCount() {
   const char* e = std::getenv("MOECOMM_EMULATED_GPUS");
   return e != nullptr ? std::atoi(e) : 1;
@@ -97,6 +122,10 @@ cudaError_t dropHandle(Handle handle) {
 }  // namespace
 
 extern "C" {
+
+unsigned long long moecommEmulatedHostWaits(void) {
+  return host_waits;
+}
 
 // ------------------------------------------------------------------------------- the runtime
 cudaError_t cudaGetDeviceCount(int* count) {
@@ -141,31 +170,36 @@ cudaError_t cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t pool, 
   return cudaMalloc(p, bytes);
 }
 cudaError_t cudaFree(void* p) {
+  ++host_waits;  // cudaFree waits for the device's outstanding work
   return allocations().release(p, "cudaFree of memory it did not give");
 }
 cudaError_t cudaFreeHost(void* p) {
+  ++host_waits;
   return allocations().release(p, "cudaFreeHost of memory it did not give");
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
   return allocations().release(p, "cudaFreeAsync of memory it did not give");
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
-  allocations().check(dst, bytes, "a copy overruns its destination");
-  allocations().check(src, bytes, "a copy overruns its source");
-  if (bytes > 0) std::memmove(dst, src, bytes);
-  return cudaSuccess;
+  ++host_waits;
+  return copy(dst, src, bytes);
 }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind,
                             cudaStream_t) {
-  return cudaMemcpy(dst, src, bytes, kind);
+  // Pageable host memory on either side makes the driver stage the copy, and it may wait.
+  if (bytes > 0 && (!allocations().owns(dst) || !allocations().owns(src))) ++host_waits;
+  return copy(dst, src, bytes);
 }
 cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
-  allocations().check(dst, bytes, "a memset overruns its destination");
-  if (bytes > 0) std::memset(dst, value, bytes);
-  return cudaSuccess;
+  ++host_waits;
+  return set(dst, value, bytes);
 }
 cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
-  return cudaMemset(dst, value, bytes);
+  return set(dst, value, bytes);
+}
+cudaError_t cudaLaunchHostFunc(cudaStream_t, cudaHostFn_t fn, void* data) {
+  fn(data);  // stream work runs at once
+  return cudaSuccess;
 }
 cudaError_t cudaStreamCreate(cudaStream_t* stream) {
   return makeHandle<Stream>(stream);
@@ -177,9 +211,11 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   return dropHandle<Stream>(stream);
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  ++host_waits;
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize() {
+  ++host_waits;
   return cudaSuccess;
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned) {
@@ -202,6 +238,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t) {
+  ++host_waits;
   return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {

@@ -60,6 +60,26 @@ inline bool transportReadsGpuMemory(const std::string& transport) {
   return transport == "local" || transport == "nccl";
 }
 
+// A sync-free batch (DispatchOptions::sync_free) holds its counts in device_counts, on the GPU for
+// CUDA inputs, with the host vectors empty; they must equal the host engine's bit for bit, and
+// collectCounts must bring them to the host. Batches of other options pass through.
+inline void collectSyncFreeCounts(ExpertBatch& hb, ExpertBatch& db, bool sync_free,
+                                  cudaStream_t stream, const std::string& tag) {
+  if (!sync_free) {
+    GPU_CHECK(!db.device_counts.defined(), tag << ": only sync-free batches carry device_counts");
+    return;
+  }
+  GPU_CHECK(db.expert_counts.empty() && db.expert_demand.empty() && db.tokens_from_rank.empty() &&
+                db.refused == -1,
+            tag << ": a sync-free batch must leave the host counts empty until collectCounts");
+  GPU_CHECK(db.device_counts.defined() && db.device_counts.device().isCuda(),
+            tag << ": a sync-free batch of CUDA inputs keeps its counts on the GPU");
+  GPU_CHECK(sameBytes(hb.device_counts.view(), onHost(db.device_counts.view()).view()),
+            tag << ": device_counts differ from the host engine's");
+  collectCounts(hb);
+  collectCounts(db, ExecContext{stream});
+}
+
 // The transport that moves the rows: nccl, else the host transport the group runs on ("auto"
 // resolved).
 inline std::string rowTransport(const Group& group) {
@@ -72,9 +92,10 @@ struct EngineCase {
 };
 
 // The options every transport's cases run: expert-major aligned to 4 rows, the same capped at
-// `capacity` rows per expert, and token-major capped.
+// `capacity` rows per expert, token-major capped, and the capped one padded to capacity and
+// dispatched without a host wait (sync_free).
 struct CaseOptions {
-  DispatchOptions aligned, capped, token_major;
+  DispatchOptions aligned, capped, token_major, sync_free;
 };
 inline CaseOptions caseOptions(int64_t capacity) {
   CaseOptions o;
@@ -83,6 +104,9 @@ inline CaseOptions caseOptions(int64_t capacity) {
   o.capped.expert_capacity = capacity;
   o.token_major.layout = BatchLayout::kTokenMajor;
   o.token_major.expert_capacity = capacity;
+  o.sync_free = o.capped;
+  o.sync_free.pad_to_capacity = true;
+  o.sync_free.sync_free = true;
   return o;
 }
 
@@ -99,10 +123,11 @@ inline GroupConfig engineGroupConfig(const std::string& transport) {
 
 inline void printEngineCase(const std::string& transport, int ranks, const EngineCase& c) {
   const bool native = c.idx_dtype == DType::kI32 && transportReadsGpuMemory(transport);
-  std::printf("         %s ranks=%d %s %s %s capacity=%lld pad=%d\n", transport.c_str(), ranks,
+  std::printf("         %s ranks=%d %s %s %s capacity=%lld pad=%d%s\n", transport.c_str(), ranks,
               c.idx_dtype == DType::kI32 ? "i32" : "i64", native ? "native" : "staged",
               c.options.layout == BatchLayout::kTokenMajor ? "token-major" : "expert-major",
-              static_cast<long long>(c.options.expert_capacity), c.options.pad_to_capacity ? 1 : 0);
+              static_cast<long long>(c.options.expert_capacity), c.options.pad_to_capacity ? 1 : 0,
+              c.options.sync_free ? " sync-free" : "");
   std::fflush(stdout);
 }
 
@@ -146,8 +171,8 @@ inline void checkDispatchCombineOnRank(Group& group, const EngineCase& c, cudaSt
                           std::to_string(rank) + " " + transport +
                           (native ? " native" : " staged") + (token_major ? " token-major" : "");
 
-  const ExpertBatch hb = host_d.dispatch(x.view(), idx.view(), w.view());
-  const ExpertBatch db = dev_d.dispatch(dx.view(), didx.view(), dw.view(), ctx);
+  ExpertBatch hb = host_d.dispatch(x.view(), idx.view(), w.view());
+  ExpertBatch db = dev_d.dispatch(dx.view(), didx.view(), dw.view(), ctx);
   GPU_CHECK(db.handle.onDevice() == native,
             tag << ": the wrong path ran (onDevice " << db.handle.onDevice() << ")");
   GPU_CHECK(sameBytes(hb.x.view(), onHost(db.x.view()).view()), tag << ": dispatched rows differ");
@@ -167,6 +192,7 @@ inline void checkDispatchCombineOnRank(Group& group, const EngineCase& c, cudaSt
     GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
               tag << ": row weights differ");
   }
+  collectSyncFreeCounts(hb, db, c.options.sync_free, stream, tag);
   GPU_CHECK(hb.expert_counts == db.expert_counts && hb.expert_offsets == db.expert_offsets &&
                 hb.tokens_from_rank == db.tokens_from_rank &&
                 hb.expert_demand == db.expert_demand && hb.refused == db.refused,
@@ -216,10 +242,10 @@ inline void checkFp8DispatchOnRank(Group& group, const DispatchOptions& options,
   }
   const std::string tag = "fp8 " + transport + " ranks=" + std::to_string(group.size()) + " rank " +
                           std::to_string(rank) + (token_major ? " token-major" : "");
-  const ExpertBatch hb = host_d.dispatch(q.view(), scales.view(), idx.view(), w.view());
+  ExpertBatch hb = host_d.dispatch(q.view(), scales.view(), idx.view(), w.view());
   const Tensor dq = onGpu(q, stream), ds = onGpu(scales, stream), didx = onGpu(idx, stream),
                dw = onGpu(w, stream);
-  const ExpertBatch db = dev_d.dispatch(dq.view(), ds.view(), didx.view(), dw.view(), ctx);
+  ExpertBatch db = dev_d.dispatch(dq.view(), ds.view(), didx.view(), dw.view(), ctx);
   GPU_CHECK(db.handle.onDevice() == native,
             tag << (native ? ": FP8 CUDA tensors must take the GPU-native path"
                            : ": FP8 CUDA tensors must be staged on this transport"));
@@ -236,6 +262,7 @@ inline void checkFp8DispatchOnRank(Group& group, const DispatchOptions& options,
     GPU_CHECK(sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
               tag << ": row weights differ");
   }
+  collectSyncFreeCounts(hb, db, options.sync_free, stream, tag);
   GPU_CHECK(hb.expert_counts == db.expert_counts && hb.expert_offsets == db.expert_offsets &&
                 hb.tokens_from_rank == db.tokens_from_rank && hb.refused == db.refused,
             tag << ": layout differs");

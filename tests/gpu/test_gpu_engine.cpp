@@ -4,6 +4,8 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -365,6 +367,8 @@ GPU_TEST(dispatch_combine_cuda_tensors_on_1_2_4_8_ranks) {
   capped.expert_capacity = 6;
   DispatchOptions padded = capped;
   padded.pad_to_capacity = true;
+  DispatchOptions sync_free = padded;
+  sync_free.sync_free = true;
   DispatchOptions token_major;
   token_major.layout = BatchLayout::kTokenMajor;
   DispatchOptions token_major_capped = token_major;
@@ -376,6 +380,8 @@ GPU_TEST(dispatch_combine_cuda_tensors_on_1_2_4_8_ranks) {
     }
     dispatchCombineRanks(ranks, {DType::kI32, capped});
     dispatchCombineRanks(ranks, {DType::kI32, padded});
+    dispatchCombineRanks(ranks, {DType::kI32, sync_free});
+    dispatchCombineRanks(ranks, {DType::kI64, sync_free});  // staged: the counts go to the GPU
     dispatchCombineRanks(ranks, {DType::kI32, token_major});
   }
 }
@@ -398,7 +404,7 @@ void fp8DispatchRanks(int ranks, const DispatchOptions& options,
 GPU_TEST(fp8_dispatch_gpu_native_on_1_2_4_8_ranks) {
   const CaseOptions o = caseOptions(5);
   for (int ranks : {1, 2, 4, 8}) {
-    for (const DispatchOptions& options : {o.aligned, o.capped, o.token_major}) {
+    for (const DispatchOptions& options : {o.aligned, o.capped, o.token_major, o.sync_free}) {
       fp8DispatchRanks(ranks, options);
     }
   }
@@ -440,7 +446,7 @@ GPU_TEST(dispatch_combine_over_nccl_one_rank_per_gpu) {
 #endif
   const CaseOptions o = caseOptions(6);
   const int ranks = gpuCount();
-  for (const DispatchOptions& options : {o.aligned, o.capped, o.token_major}) {
+  for (const DispatchOptions& options : {o.aligned, o.capped, o.token_major, o.sync_free}) {
     dispatchCombineRanks(ranks, {DType::kI32, options}, "nccl");
   }
   dispatchCombineRanks(ranks, {DType::kI64, o.aligned}, "nccl");  // staged on an nccl group
@@ -455,7 +461,7 @@ GPU_TEST(dispatch_combine_over_ucx_staged_through_host_memory) {
   }
   const CaseOptions o = caseOptions(6);
   for (int ranks : {2, 4}) {
-    for (const DispatchOptions& options : {o.aligned, o.capped, o.token_major}) {
+    for (const DispatchOptions& options : {o.aligned, o.capped, o.token_major, o.sync_free}) {
       dispatchCombineRanks(ranks, {DType::kI32, options}, "ucx");
     }
     dispatchCombineRanks(ranks, {DType::kI64, o.aligned}, "ucx");
@@ -491,6 +497,138 @@ GPU_TEST(native_dispatch_reports_bad_routing_on_every_rank) {
         if (!threw) std::printf("         rank %d got: %s\n", rank, what.c_str());
       }
       GPU_CHECK(threw, "rank " << rank << " must fail (bad kind " << bad_kind << ")");
+    });
+  }
+}
+
+// Sync-free dispatch cannot refuse bad ids before it returns: every rank's dispatch succeeds,
+// an id past E is routed nowhere (the batch equals the host engine's with that id as -1), and
+// collectCounts raises the error on the rank that made it, naming the slot.
+GPU_TEST(sync_free_dispatch_defers_bad_routing_to_collect_counts) {
+  for (int bad_kind : {0, 1}) {  // an id past E, an expert named twice in one token
+    LocalWorld world(3);
+    onThreads(3, [&](int rank) {
+      Group group = Group::create(world, rank, {6, 8, DType::kF32, 2, 30000, "local"});
+      DispatchOptions o;
+      o.expert_capacity = 8;
+      o.pad_to_capacity = true;
+      o.sync_free = true;
+      Dispatcher host_d(group, o), dev_d(group, o);
+      Tensor idx = Tensor::empty({4, 2}, DType::kI32);
+      for (int i = 0; i < 8; ++i) idx.as<int32_t>()[i] = (i + rank) % 6;
+      Tensor clean = onHost(idx.view());  // what the host engine gets: the bad slot unused
+      if (rank == 2) idx.as<int32_t>()[5] = bad_kind == 0 ? 6 : idx.as<int32_t>()[4];
+      if (rank == 2 && bad_kind == 0) clean.as<int32_t>()[5] = -1;
+      const Tensor x = randomHost({4, 8}, DType::kF32), w = randomHost({4, 2}, DType::kF32);
+      ExpertBatch db = dev_d.dispatch(onGpu(x).view(), onGpu(idx).view(), onGpu(w).view());
+      const std::string tag =
+          "bad kind " + std::to_string(bad_kind) + " rank " + std::to_string(rank);
+      if (bad_kind == 0) {
+        const ExpertBatch hb = host_d.dispatch(x.view(), clean.view(), w.view());
+        GPU_CHECK(sameBytes(hb.x.view(), onHost(db.x.view()).view()) &&
+                      sameBytes(hb.row_weights.view(), onHost(db.row_weights.view()).view()),
+                  tag << ": an id past E must be routed nowhere");
+      }
+      if (rank == 2) {
+        GPU_CHECK(
+            throwsWith([&] { collectCounts(db); }, StatusCode::kInvalidArgument, "topk_idx[2, 1]"),
+            tag << ": collectCounts must raise the bad slot");
+        GPU_CHECK(db.expert_counts.empty(), tag << ": a failed collectCounts fills nothing");
+      } else {
+        collectCounts(db);
+        GPU_CHECK(db.expert_counts.size() == 2 && db.refused >= 0,
+                  tag << ": collectCounts must fill the counts");
+      }
+    });
+  }
+}
+
+// The emulation counts, per thread, each call that would make the host wait for a GPU; on a GPU
+// the symbol is absent and a host function holding the stream shows the same thing.
+extern "C" unsigned long long moecommEmulatedHostWaits(void) __attribute__((weak));
+
+// A stream held by a host function until the test lets it go (or 20 s pass, so that a call
+// that waits for the stream fails the case instead of hanging it).
+struct StreamGate {
+  std::atomic<bool> open{false};
+  static void CUDART_CB hold(void* self) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    auto* gate = static_cast<StreamGate*>(self);
+    while (!gate->open.load() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+};
+
+// Sync-free dispatch, combine and both backward passes never make the host wait for the GPU
+// (the bar: only exact-size dispatch's count exchange may). Outputs are sized beforehand
+// and tensors come from the stream-ordered pool, so no cudaFree runs in between. The exact-size
+// dispatch of the same inputs must wait, or the check could not fail.
+GPU_TEST(sync_free_dispatch_and_combine_never_wait_for_the_gpu) {
+  const bool emulated = moecommEmulatedHostWaits != nullptr;
+  const AllocatorInForce in_force(streamOrderedDeviceAllocator());
+  for (int ranks : {1, 2, 4}) {
+    std::printf("         ranks=%d (%s)\n", ranks, emulated ? "counted waits" : "held stream");
+    std::fflush(stdout);
+    LocalWorld world(ranks);
+    onThreads(ranks, [&](int rank) {
+      onStream([&](cudaStream_t stream) {
+        const ExecContext ctx{stream};
+        GroupConfig config = engineGroupConfig("local");
+        Group group = Group::create(world, rank, config);
+        const CaseOptions o = caseOptions(6);
+        Dispatcher d(group, o.sync_free);
+        Dispatcher exact(group, o.capped);
+        const int64_t tokens = 20 + 7 * rank, hidden = config.hidden;
+        const int topk = config.topk;
+        Tensor idx = Tensor::empty({tokens, topk}, DType::kI32);
+        for (int64_t i = 0; i < tokens * topk; ++i) {
+          idx.as<int32_t>()[i] = static_cast<int32_t>((i / topk * 5 + (i % topk) * 3 + rank) % 16);
+        }
+        const Tensor x = onGpu(randomHost({tokens, hidden}, DType::kBF16), stream);
+        const Tensor didx = onGpu(idx, stream);
+        const Tensor w = onGpu(randomHost({tokens, topk}, DType::kF32), stream);
+        const Tensor grad_out = onGpu(randomHost({tokens, hidden}, DType::kBF16), stream);
+        // One warm-up call sizes the dispatcher's buffers; the outputs of the measured calls
+        // exist before them.
+        const ExpertBatch warm = d.dispatch(x.view(), didx.view(), w.view(), ctx);
+        const int64_t rows = warm.x.dim(0);
+        Tensor out = Tensor::empty({tokens, hidden}, DType::kBF16, Device::cuda(0), ctx);
+        Tensor grad_x = Tensor::empty({tokens, hidden}, DType::kBF16, Device::cuda(0), ctx);
+        Tensor grad_y = Tensor::empty({rows, hidden}, DType::kBF16, Device::cuda(0), ctx);
+        Tensor grad_w = Tensor::empty({tokens, topk}, DType::kF32, Device::cuda(0), ctx);
+        d.combine(warm.x.view(), warm.handle, out.view(), ctx);
+        d.dispatchBackward(warm.x.view(), warm.handle, grad_x.view(), ctx);
+        d.combineBackward(grad_out.view(), warm.x.view(), warm.handle, grad_y.view(), grad_w.view(),
+                          ctx);
+        CUDA_OK(cudaStreamSynchronize(stream));
+
+        StreamGate gate;
+        const unsigned long long before = emulated ? moecommEmulatedHostWaits() : 0;
+        if (!emulated) CUDA_OK(cudaLaunchHostFunc(stream, &StreamGate::hold, &gate));
+        {
+          const ExpertBatch b = d.dispatch(x.view(), didx.view(), w.view(), ctx);
+          d.combine(b.x.view(), b.handle, out.view(), ctx);
+          d.dispatchBackward(b.x.view(), b.handle, grad_x.view(), ctx);
+          d.combineBackward(grad_out.view(), b.x.view(), b.handle, grad_y.view(), grad_w.view(),
+                            ctx);
+          const bool held = !emulated && !gate.open.load();
+          const unsigned long long waits = emulated ? moecommEmulatedHostWaits() - before : 0;
+          gate.open = true;
+          GPU_CHECK(emulated ? waits == 0 : held,
+                    "rank " << rank << ": sync-free dispatch and combine waited for the GPU ("
+                            << (emulated ? std::to_string(waits) + " waits"
+                                         : std::string("the held stream ran first"))
+                            << ")");
+          CUDA_OK(cudaStreamSynchronize(stream));
+        }
+        if (emulated) {
+          const unsigned long long mark = moecommEmulatedHostWaits();
+          (void)exact.dispatch(x.view(), didx.view(), w.view(), ctx);
+          GPU_CHECK(moecommEmulatedHostWaits() > mark,
+                    "the exact-size dispatch must count its one wait, or this check cannot fail");
+        }
+      });
     });
   }
 }

@@ -40,8 +40,8 @@ GPU_TEST(dispatch_combine_cuda_tensors_one_process_per_rank) {
     Group group = Group::create(world, engineGroupConfig(testTransport()));
     for (const EngineCase& c :
          {EngineCase{DType::kI32, o.aligned}, EngineCase{DType::kI32, o.capped},
-          EngineCase{DType::kI32, padded}, EngineCase{DType::kI32, o.token_major},
-          EngineCase{DType::kI64, o.aligned}}) {
+          EngineCase{DType::kI32, padded}, EngineCase{DType::kI32, o.sync_free},
+          EngineCase{DType::kI32, o.token_major}, EngineCase{DType::kI64, o.aligned}}) {
       if (world.rank() == 0) printEngineCase(rowTransport(group), world.size(), c);
       checkDispatchCombineOnRank(group, c, stream);
     }
@@ -53,7 +53,7 @@ GPU_TEST(fp8_dispatch_cuda_tensors_one_process_per_rank) {
   const CaseOptions o = caseOptions(5);
   onStream([&](cudaStream_t stream) {
     Group group = Group::create(world, fp8GroupConfig(testTransport()));
-    for (const DispatchOptions& options : {o.capped, o.token_major}) {
+    for (const DispatchOptions& options : {o.capped, o.token_major, o.sync_free}) {
       checkFp8DispatchOnRank(group, options, stream);
     }
   });

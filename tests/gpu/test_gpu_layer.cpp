@@ -9,6 +9,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "moecomm/error.hpp"
@@ -281,10 +282,11 @@ GPU_TEST(expert_mlp_kept_weight_operands_on_gpu) {
 // The whole layer on 2 ranks sharing GPU 0, each with its own stream, against the host layer of
 // the same weights on the same ranks: output, losses, load, every gradient. The streams are
 // non-blocking (as PyTorch's are), so work the library put on the default stream instead of the
-// caller's would race and show.
+// caller's would race and show. The third case dispatches sync-free (static segments, counts
+// left on the GPU), on both layers.
 GPU_TEST(moe_layer_cuda_matches_cpu_on_2_ranks) {
   const int ranks = 2;
-  for (bool shared : {false, true}) {
+  for (const auto& [shared, sync_free] : {std::pair{false, false}, {true, false}, {false, true}}) {
     LocalWorld world(ranks);
     onThreads(ranks, [&](int rank) {
       onStream(
@@ -299,13 +301,17 @@ GPU_TEST(moe_layer_cuda_matches_cpu_on_2_ranks) {
             lc.losses.aux_loss_coeff = 0.01;
             lc.losses.z_loss_coeff = 0.001;
             lc.dispatch.expert_alignment = 8;
+            lc.dispatch.expert_capacity = sync_free ? 24 : 0;
+            lc.dispatch.pad_to_capacity = sync_free;
+            lc.dispatch.sync_free = sync_free;
             MoeLayer host(group, lc);
             lc.device = Device::cuda(0);
             MoeLayer dev(group, lc);
             host.initWeights(11);
             dev.initWeights(11, ctx);
-            const std::string tag =
-                std::string(shared ? "shared " : "") + "rank " + std::to_string(rank);
+            const std::string tag = std::string(shared ? "shared " : "") +
+                                    (sync_free ? "sync-free " : "") + "rank " +
+                                    std::to_string(rank);
             expectClose(host.routerWeight().view(), dev.routerWeight().view(), 0.0f,
                         tag + " initial router weight");
             expectClose(host.experts().w_in().view(), dev.experts().w_in().view(), 0.0f,
