@@ -547,16 +547,19 @@ GPU_TEST(sync_free_dispatch_defers_bad_routing_to_collect_counts) {
 // the symbol is absent and a host function holding the stream shows the same thing.
 extern "C" unsigned long long moecommEmulatedHostWaits(void) __attribute__((weak));
 
-// A stream held by a host function until the test lets it go (or 20 s pass, so that a call
-// that waits for the stream fails the case instead of hanging it).
+// A stream held by a host function until the test lets it go, or 20 s pass, so that a call
+// that waits for the stream fails the case instead of hanging it: the stream is still held
+// when the calls return only if none of them waited for it.
 struct StreamGate {
   std::atomic<bool> open{false};
+  std::atomic<bool> done{false};  // the host function returned: the stream moved on
   static void CUDART_CB hold(void* self) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     auto* gate = static_cast<StreamGate*>(self);
     while (!gate->open.load() && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    gate->done = true;
   }
 };
 
@@ -612,7 +615,7 @@ GPU_TEST(sync_free_dispatch_and_combine_never_wait_for_the_gpu) {
           d.dispatchBackward(b.x.view(), b.handle, grad_x.view(), ctx);
           d.combineBackward(grad_out.view(), b.x.view(), b.handle, grad_y.view(), grad_w.view(),
                             ctx);
-          const bool held = !emulated && !gate.open.load();
+          const bool held = !emulated && !gate.done.load();
           const unsigned long long waits = emulated ? moecommEmulatedHostWaits() - before : 0;
           gate.open = true;
           GPU_CHECK(emulated ? waits == 0 : held,
