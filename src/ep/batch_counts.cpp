@@ -21,11 +21,15 @@ Status deferCounts(ExpertBatch& batch) {
   c[at.refused()] = batch.refused;
   c[at.badSlot()] = -1;  // the host path refused bad ids before it got here
   c[at.repeatedSlot()] = -1;
+  clearHostCounts(batch);
+  return Status::ok();
+}
+
+void clearHostCounts(ExpertBatch& batch) {
   batch.expert_demand.clear();
   batch.expert_counts.clear();
   batch.tokens_from_rank.clear();
   batch.refused = -1;
-  return Status::ok();
 }
 
 void collectCounts(ExpertBatch& batch, ExecContext context) {

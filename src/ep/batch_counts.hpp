@@ -25,4 +25,7 @@ struct CountsLayout {
 // rest), and the host vectors are emptied until collectCounts.
 Status deferCounts(ExpertBatch& batch);
 
+// Empties the host counts of a sync-free batch (refused -1) until collectCounts fills them.
+void clearHostCounts(ExpertBatch& batch);
+
 }  // namespace moecomm

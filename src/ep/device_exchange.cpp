@@ -687,12 +687,7 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
   }
 
   batch.row_weights = h->row_weights;
-  if (sync_free) {  // the host has none of the counts until collectCounts
-    batch.expert_demand.clear();
-    batch.expert_counts.clear();
-    batch.tokens_from_rank.clear();
-    batch.refused = -1;
-  }
+  if (sync_free) clearHostCounts(batch);  // the host has none of the counts until collectCounts
   auto impl = std::make_shared<DispatchHandle::Impl>();
   impl->group = &group;
   impl->ranks = n;
