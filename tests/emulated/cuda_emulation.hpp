@@ -1,8 +1,9 @@
 // CUDA kernels on the host (the builtins kernels/cuda uses, no more), for the emulated GPU tests:
-// compiled into every kernel source that cuda_to_host rewrote. A launch runs its blocks one after
-// another; a block's threads are fibers (ucontext) that switch only at barriers, so __syncthreads,
-// __syncwarp, shuffles and ballots keep their meaning and shared memory is one array per block.
-// What it cannot show: races between threads or streams (everything is sequential), timing, and
+// compiled into every kernel source that cuda_to_host rewrote. A launch goes on its stream's
+// thread (host_runtime.cpp) and returns; there its blocks run one after another, and a block's
+// threads are fibers (ucontext) that switch only at barriers, so __syncthreads, __syncwarp,
+// shuffles and ballots keep their meaning and shared memory is one array per block. What it
+// cannot show: races between the threads of one kernel (they run in turn), timing, and
 // device-only arithmetic differences (fused multiply-adds, fast intrinsics).
 #pragma once
 
@@ -26,6 +27,8 @@
 #include <functional>
 #include <memory>
 #include <vector>
+
+#include "tests/emulated/stream_work.hpp"
 
 // One copy per OS thread: ranks are threads that launch kernels at the same time.
 #define __shared__ static thread_local
@@ -163,20 +166,26 @@ inline dim3 asDim(long long v) {
   return dim3(static_cast<unsigned>(v));
 }
 
+// The shape is checked at the launch; the blocks run later, on the stream's thread, with copies
+// of the arguments (a kernel's parameters are values).
 template <typename Kernel, typename Grid, typename Threads, typename... Args>
-void launch(Kernel kernel, Grid grid, Threads threads, size_t shared, cudaStream_t, Args... args) {
+void launch(Kernel kernel, Grid grid, Threads threads, size_t shared, cudaStream_t stream,
+            Args... args) {
   const dim3 g = asDim(grid), t = asDim(threads);
   if (t.x > 1024 || t.y != 1 || t.z != 1 || g.y != 1 || g.z != 1)
     fail("a launch shape CUDA refuses");
   if (shared > 48 * 1024) fail("more than 48 KiB of dynamic shared memory without an opt-in");
-  gridDim = g;
-  blockDim = t;
-  dynamic_shared.assign(shared + 16, static_cast<char>(0x5a));  // garbage, as on a GPU
-  std::function<void()> body = [&] { kernel(args...); };
-  for (unsigned i = 0; i < g.x; ++i) {
-    blockIdx = {i, 0, 0};
-    runBlock(t.x, &body);
-  }
+  const cudaError_t queued = enqueue(stream, [kernel, g, t, shared, args...]() mutable {
+    gridDim = g;
+    blockDim = t;
+    dynamic_shared.assign(shared + 16, static_cast<char>(0x5a));  // garbage, as on a GPU
+    std::function<void()> body = [&] { kernel(args...); };
+    for (unsigned i = 0; i < g.x; ++i) {
+      blockIdx = {i, 0, 0};
+      runBlock(t.x, &body);
+    }
+  });
+  if (queued != cudaSuccess) fail("a launch on a stream the runtime does not know");
 }
 
 // Every lane of the warp offers a value; each reads lane `source`'s.

@@ -544,7 +544,8 @@ GPU_TEST(sync_free_dispatch_defers_bad_routing_to_collect_counts) {
 }
 
 // The emulation counts, per thread, each call that would make the host wait for a GPU; on a GPU
-// the symbol is absent and a host function holding the stream shows the same thing.
+// the symbol is absent. A host function holding the stream shows the same thing on both (the
+// emulation runs each stream's work on a thread of its own, as a GPU would).
 extern "C" unsigned long long moecommEmulatedHostWaits(void) __attribute__((weak));
 
 // A stream held by a host function until the test lets it go, or 20 s pass, so that a call
@@ -571,7 +572,7 @@ GPU_TEST(sync_free_dispatch_and_combine_never_wait_for_the_gpu) {
   const bool emulated = moecommEmulatedHostWaits != nullptr;
   const AllocatorInForce in_force(streamOrderedDeviceAllocator());
   for (int ranks : {1, 2, 4}) {
-    std::printf("         ranks=%d (%s)\n", ranks, emulated ? "counted waits" : "held stream");
+    std::printf("         ranks=%d (held stream%s)\n", ranks, emulated ? ", counted waits" : "");
     std::fflush(stdout);
     LocalWorld world(ranks);
     onThreads(ranks, [&](int rank) {
@@ -608,20 +609,20 @@ GPU_TEST(sync_free_dispatch_and_combine_never_wait_for_the_gpu) {
 
         StreamGate gate;
         const unsigned long long before = emulated ? moecommEmulatedHostWaits() : 0;
-        if (!emulated) CUDA_OK(cudaLaunchHostFunc(stream, &StreamGate::hold, &gate));
+        CUDA_OK(cudaLaunchHostFunc(stream, &StreamGate::hold, &gate));
         {
           const ExpertBatch b = d.dispatch(x.view(), didx.view(), w.view(), ctx);
           d.combine(b.x.view(), b.handle, out.view(), ctx);
           d.dispatchBackward(b.x.view(), b.handle, grad_x.view(), ctx);
           d.combineBackward(grad_out.view(), b.x.view(), b.handle, grad_y.view(), grad_w.view(),
                             ctx);
-          const bool held = !emulated && !gate.done.load();
+          const bool held = !gate.done.load();
           const unsigned long long waits = emulated ? moecommEmulatedHostWaits() - before : 0;
           gate.open = true;
-          GPU_CHECK(emulated ? waits == 0 : held,
+          GPU_CHECK(held && waits == 0,
                     "rank " << rank << ": sync-free dispatch and combine waited for the GPU ("
-                            << (emulated ? std::to_string(waits) + " waits"
-                                         : std::string("the held stream ran first"))
+                            << (held ? std::to_string(waits) + " counted waits"
+                                     : std::string("the held stream ran first"))
                             << ")");
           CUDA_OK(cudaStreamSynchronize(stream));
         }
@@ -633,6 +634,84 @@ GPU_TEST(sync_free_dispatch_and_combine_never_wait_for_the_gpu) {
         }
       });
     });
+  }
+}
+
+// The emulation's stream delays (a no-op on a GPU, where the symbol is absent).
+extern "C" int moecommEmulatedSetJitter(int micros) __attribute__((weak));
+
+struct StreamJitter {
+  explicit StreamJitter(int micros) {
+    if (moecommEmulatedSetJitter != nullptr) previous = moecommEmulatedSetJitter(micros);
+  }
+  ~StreamJitter() {
+    if (moecommEmulatedSetJitter != nullptr) moecommEmulatedSetJitter(previous);
+  }
+  int previous = 0;
+};
+
+// Two-batch overlap: several dispatches in flight before their combines, with no host read in
+// between, so a rank's stream may run a whole call ahead of a peer's. Every call reuses the
+// dispatcher's buffers; each batch and each combined output must still be the host engine's.
+// In the emulation the streams drift apart at random (StreamJitter); a call that refilled a
+// buffer before the peers had read it would hand them the next batch's rows.
+GPU_TEST(dispatches_in_flight_reuse_buffers_only_after_the_peers_read_them) {
+  const StreamJitter jitter(500);
+  constexpr int kBatches = 4;
+  for (int ranks : {2, 4, 2, 4}) {  // twice: the drift the emulation makes is random
+    for (const bool sync_free : {false, true}) {
+      std::printf("         ranks=%d %s\n", ranks, sync_free ? "sync-free" : "exact");
+      std::fflush(stdout);
+      LocalWorld world(ranks), host_world(ranks);
+      onThreads(ranks, [&](int rank) {
+        onStream([&](cudaStream_t stream) {
+          const ExecContext ctx{stream};
+          const GroupConfig config = engineGroupConfig("local");
+          Group group = Group::create(world, rank, config);
+          Group host_group = Group::create(host_world, rank, config);
+          const CaseOptions o = caseOptions(6);
+          Dispatcher d(group, sync_free ? o.sync_free : o.capped);
+          Dispatcher h(host_group, sync_free ? o.sync_free : o.capped);
+          const int64_t hidden = config.hidden;
+          const int topk = config.topk;
+          std::mt19937 random(static_cast<unsigned>(97 + rank));
+          std::vector<Tensor> x, idx, w, dx, didx, dw;
+          for (int b = 0; b < kBatches; ++b) {
+            const int64_t tokens = 9 + 5 * b + 3 * rank;
+            Tensor ids = Tensor::empty({tokens, topk}, DType::kI32);
+            for (int64_t t = 0; t < tokens; ++t) {
+              const int first = static_cast<int>(random() % 16);
+              for (int j = 0; j < topk; ++j) {
+                ids.as<int32_t>()[t * topk + j] = (first + 5 * j) % 16;  // distinct per token
+              }
+            }
+            x.push_back(randomHost({tokens, hidden}, DType::kBF16));
+            idx.push_back(ids);
+            w.push_back(randomHost({tokens, topk}, DType::kF32));
+            dx.push_back(onGpu(x.back(), stream));
+            didx.push_back(onGpu(ids, stream));
+            dw.push_back(onGpu(w.back(), stream));
+          }
+          std::vector<ExpertBatch> batches, host_batches;
+          std::vector<Tensor> outs;
+          for (int b = 0; b < kBatches; ++b) {
+            batches.push_back(d.dispatch(dx[b].view(), didx[b].view(), dw[b].view(), ctx));
+          }
+          for (int b = 0; b < kBatches; ++b) {
+            outs.push_back(d.combine(batches[b].x.view(), batches[b].handle, ctx));
+          }
+          for (int b = 0; b < kBatches; ++b) {
+            host_batches.push_back(h.dispatch(x[b].view(), idx[b].view(), w[b].view()));
+            const Tensor want = h.combine(host_batches[b].x.view(), host_batches[b].handle);
+            const std::string tag = "rank " + std::to_string(rank) + " batch " + std::to_string(b);
+            GPU_CHECK(sameBytes(host_batches[b].x.view(), onHost(batches[b].x.view()).view()),
+                      tag << ": dispatched rows differ");
+            GPU_CHECK(sameBytes(want.view(), onHost(outs[b].view()).view()),
+                      tag << ": combined output differs");
+          }
+        });
+      });
+    }
   }
 }
 

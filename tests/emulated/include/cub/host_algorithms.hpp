@@ -1,6 +1,7 @@
 // CUB's device-wide algorithms as moecomm calls them, on the host, for the emulated GPU tests.
 // The same contracts: a first call with null storage asks for the temporary bytes, radix sorts
-// are stable and order floats by value, and histograms count samples in [lower, upper).
+// are stable and order floats by value, histograms count samples in [lower, upper), and the work
+// runs on the stream after its earlier work (the call returns before).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -11,6 +12,8 @@
 #include <numeric>
 #include <type_traits>
 #include <vector>
+
+#include "tests/emulated/stream_work.hpp"
 
 namespace cub {
 
@@ -37,13 +40,8 @@ uint64_t radixKey(Key key, int begin_bit, int end_bit) {
 }
 
 template <typename Key, typename Value>
-cudaError_t sortPairs(void* temp, size_t& temp_bytes, const Key* keys_in, Key* keys_out,
-                      const Value* values_in, Value* values_out, int64_t n, int begin_bit,
-                      int end_bit, bool descending) {
-  if (temp == nullptr) {
-    temp_bytes = kTemporaryBytes;
-    return cudaSuccess;
-  }
+void sortPairsNow(const Key* keys_in, Key* keys_out, const Value* values_in, Value* values_out,
+                  int64_t n, int begin_bit, int end_bit, bool descending) {
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), int64_t{0});
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
@@ -59,7 +57,19 @@ cudaError_t sortPairs(void* temp, size_t& temp_bytes, const Key* keys_in, Key* k
   }
   std::copy(keys.begin(), keys.end(), keys_out);
   std::copy(values.begin(), values.end(), values_out);
-  return cudaSuccess;
+}
+
+template <typename Key, typename Value>
+cudaError_t sortPairs(void* temp, size_t& temp_bytes, const Key* keys_in, Key* keys_out,
+                      const Value* values_in, Value* values_out, int64_t n, int begin_bit,
+                      int end_bit, bool descending, cudaStream_t stream) {
+  if (temp == nullptr) {
+    temp_bytes = kTemporaryBytes;
+    return cudaSuccess;
+  }
+  return emu::enqueue(stream, [=] {
+    sortPairsNow(keys_in, keys_out, values_in, values_out, n, begin_bit, end_bit, descending);
+  });
 }
 
 }  // namespace host
@@ -69,36 +79,37 @@ struct DeviceRadixSort {
   static cudaError_t SortPairs(void* temp, size_t& temp_bytes, const Key* keys_in, Key* keys_out,
                                const Value* values_in, Value* values_out, Count n,
                                int begin_bit = 0, int end_bit = sizeof(Key) * 8,
-                               cudaStream_t = nullptr) {
+                               cudaStream_t stream = nullptr) {
     return host::sortPairs(temp, temp_bytes, keys_in, keys_out, values_in, values_out,
-                           static_cast<int64_t>(n), begin_bit, end_bit, false);
+                           static_cast<int64_t>(n), begin_bit, end_bit, false, stream);
   }
   template <typename Key, typename Value, typename Count>
   static cudaError_t SortPairsDescending(void* temp, size_t& temp_bytes, const Key* keys_in,
                                          Key* keys_out, const Value* values_in, Value* values_out,
                                          Count n, int begin_bit = 0, int end_bit = sizeof(Key) * 8,
-                                         cudaStream_t = nullptr) {
+                                         cudaStream_t stream = nullptr) {
     return host::sortPairs(temp, temp_bytes, keys_in, keys_out, values_in, values_out,
-                           static_cast<int64_t>(n), begin_bit, end_bit, true);
+                           static_cast<int64_t>(n), begin_bit, end_bit, true, stream);
   }
 };
 
 struct DeviceScan {
   template <typename In, typename Out, typename Count>
   static cudaError_t ExclusiveSum(void* temp, size_t& temp_bytes, In in, Out out, Count n,
-                                  cudaStream_t = nullptr) {
+                                  cudaStream_t stream = nullptr) {
     if (temp == nullptr) {
       temp_bytes = host::kTemporaryBytes;
       return cudaSuccess;
     }
-    using T = std::remove_reference_t<decltype(out[0])>;
-    T sum{};
-    for (Count i = 0; i < n; ++i) {
-      const T v = static_cast<T>(in[i]);  // in and out may be one array
-      out[i] = sum;
-      sum += v;
-    }
-    return cudaSuccess;
+    return emu::enqueue(stream, [=]() mutable {
+      using T = std::remove_reference_t<decltype(out[0])>;
+      T sum{};
+      for (Count i = 0; i < n; ++i) {
+        const T v = static_cast<T>(in[i]);  // in and out may be one array
+        out[i] = sum;
+        sum += v;
+      }
+    });
   }
 };
 
@@ -106,21 +117,22 @@ struct DeviceHistogram {
   template <typename Sample, typename Counter, typename Level, typename Count>
   static cudaError_t HistogramEven(void* temp, size_t& temp_bytes, const Sample* samples,
                                    Counter* histogram, int levels, Level lower, Level upper,
-                                   Count n, cudaStream_t = nullptr) {
+                                   Count n, cudaStream_t stream = nullptr) {
     if (temp == nullptr) {
       temp_bytes = host::kTemporaryBytes;
       return cudaSuccess;
     }
-    const int bins = levels - 1;
-    std::fill(histogram, histogram + bins, Counter{0});
-    for (Count i = 0; i < n; ++i) {
-      const auto s = samples[i];
-      if (s < lower || s >= upper) continue;
-      const auto bin = (static_cast<int64_t>(s) - static_cast<int64_t>(lower)) * bins /
-                       (static_cast<int64_t>(upper) - static_cast<int64_t>(lower));
-      ++histogram[bin];
-    }
-    return cudaSuccess;
+    return emu::enqueue(stream, [=] {
+      const int bins = levels - 1;
+      std::fill(histogram, histogram + bins, Counter{0});
+      for (Count i = 0; i < n; ++i) {
+        const auto s = samples[i];
+        if (s < lower || s >= upper) continue;
+        const auto bin = (static_cast<int64_t>(s) - static_cast<int64_t>(lower)) * bins /
+                         (static_cast<int64_t>(upper) - static_cast<int64_t>(lower));
+        ++histogram[bin];
+      }
+    });
   }
 };
 
