@@ -292,15 +292,21 @@ double nowMs() {
       .count();
 }
 
-void waitEvent(Event* e) {
-  std::shared_ptr<Queue> q;
-  uint64_t ticket;
-  {
-    const std::lock_guard<std::mutex> lock(e->mutex);
-    q = e->queue;
-    ticket = e->ticket;
+// The event's last record as of now, as CUDA takes it: later records do not move a wait.
+struct Mark {
+  std::shared_ptr<Queue> queue;
+  uint64_t ticket = 0;
+  void wait() const {
+    if (queue) queue->waitFor(ticket);
   }
-  if (q) q->waitFor(ticket);
+};
+Mark markOf(Event* e) {
+  const std::lock_guard<std::mutex> lock(e->mutex);
+  return {e->queue, e->ticket};
+}
+
+void waitEvent(Event* e) {
+  markOf(e).wait();
 }
 
 // Streams, events and pools are opaque handles to small host objects.
@@ -446,16 +452,9 @@ cudaError_t cudaDeviceSynchronize() {
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned) {
   if (event == nullptr) return cudaErrorInvalidResourceHandle;
-  auto* e = reinterpret_cast<Event*>(event);
-  std::shared_ptr<Queue> q;
-  uint64_t ticket;
-  {
-    const std::lock_guard<std::mutex> lock(e->mutex);
-    q = e->queue;
-    ticket = e->ticket;  // the record as of this call, as CUDA takes it
-  }
-  if (!q || q.get() == queueOf(stream)) return cudaSuccess;
-  submit(stream, [q, ticket] { q->waitFor(ticket); });
+  const Mark mark = markOf(reinterpret_cast<Event*>(event));
+  if (!mark.queue || mark.queue.get() == queueOf(stream)) return cudaSuccess;
+  submit(stream, [mark] { mark.wait(); });
   return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
