@@ -6,7 +6,9 @@
 // Events, stream waits and synchronizations order it as on a GPU, so a missing wait shows up as
 // a wrong result: a host read before its copy finished, a peer's copy before its data was there.
 // MOECOMM_EMULATED_JITTER_US=N (or moecommEmulatedSetJitter) delays each piece of stream work by
-// up to N microseconds, and now and then by 20 times that, to widen such races. The legacy default
+// up to N microseconds, and now and then by 20 times that, to widen such races;
+// moecommEmulatedSetStreamDelay slows one stream's every piece of work, so that a test can hold
+// one rank's stream a whole call behind its peers' every time. The legacy default
 // stream (a null stream) waits for every stream and then runs its work at once, as do the blocking
 // calls (cudaMemcpy, cudaMemset, cudaFree). cuBLAS GEMMs accumulate in f64; NCCL has one rank per
 // communicator (sends to itself). Each thread counts the calls that would make its host wait for a
@@ -122,6 +124,7 @@ struct Queue {
   std::deque<std::function<void()>> work;
   uint64_t enqueued = 0, done = 0;
   bool stop = false;
+  std::atomic<int> delay_us{0};  // before each piece of work (moecommEmulatedSetStreamDelay)
 
   uint64_t push(std::function<void()> job) {
     uint64_t ticket;
@@ -160,6 +163,9 @@ struct Queue {
         const unsigned r = static_cast<unsigned>(random());
         const unsigned wait = r % static_cast<unsigned>(micros) * (r % 16 == 0 ? 20 : 1);
         std::this_thread::sleep_for(std::chrono::microseconds(wait));
+      }
+      if (const int micros = delay_us.load(); micros > 0) {
+        std::this_thread::sleep_for(std::chrono::microseconds(micros));
       }
       job();
       {
@@ -331,6 +337,11 @@ unsigned long long moecommEmulatedHostWaits(void) {
 
 int moecommEmulatedSetJitter(int micros) {
   return jitter().exchange(std::max(0, micros));
+}
+
+int moecommEmulatedSetStreamDelay(cudaStream_t stream, int micros) {
+  Queue* q = queueOf(stream);
+  return q == nullptr ? 0 : q->delay_us.exchange(std::max(0, micros));
 }
 
 cudaError_t moecommEmulatedEnqueue(cudaStream_t stream, void (*run)(void*), void* work) {

@@ -637,8 +637,9 @@ GPU_TEST(sync_free_dispatch_and_combine_never_wait_for_the_gpu) {
   }
 }
 
-// The emulation's stream delays (a no-op on a GPU, where the symbol is absent).
+// The emulation's stream delays (no-ops on a GPU, where the symbols are absent).
 extern "C" int moecommEmulatedSetJitter(int micros) __attribute__((weak));
+extern "C" int moecommEmulatedSetStreamDelay(cudaStream_t stream, int micros) __attribute__((weak));
 
 struct StreamJitter {
   explicit StreamJitter(int micros) {
@@ -653,64 +654,77 @@ struct StreamJitter {
 // Two-batch overlap: several dispatches in flight before their combines, with no host read in
 // between, so a rank's stream may run a whole call ahead of a peer's. Every call reuses the
 // dispatcher's buffers; each batch and each combined output must still be the host engine's.
-// In the emulation the streams drift apart at random (StreamJitter); a call that refilled a
-// buffer before the peers had read it would hand them the next batch's rows.
-GPU_TEST(dispatches_in_flight_reuse_buffers_only_after_the_peers_read_them) {
-  const StreamJitter jitter(500);
+// A call that refilled a buffer before the peers had read it would hand them the next batch's
+// rows. In the emulation, `slow_odd_ranks` delays every piece of the odd ranks' stream work, so
+// the even ranks' streams run calls ahead of them every time.
+void dispatchesInFlight(int ranks, bool sync_free, bool slow_odd_ranks) {
   constexpr int kBatches = 4;
-  for (int ranks : {2, 4, 2, 4}) {  // twice: the drift the emulation makes is random
-    for (const bool sync_free : {false, true}) {
-      std::printf("         ranks=%d %s\n", ranks, sync_free ? "sync-free" : "exact");
-      std::fflush(stdout);
-      LocalWorld world(ranks), host_world(ranks);
-      onThreads(ranks, [&](int rank) {
-        onStream([&](cudaStream_t stream) {
-          const ExecContext ctx{stream};
-          const GroupConfig config = engineGroupConfig("local");
-          Group group = Group::create(world, rank, config);
-          Group host_group = Group::create(host_world, rank, config);
-          const CaseOptions o = caseOptions(6);
-          Dispatcher d(group, sync_free ? o.sync_free : o.capped);
-          Dispatcher h(host_group, sync_free ? o.sync_free : o.capped);
-          const int64_t hidden = config.hidden;
-          const int topk = config.topk;
-          std::mt19937 random(static_cast<unsigned>(97 + rank));
-          std::vector<Tensor> x, idx, w, dx, didx, dw;
-          for (int b = 0; b < kBatches; ++b) {
-            const int64_t tokens = 9 + 5 * b + 3 * rank;
-            Tensor ids = Tensor::empty({tokens, topk}, DType::kI32);
-            for (int64_t t = 0; t < tokens; ++t) {
-              const int first = static_cast<int>(random() % 16);
-              for (int j = 0; j < topk; ++j) {
-                ids.as<int32_t>()[t * topk + j] = (first + 5 * j) % 16;  // distinct per token
-              }
-            }
-            x.push_back(randomHost({tokens, hidden}, DType::kBF16));
-            idx.push_back(ids);
-            w.push_back(randomHost({tokens, topk}, DType::kF32));
-            dx.push_back(onGpu(x.back(), stream));
-            didx.push_back(onGpu(ids, stream));
-            dw.push_back(onGpu(w.back(), stream));
+  LocalWorld world(ranks), host_world(ranks);
+  onThreads(ranks, [&](int rank) {
+    onStream([&](cudaStream_t stream) {
+      if (slow_odd_ranks && rank % 2 == 1 && moecommEmulatedSetStreamDelay != nullptr) {
+        moecommEmulatedSetStreamDelay(stream, 2000);
+      }
+      const ExecContext ctx{stream};
+      const GroupConfig config = engineGroupConfig("local");
+      Group group = Group::create(world, rank, config);
+      Group host_group = Group::create(host_world, rank, config);
+      const CaseOptions o = caseOptions(6);
+      Dispatcher d(group, sync_free ? o.sync_free : o.capped);
+      Dispatcher h(host_group, sync_free ? o.sync_free : o.capped);
+      const int64_t hidden = config.hidden;
+      const int topk = config.topk;
+      std::mt19937 random(static_cast<unsigned>(97 + rank));
+      std::vector<Tensor> x, idx, w, dx, didx, dw;
+      for (int b = 0; b < kBatches; ++b) {
+        const int64_t tokens = 9 + 5 * b + 3 * rank;
+        Tensor ids = Tensor::empty({tokens, topk}, DType::kI32);
+        for (int64_t t = 0; t < tokens; ++t) {
+          const int first = static_cast<int>(random() % 16);
+          for (int j = 0; j < topk; ++j) {
+            ids.as<int32_t>()[t * topk + j] = (first + 5 * j) % 16;  // distinct per token
           }
-          std::vector<ExpertBatch> batches, host_batches;
-          std::vector<Tensor> outs;
-          for (int b = 0; b < kBatches; ++b) {
-            batches.push_back(d.dispatch(dx[b].view(), didx[b].view(), dw[b].view(), ctx));
-          }
-          for (int b = 0; b < kBatches; ++b) {
-            outs.push_back(d.combine(batches[b].x.view(), batches[b].handle, ctx));
-          }
-          for (int b = 0; b < kBatches; ++b) {
-            host_batches.push_back(h.dispatch(x[b].view(), idx[b].view(), w[b].view()));
-            const Tensor want = h.combine(host_batches[b].x.view(), host_batches[b].handle);
-            const std::string tag = "rank " + std::to_string(rank) + " batch " + std::to_string(b);
-            GPU_CHECK(sameBytes(host_batches[b].x.view(), onHost(batches[b].x.view()).view()),
-                      tag << ": dispatched rows differ");
-            GPU_CHECK(sameBytes(want.view(), onHost(outs[b].view()).view()),
-                      tag << ": combined output differs");
-          }
-        });
-      });
+        }
+        x.push_back(randomHost({tokens, hidden}, DType::kBF16));
+        idx.push_back(ids);
+        w.push_back(randomHost({tokens, topk}, DType::kF32));
+        dx.push_back(onGpu(x.back(), stream));
+        didx.push_back(onGpu(ids, stream));
+        dw.push_back(onGpu(w.back(), stream));
+      }
+      std::vector<ExpertBatch> batches, host_batches;
+      std::vector<Tensor> outs;
+      for (int b = 0; b < kBatches; ++b) {
+        batches.push_back(d.dispatch(dx[b].view(), didx[b].view(), dw[b].view(), ctx));
+      }
+      for (int b = 0; b < kBatches; ++b) {
+        outs.push_back(d.combine(batches[b].x.view(), batches[b].handle, ctx));
+      }
+      for (int b = 0; b < kBatches; ++b) {
+        host_batches.push_back(h.dispatch(x[b].view(), idx[b].view(), w[b].view()));
+        const Tensor want = h.combine(host_batches[b].x.view(), host_batches[b].handle);
+        const std::string tag = "rank " + std::to_string(rank) + " batch " + std::to_string(b);
+        GPU_CHECK(sameBytes(host_batches[b].x.view(), onHost(batches[b].x.view()).view()),
+                  tag << ": dispatched rows differ");
+        GPU_CHECK(sameBytes(want.view(), onHost(outs[b].view()).view()),
+                  tag << ": combined output differs");
+      }
+    });
+  });
+}
+
+// In the emulation the streams drift apart twice over: with the odd ranks' streams slowed, and
+// at random (StreamJitter).
+GPU_TEST(dispatches_in_flight_reuse_buffers_only_after_the_peers_read_them) {
+  for (const bool slow_odd_ranks : {true, false}) {
+    const StreamJitter jitter(slow_odd_ranks ? 0 : 500);
+    for (int ranks : {2, 4}) {
+      for (const bool sync_free : {false, true}) {
+        std::printf("         ranks=%d %s, %s\n", ranks, sync_free ? "sync-free" : "exact",
+                    slow_odd_ranks ? "odd ranks' streams slowed" : "streams jittered");
+        std::fflush(stdout);
+        dispatchesInFlight(ranks, sync_free, slow_odd_ranks);
+      }
     }
   }
 }
