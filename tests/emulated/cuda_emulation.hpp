@@ -30,6 +30,12 @@
 
 #include "tests/emulated/stream_work.hpp"
 
+// ThreadSanitizer follows one stack per thread; it must be told of every switch between fibers.
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define MOECOMM_EMULATED_TSAN 1
+#endif
+
 // One copy per OS thread: ranks are threads that launch kernels at the same time.
 #define __shared__ static thread_local
 
@@ -76,6 +82,24 @@ struct Block {
 
 inline thread_local Block* block = nullptr;
 inline thread_local std::vector<std::unique_ptr<char[]>> stacks;  // reused across launches
+#if MOECOMM_EMULATED_TSAN
+struct TsanFibers {  // one a stack, reused as the stacks are
+  std::vector<void*> fibers;
+  ~TsanFibers() {
+    for (void* f : fibers) __tsan_destroy_fiber(f);
+  }
+};
+inline thread_local TsanFibers tsan_fibers;
+inline thread_local void* tsan_scheduler = nullptr;
+#endif
+
+// Before every swapcontext: the fiber (or, with -1, the scheduler) that runs next.
+inline void switchingTo([[maybe_unused]] int fiber) {
+#if MOECOMM_EMULATED_TSAN
+  __tsan_switch_to_fiber(
+      fiber < 0 ? tsan_scheduler : tsan_fibers.fibers[static_cast<size_t>(fiber)], 0);
+#endif
+}
 inline thread_local std::vector<char> dynamic_shared;
 
 inline void* dynamicShared() {
@@ -91,6 +115,7 @@ inline void* dynamicShared() {
 inline void wait(FiberState barrier) {
   Fiber& f = block->fibers[static_cast<size_t>(block->current)];
   f.state = barrier;
+  switchingTo(-1);
   swapcontext(&f.context, &block->scheduler);
   threadIdx = {block->fibers[static_cast<size_t>(block->current)].thread, 0, 0};
 }
@@ -98,6 +123,7 @@ inline void wait(FiberState barrier) {
 inline void fiberMain() {
   (*block->body)();
   block->fibers[static_cast<size_t>(block->current)].state = FiberState::kDone;
+  switchingTo(-1);
   swapcontext(&block->fibers[static_cast<size_t>(block->current)].context, &block->scheduler);
 }
 
@@ -125,6 +151,10 @@ inline void runBlock(unsigned threads, std::function<void()>* body) {
   b.body = body;
   block = &b;
   while (stacks.size() < threads) stacks.emplace_back(new char[kFiberStack]);
+#if MOECOMM_EMULATED_TSAN
+  tsan_scheduler = __tsan_get_current_fiber();
+  while (tsan_fibers.fibers.size() < threads) tsan_fibers.fibers.push_back(__tsan_create_fiber(0));
+#endif
   for (unsigned t = 0; t < threads; ++t) {
     Fiber& f = b.fibers[t];
     f.thread = t;
@@ -140,6 +170,7 @@ inline void runBlock(unsigned threads, std::function<void()>* body) {
       if (b.fibers[t].state != FiberState::kRunnable) continue;
       b.current = static_cast<int>(t);
       threadIdx = {t, 0, 0};
+      switchingTo(static_cast<int>(t));
       swapcontext(&b.scheduler, &b.fibers[t].context);
       ran = true;
     }
