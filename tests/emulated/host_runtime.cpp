@@ -157,16 +157,14 @@ struct Queue {
         job = std::move(work.front());
         work.pop_front();
       }
-      // Up to the jitter before each piece of work, and now and then 20 times that: streams
-      // drift apart by whole calls, not only by a few kernels.
+      // Before each piece of work: this stream's own delay, plus up to the jitter and now and
+      // then 20 times that, so that streams drift apart by whole calls, not only by a few kernels.
+      unsigned wait = static_cast<unsigned>(delay_us.load());
       if (const int micros = jitter().load(); micros > 0) {
         const unsigned r = static_cast<unsigned>(random());
-        const unsigned wait = r % static_cast<unsigned>(micros) * (r % 16 == 0 ? 20 : 1);
-        std::this_thread::sleep_for(std::chrono::microseconds(wait));
+        wait += r % static_cast<unsigned>(micros) * (r % 16 == 0 ? 20 : 1);
       }
-      if (const int micros = delay_us.load(); micros > 0) {
-        std::this_thread::sleep_for(std::chrono::microseconds(micros));
-      }
+      if (wait > 0) std::this_thread::sleep_for(std::chrono::microseconds(wait));
       job();
       {
         const std::lock_guard<std::mutex> lock(mutex);
