@@ -2,9 +2,12 @@
 // compiled into every kernel source that cuda_to_host rewrote. A launch goes on its stream's
 // thread (host_runtime.cpp) and returns; there its blocks run one after another, and a block's
 // threads are fibers (ucontext) that switch only at barriers, so __syncthreads, __syncwarp,
-// shuffles and ballots keep their meaning and shared memory is one array per block. What it
-// cannot show: races between the threads of one kernel (they run in turn), timing, and
-// device-only arithmetic differences (fused multiply-adds, fast intrinsics).
+// shuffles and ballots keep their meaning and shared memory is one array per block. The blocks
+// of a launch, and the threads of a block between two barriers, run in an order a seeded random
+// engine picks anew each time (a GPU promises no order), so a thread that reads what another
+// writes before a barrier between them reads it too early in some runs. What it cannot show:
+// two threads' instructions interleaved between barriers, timing, and device-only arithmetic
+// differences (fused multiply-adds, fast intrinsics).
 #pragma once
 
 // Before the CUDA headers, which keep these definitions when they exist.
@@ -26,6 +29,8 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <vector>
 
 #include "tests/emulated/stream_work.hpp"
@@ -102,13 +107,52 @@ inline void switchingTo([[maybe_unused]] int fiber) {
 }
 inline thread_local std::vector<char> dynamic_shared;
 
-inline void* dynamicShared() {
-  return dynamic_shared.data();
-}
-
 [[noreturn]] inline void fail(const char* what) {
   std::fprintf(stderr, "cuda emulation: %s\n", what);
   std::abort();
+}
+
+// MOECOMM_EMULATED_SCHEDULE: shuffle (the default), forward or reverse; MOECOMM_EMULATED_SEED
+// picks another shuffle. forward is the order the emulation had before session 17: thread 0
+// first, which hides a missing barrier after thread 0 fills shared memory for the others.
+enum class Schedule { kShuffle, kForward, kReverse };
+
+inline Schedule schedule() {
+  static const Schedule s = [] {
+    const char* e = std::getenv("MOECOMM_EMULATED_SCHEDULE");
+    if (e == nullptr || std::strcmp(e, "shuffle") == 0) return Schedule::kShuffle;
+    if (std::strcmp(e, "forward") == 0) return Schedule::kForward;
+    if (std::strcmp(e, "reverse") == 0) return Schedule::kReverse;
+    fail("MOECOMM_EMULATED_SCHEDULE must be shuffle, forward or reverse");
+  }();
+  return s;
+}
+
+// One engine a launch, seeded from the seed and the count of launches on this stream's thread,
+// so that a run repeats itself: each stream has a thread of its own and its launches come in
+// program order, whatever the other ranks' threads do.
+inline std::mt19937_64& launchEngine() {
+  static const uint64_t seed = [] {
+    const char* e = std::getenv("MOECOMM_EMULATED_SEED");
+    return e != nullptr ? std::strtoull(e, nullptr, 0) : 0x5eed5eedULL;
+  }();
+  thread_local uint64_t launches = 0;
+  thread_local std::mt19937_64 engine;
+  engine.seed(seed * 0x9e3779b97f4a7c15ULL + ++launches);
+  return engine;
+}
+inline thread_local std::mt19937_64* engine = nullptr;  // the running launch's
+
+// Fills `order` with 0..n-1 in the order the schedule takes them.
+inline void arrange(std::vector<unsigned>& order, size_t n) {
+  order.resize(n);
+  std::iota(order.begin(), order.end(), 0u);
+  if (schedule() == Schedule::kReverse) std::reverse(order.begin(), order.end());
+  if (schedule() == Schedule::kShuffle) std::shuffle(order.begin(), order.end(), *engine);
+}
+
+inline void* dynamicShared() {
+  return dynamic_shared.data();
 }
 
 // The running fiber stops at a barrier; the scheduler resumes it when its warp or block is there.
@@ -164,9 +208,11 @@ inline void runBlock(unsigned threads, std::function<void()>* body) {
     f.context.uc_link = nullptr;
     makecontext(&f.context, fiberMain, 0);
   }
+  std::vector<unsigned> order;
   for (;;) {
     bool ran = false;
-    for (unsigned t = 0; t < threads; ++t) {
+    arrange(order, threads);
+    for (const unsigned t : order) {
       if (b.fibers[t].state != FiberState::kRunnable) continue;
       b.current = static_cast<int>(t);
       threadIdx = {t, 0, 0};
@@ -211,7 +257,10 @@ void launch(Kernel kernel, Grid grid, Threads threads, size_t shared, cudaStream
     blockDim = t;
     dynamic_shared.assign(shared + 16, static_cast<char>(0x5a));  // garbage, as on a GPU
     std::function<void()> body = [&] { kernel(args...); };
-    for (unsigned i = 0; i < g.x; ++i) {
+    engine = &launchEngine();
+    std::vector<unsigned> blocks;
+    arrange(blocks, g.x);
+    for (const unsigned i : blocks) {
       blockIdx = {i, 0, 0};
       runBlock(t.x, &body);
     }
