@@ -114,9 +114,8 @@ cudaError_t gatherSlotValues(const float* back, int64_t tokens, int ranks, int t
   if (topk < 1 || ranks < 1) return cudaErrorInvalidValue;
   const int64_t n = tokens * topk;
   if (n == 0) return cudaSuccess;
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  gatherKernel<<<static_cast<int>(blocks < (1 << 20) ? blocks : (1 << 20)), kThreads, 0, stream>>>(
-      back, tokens, ranks, topk, send_pos, grad_weights);
+  gatherKernel<<<blocksFor(n), kThreads, 0, stream>>>(back, tokens, ranks, topk, send_pos,
+                                                      grad_weights);
   return cudaGetLastError();
 }
 

@@ -151,8 +151,7 @@ __global__ void dequantizeChunksKernel(const uint8_t* q, const float* scales, in
 }
 
 int gridFor(int64_t threads_needed, int block) {
-  const int64_t blocks = (threads_needed + block - 1) / block;
-  return static_cast<int>(blocks < (1 << 20) ? (blocks > 0 ? blocks : 1) : (1 << 20));
+  return cappedGrid((threads_needed + block - 1) / block);
 }
 
 template <typename T>

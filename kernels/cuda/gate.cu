@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "kernels/cuda/gate.hpp"
+#include "kernels/cuda/rows.cuh"
 
 namespace moecomm::cuda {
 
@@ -204,8 +205,7 @@ cudaError_t gate(const float* logits, int64_t tokens, const float* bias,
       sizeof(float) * kWarpsPerBlock *
       static_cast<size_t>(2 * params.experts + groups + (ranked > groups ? ranked : groups));
   if (shared > 48 * 1024) return cudaErrorInvalidValue;
-  const int64_t blocks64 = (tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  const int blocks = static_cast<int>(blocks64 < 65535 * 16 ? blocks64 : 65535 * 16);
+  const int blocks = cappedGrid((tokens + kWarpsPerBlock - 1) / kWarpsPerBlock);
   gateKernel<<<blocks, kWarp * kWarpsPerBlock, shared, stream>>>(
       logits, tokens, bias, params, idx, weights, candidate_idx, candidate_weights, bad_token);
   return cudaGetLastError();

@@ -10,17 +10,27 @@
 
 namespace moecomm::cuda {
 
-// Threads per block of the grid-stride kernels, and their grid: enough blocks for n items, at
-// least one, capped (the loops stride over the rest).
-inline constexpr int kThreads = 256;
-inline int blocksFor(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(blocks < (1 << 20) ? (blocks > 0 ? blocks : 1) : (1 << 20));
+// The most blocks a grid-stride kernel launches; its loops stride over the rest. The emulated
+// GPU tests build the kernels with a cap of a few blocks, so that every stride loop there takes
+// more than one turn and a barrier that guards the next turn is tested (on a GPU that takes
+// over a million rows).
+#ifndef MOECOMM_CUDA_GRID_CAP
+#define MOECOMM_CUDA_GRID_CAP (1 << 20)
+#endif
+inline int cappedGrid(int64_t blocks) {
+  constexpr int64_t cap = MOECOMM_CUDA_GRID_CAP;
+  return static_cast<int>(blocks < cap ? (blocks > 0 ? blocks : 1) : cap);
 }
 
-// The grid of the one-block-per-row kernels: a block per row, capped (the loops stride on).
+// Threads per block of the grid-stride kernels, and their grid: enough blocks for n items.
+inline constexpr int kThreads = 256;
+inline int blocksFor(int64_t n) {
+  return cappedGrid((n + kThreads - 1) / kThreads);
+}
+
+// The grid of the one-block-per-row kernels: a block per row.
 inline int rowBlocks(int64_t rows) {
-  return static_cast<int>(rows < (1 << 20) ? (rows > 0 ? rows : 1) : (1 << 20));
+  return cappedGrid(rows);
 }
 
 // The widest unit (16, 4 or 1 bytes) that divides `bytes` and the given addresses.
