@@ -700,13 +700,18 @@ void dispatchesInFlight(int ranks, bool sync_free, bool slow_odd_ranks) {
       for (int b = 0; b < kBatches; ++b) {
         outs.push_back(d.combine(batches[b].x.view(), batches[b].handle, ctx));
       }
+      // Every collective call first, then the checks: a rank whose check fails leaves no peer
+      // waiting out the deadline for its next call.
+      std::vector<Tensor> wants;
       for (int b = 0; b < kBatches; ++b) {
         host_batches.push_back(h.dispatch(x[b].view(), idx[b].view(), w[b].view()));
-        const Tensor want = h.combine(host_batches[b].x.view(), host_batches[b].handle);
+        wants.push_back(h.combine(host_batches[b].x.view(), host_batches[b].handle));
+      }
+      for (int b = 0; b < kBatches; ++b) {
         const std::string tag = "rank " + std::to_string(rank) + " batch " + std::to_string(b);
         GPU_CHECK(sameBytes(host_batches[b].x.view(), onHost(batches[b].x.view()).view()),
                   tag << ": dispatched rows differ");
-        GPU_CHECK(sameBytes(want.view(), onHost(outs[b].view()).view()),
+        GPU_CHECK(sameBytes(wants[b].view(), onHost(outs[b].view()).view()),
                   tag << ": combined output differs");
       }
     });
