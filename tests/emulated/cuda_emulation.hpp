@@ -53,15 +53,25 @@ using std::isfinite;
 using std::max;
 using std::min;
 
-// The IEEE-rounded intrinsics are the host's operators.
+// The IEEE-rounded intrinsics are the host's operators, each result passed through an empty asm
+// so that the host compiler never fuses them into a multiply-add (nvcc never fuses them; the
+// emulated kernels are built with contraction on, as nvcc builds the rest).
+inline float roundedResult(float r) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+x"(r));
+#elif defined(__aarch64__)
+  asm("" : "+w"(r));
+#endif
+  return r;
+}
 inline float __fdiv_rn(float a, float b) {
-  return a / b;
+  return roundedResult(a / b);
 }
 inline float __fmul_rn(float a, float b) {
-  return a * b;
+  return roundedResult(a * b);
 }
 inline float __fadd_rn(float a, float b) {
-  return a + b;
+  return roundedResult(a + b);
 }
 
 namespace emu {
