@@ -6,8 +6,8 @@
 // of a launch, and the threads of a block between two barriers, run in an order a seeded random
 // engine picks anew each time (a GPU promises no order), so a thread that reads what another
 // writes before a barrier between them reads it too early in some runs. What it cannot show:
-// two threads' instructions interleaved between barriers, timing, and device-only arithmetic
-// differences (fused multiply-adds, fast intrinsics).
+// two threads' instructions interleaved between barriers, timing, fast intrinsics, and
+// multiply-adds that nvcc fuses where the host compiler does not (CMakeLists.txt turns fusing on).
 #pragma once
 
 // Before the CUDA headers, which keep these definitions when they exist.
@@ -117,6 +117,10 @@ inline void switchingTo([[maybe_unused]] int fiber) {
 }
 inline thread_local std::vector<char> dynamic_shared;
 
+inline void* dynamicShared() {
+  return dynamic_shared.data();
+}
+
 [[noreturn]] inline void fail(const char* what) {
   std::fprintf(stderr, "cuda emulation: %s\n", what);
   std::abort();
@@ -138,31 +142,26 @@ inline Schedule schedule() {
   return s;
 }
 
-// One engine a launch, seeded from the seed and the count of launches on this stream's thread,
-// so that a run repeats itself: each stream has a thread of its own and its launches come in
-// program order, whatever the other ranks' threads do.
-inline std::mt19937_64& launchEngine() {
+// The running launch's engine, seeded anew by each launch from the seed and the count of
+// launches on this stream's thread, so that a run repeats itself: each stream has a thread of
+// its own and its launches come in program order, whatever the other ranks' threads do.
+inline thread_local std::mt19937_64 engine;
+
+inline void seedLaunch() {
   static const uint64_t seed = [] {
     const char* e = std::getenv("MOECOMM_EMULATED_SEED");
     return e != nullptr ? std::strtoull(e, nullptr, 0) : 0x5eed5eedULL;
   }();
   thread_local uint64_t launches = 0;
-  thread_local std::mt19937_64 engine;
   engine.seed(seed * 0x9e3779b97f4a7c15ULL + ++launches);
-  return engine;
 }
-inline thread_local std::mt19937_64* engine = nullptr;  // the running launch's
 
 // Fills `order` with 0..n-1 in the order the schedule takes them.
 inline void arrange(std::vector<unsigned>& order, size_t n) {
   order.resize(n);
   std::iota(order.begin(), order.end(), 0u);
   if (schedule() == Schedule::kReverse) std::reverse(order.begin(), order.end());
-  if (schedule() == Schedule::kShuffle) std::shuffle(order.begin(), order.end(), *engine);
-}
-
-inline void* dynamicShared() {
-  return dynamic_shared.data();
+  if (schedule() == Schedule::kShuffle) std::shuffle(order.begin(), order.end(), engine);
 }
 
 // The running fiber stops at a barrier; the scheduler resumes it when its warp or block is there.
@@ -267,7 +266,7 @@ void launch(Kernel kernel, Grid grid, Threads threads, size_t shared, cudaStream
     blockDim = t;
     dynamic_shared.assign(shared + 16, static_cast<char>(0x5a));  // garbage, as on a GPU
     std::function<void()> body = [&] { kernel(args...); };
-    engine = &launchEngine();
+    seedLaunch();
     std::vector<unsigned> blocks;
     arrange(blocks, g.x);
     for (const unsigned i : blocks) {
