@@ -18,6 +18,7 @@
 
 #include "kernels/cuda/backward.hpp"
 #include "kernels/cuda/combine.hpp"
+#include "kernels/cuda/copy.hpp"
 #include "kernels/cuda/layout.hpp"
 #include "kernels/cuda/unpack.hpp"
 #include "moecomm/quant.hpp"
@@ -49,8 +50,16 @@ struct DeviceHandle {
   Tensor row_source;         // i32 [num_rows]
   Tensor row_weights;        // f32 [num_rows]
   Tensor expert_offsets;     // i32 [local experts + 1]
+  // Sync-free (static regions): i32 [2 x ranks], the rows really in each region, on the GPU:
+  // sent to each destination, then received from each source. Empty for exact-size dispatch.
+  Tensor real_rows;
 
   int64_t sent() const { return send_offsets.back(); }
+  // real_rows' half for rows sent to each destination (received: false) or received from each
+  // source; null for exact-size dispatch.
+  const int32_t* realRows(bool received) const {
+    return real_rows.defined() ? real_rows.as<int32_t>() + (received ? ranks : 0) : nullptr;
+  }
   int64_t received() const { return recv_offsets.back(); }
 };
 
@@ -132,6 +141,7 @@ struct PeerMessage {
   // Sync-free dispatch: device pointer to the i32 count of rows this rank really sent the peer
   // (count is then the size of the static region, the rows that travel).
   uint64_t sent_rows = 0;
+  int64_t device = -1;  // the GPU the sender's buffers are on
 };
 
 using device::cudaStatus;
@@ -258,10 +268,20 @@ Status moveOverDeviceTransport(const Group::Impl& group, const std::byte* out,
                                            group.deadline());
 }
 
+// Static regions between ranks on one GPU: the kernel copies only the real rows of a region, whose
+// count is on the GPU (real_rows[p], not read back). Rows of a peer on another GPU travel whole,
+// because a kernel may not read another GPU's memory without peer access, which moecomm leaves to
+// the application.
+bool countedCopyApplies(const int32_t* real_rows, const PeerMessage& m, int device) {
+  return real_rows != nullptr && m.device == device;
+}
+
 // Between threads, after a round whose messages say where each peer's rows for this rank sit:
-// waits on each peer's event and copies its rows to dst + offsets[p] rows of `unit` bytes.
+// waits on each peer's event and copies its rows to dst + offsets[p] rows of `unit` bytes (with
+// real_rows, a sync-free call's counts on the GPU, only the rows really in each region).
 Status pullFromPeers(const Dispatcher::State& state, const std::vector<int64_t>& offsets,
-                     size_t unit, std::byte* dst, cudaStream_t stream) {
+                     size_t unit, std::byte* dst, const int32_t* real_rows, int device,
+                     cudaStream_t stream) {
   Status status;
   for (int p = 0; p < state.group->size && status.isOk(); ++p) {
     const PeerMessage m = messageFrom(state.staging, p);
@@ -273,7 +293,12 @@ Status pullFromPeers(const Dispatcher::State& state, const std::vector<int64_t>&
     if (m.count == 0) continue;
     status = cudaStatus(cudaStreamWaitEvent(stream, reinterpret_cast<cudaEvent_t>(m.event), 0),
                         "cudaStreamWaitEvent");
-    if (status.isOk()) {
+    if (status.isOk() && countedCopyApplies(real_rows, m, device)) {
+      const cuda::CountedRows part{dst + offsets[p] * unit, reinterpret_cast<const void*>(m.rows),
+                                   static_cast<int64_t>(unit)};
+      status = cudaStatus(cuda::copyCountedRows(&part, 1, real_rows + p, m.count, stream),
+                          "the counted copy");
+    } else if (status.isOk()) {
       status = cudaStatus(
           cudaMemcpyAsync(dst + offsets[p] * unit, reinterpret_cast<const void*>(m.rows),
                           static_cast<size_t>(m.count) * unit, cudaMemcpyDefault, stream),
@@ -487,6 +512,18 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
     local = layoutAndPack(state, *sc, x, x_scales, topk_idx, topk_weights, stream, *h, &tpe,
                           sync_free ? counts + at.badSlot() : nullptr);
   }
+  // Sync-free: the handle keeps how many rows each static region really holds, for the counted
+  // copies of this call and of combine and the backward passes (the scratch's counts belong to
+  // whichever dispatch ran last).
+  if (local.isOk() && sync_free) {
+    local = deviceTensor({2 * n}, DType::kI32, h->device, stream, &h->real_rows);
+    if (local.isOk()) {
+      local =
+          cudaStatus(cudaMemcpyAsync(h->real_rows.data(), tokensPerRank(*sc, n * L),
+                                     static_cast<size_t>(n) * 4, cudaMemcpyDeviceToDevice, stream),
+                     "cudaMemcpyAsync");
+    }
+  }
 
   // Round 1: to each destination, where its rows sit, the event after the pack, and how many
   // rows each of its experts gets from this rank (sync-free: none; the receiver counts them).
@@ -506,6 +543,7 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
               if (sync_free) {
                 m.sent_rows = reinterpret_cast<uint64_t>(tokensPerRank(*sc, n * L) + d);
               }
+              m.device = h->device;
               std::memcpy(payload, &m, sizeof(m));
               for (int e = 0; e < L && !sync_free; ++e) {
                 const int64_t c = tpe[static_cast<size_t>(d * L + e)];
@@ -619,14 +657,35 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
                           4, cudaMemcpyDefault, stream),
           "cudaMemcpyAsync");
     }
+    // Static regions on this GPU: rows, weights and scales move only as far as the count just
+    // copied; the experts travel whole, because their -1s past the count are what tells
+    // planUnpack that those rows hold nothing.
+    const bool counted = sync_free && countedCopyApplies(counts, from[s], h->device);
+    if (mid.isOk() && counted) {
+      std::array<cuda::CountedRows, 3> parts{};
+      int used = 0;
+      for (const auto& [unit, where] : copies) {
+        if (unit == 0 || where.first == sc->recv_experts.data()) continue;
+        parts[used++] = {where.first + first * unit, reinterpret_cast<const void*>(where.second),
+                         static_cast<int64_t>(unit)};
+      }
+      mid = cudaStatus(
+          cuda::copyCountedRows(parts.data(), used, counts + at.fromRank(s), count, stream),
+          "the counted copy");
+    }
     for (const auto& [unit, where] : copies) {
       if (!mid.isOk()) break;
-      if (unit == 0) continue;
+      if (unit == 0 || (counted && where.first != sc->recv_experts.data())) continue;
       mid = cudaStatus(
           cudaMemcpyAsync(where.first + first * unit, reinterpret_cast<const void*>(where.second),
                           static_cast<size_t>(count) * unit, cudaMemcpyDefault, stream),
           "cudaMemcpyAsync");
     }
+  }
+  if (mid.isOk() && sync_free) {
+    mid = cudaStatus(cudaMemcpyAsync(h->real_rows.as<int32_t>() + n, counts + at.fromRank(0),
+                                     static_cast<size_t>(n) * 4, cudaMemcpyDeviceToDevice, stream),
+                     "cudaMemcpyAsync");
   }
   if (mid.isOk()) {
     auto* table = reinterpret_cast<int32_t*>(sc->partial.data());
@@ -726,6 +785,7 @@ Status rowsHome(Dispatcher::State& state, WireOp op, uint64_t sequence, Status l
         m.rows = reinterpret_cast<uint64_t>(source + h->recv_offsets[s] * unit);
         m.event = reinterpret_cast<uint64_t>(sc->events[1]);
         m.count = h->recv_offsets[s + 1] - h->recv_offsets[s];
+        m.device = h->device;
         std::memcpy(payload, &m, sizeof(m));
       }));
   const Group::Impl& group = *state.group;
@@ -735,7 +795,8 @@ Status rowsHome(Dispatcher::State& state, WireOp op, uint64_t sequence, Status l
     if (moved.isOk()) moved = finish();
     return moved;
   }
-  Status mid = pullFromPeers(state, h->send_offsets, unit, sc->back.data(), stream);
+  Status mid = pullFromPeers(state, h->send_offsets, unit, sc->back.data(), h->realRows(false),
+                             h->device, stream);
   if (mid.isOk()) mid = finish();
   if (mid.isOk()) mid = cudaStatus(cudaEventRecord(sc->events[2], stream), "cudaEventRecord");
   return closingRound(state, op, sequence, 3, mid, sc->events[2], stream);
@@ -841,6 +902,7 @@ Status deviceCombineBackward(Dispatcher::State& state, const TensorView& grad_ou
         m.rows = reinterpret_cast<uint64_t>(sc->send_rows.data() + first * rb);
         m.event = reinterpret_cast<uint64_t>(sc->events[0]);
         m.count = h->send_offsets[d + 1] - first;
+        m.device = h->device;
         std::memcpy(payload, &m, sizeof(m));
       }));
   // The expert side: grad_y (into scratch, copied out once the call has succeeded) and the slots'
@@ -851,7 +913,8 @@ Status deviceCombineBackward(Dispatcher::State& state, const TensorView& grad_ou
                                   sc->recv_rows.data(), h->recv_offsets, rb, stream);
   }
   if (group.device_transport == nullptr) {
-    mid = pullFromPeers(state, h->recv_offsets, rb, sc->recv_rows.data(), stream);
+    mid = pullFromPeers(state, h->recv_offsets, rb, sc->recv_rows.data(), h->realRows(true),
+                        h->device, stream);
   }
   // Token-major: grad_y is grad_out as received (copied out from the receive buffer at the
   // end), and combine applied no weights, so the dots are zeros.

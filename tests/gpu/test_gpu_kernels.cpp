@@ -14,6 +14,7 @@
 #include "kernels/cpu/convert.hpp"
 #include "kernels/cpu/gating.hpp"
 #include "kernels/cuda/combine.hpp"
+#include "kernels/cuda/copy.hpp"
 #include "kernels/cuda/fp8.hpp"
 #include "kernels/cuda/gate.hpp"
 #include "kernels/cuda/grouped_gemm.hpp"
@@ -479,6 +480,84 @@ GPU_TEST(unpack_matches_reference) {
       }
     }
   }
+}
+
+// ---------------------------------------------------------------------------------- counted copy
+
+// Rows counted on the device: only [0, clamp(count, 0, max_rows)) of each part move, in any
+// row size and alignment (16-byte, 4-byte and byte units), and nothing before, past or after
+// them is touched. The count is written on the stream just before the copy, over a stale value,
+// so a copy that read it at launch instead of when it runs would move the wrong rows.
+GPU_TEST(counted_copy_moves_only_the_counted_rows) {
+  struct Case {
+    int64_t max_rows;
+    int32_t count;
+    std::vector<int64_t> row_bytes;  // one part each
+    size_t shift;                    // bytes the dst and src pointers sit past an aligned start
+  };
+  const Case cases[] = {{300, 123, {7168 * 2, 32, 32, 56 * 4}, 0},
+                        {300, 123, {14, 32}, 4},
+                        {64, 17, {7, 3}, 1},
+                        {50, 50, {16}, 0},
+                        {50, 80, {16, 5}, 0},  // more than the region: clamped
+                        {50, -3, {16}, 0},     // negative: nothing
+                        {50, 0, {16, 4}, 4},
+                        {0, 5, {16}, 0},
+                        {9, 4, {0, 12}, 0}};  // a part of empty rows is skipped
+  constexpr size_t kGuard = 64;
+  cudaStream_t stream = nullptr;
+  CUDA_OK(cudaStreamCreate(&stream));
+  for (const Case& c : cases) {
+    const int64_t n = std::clamp<int64_t>(c.count, 0, c.max_rows);
+    const std::string tag = "max_rows=" + std::to_string(c.max_rows) +
+                            " count=" + std::to_string(c.count) +
+                            " shift=" + std::to_string(c.shift);
+    std::vector<std::vector<uint8_t>> src(c.row_bytes.size());
+    std::vector<DeviceBuffer<uint8_t>> d_src, d_dst;
+    std::vector<cuda::CountedRows> parts;
+    for (size_t p = 0; p < c.row_bytes.size(); ++p) {
+      const size_t bytes = static_cast<size_t>(c.max_rows * c.row_bytes[p]) + 2 * kGuard;
+      src[p].resize(bytes);
+      for (auto& b : src[p]) b = static_cast<uint8_t>(rng()());
+      d_src.emplace_back(src[p]);
+      d_dst.emplace_back(bytes);
+      d_dst.back().poison(0xa5);
+      parts.push_back({d_dst.back().get() + kGuard + c.shift, d_src.back().get() + kGuard + c.shift,
+                       c.row_bytes[p]});
+    }
+    DeviceBuffer<int32_t> rows(std::vector<int32_t>{static_cast<int32_t>(c.max_rows)});
+    CUDA_OK(cuda::fillInt32(rows.get(), 1, c.count, stream));
+    CUDA_OK(cuda::copyCountedRows(parts.data(), static_cast<int>(parts.size()), rows.get(),
+                                  c.max_rows, stream));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    for (size_t p = 0; p < parts.size(); ++p) {
+      const auto got = d_dst[p].download();
+      const size_t first = kGuard + c.shift;
+      const size_t moved = static_cast<size_t>(n * c.row_bytes[p]);
+      for (size_t i = 0; i < got.size(); ++i) {
+        const bool inside = i >= first && i < first + moved;
+        if (inside ? got[i] != src[p][i] : got[i] != 0xa5) {
+          GPU_CHECK(false, tag << " part " << p << " byte " << i
+                               << (inside ? " was not copied" : " was written"));
+          break;
+        }
+      }
+    }
+  }
+  // Refused: too many parts, no count, a negative size.
+  DeviceBuffer<int32_t> rows(1);
+  DeviceBuffer<uint8_t> buf(64);
+  const std::vector<cuda::CountedRows> many(cuda::kMaxCountedParts + 1,
+                                            cuda::CountedRows{buf.get(), buf.get(), 4});
+  GPU_CHECK(cuda::copyCountedRows(many.data(), static_cast<int>(many.size()), rows.get(), 4,
+                                  stream) == cudaErrorInvalidValue,
+            "too many parts accepted");
+  GPU_CHECK(cuda::copyCountedRows(many.data(), 1, nullptr, 4, stream) == cudaErrorInvalidValue,
+            "a null count accepted");
+  const cuda::CountedRows negative{buf.get(), buf.get(), -4};
+  GPU_CHECK(cuda::copyCountedRows(&negative, 1, rows.get(), 4, stream) == cudaErrorInvalidValue,
+            "a negative row size accepted");
+  CUDA_OK(cudaStreamDestroy(stream));
 }
 
 // ------------------------------------------------------------------------------------- combine
