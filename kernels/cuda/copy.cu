@@ -48,7 +48,6 @@ cudaError_t copyCountedRows(const CountedRows* parts, int count, const int32_t* 
     return cudaErrorInvalidValue;
   }
   CountedCopy copy{};
-  copy.parts = 0;
   int64_t most_units = 0;  // of the largest part, if every row is real
   for (int p = 0; p < count; ++p) {
     const CountedRows& part = parts[p];

@@ -50,15 +50,18 @@ struct DeviceHandle {
   Tensor row_source;         // i32 [num_rows]
   Tensor row_weights;        // f32 [num_rows]
   Tensor expert_offsets;     // i32 [local experts + 1]
-  // Sync-free (static regions): i32 [2 x ranks], the rows really in each region, on the GPU:
-  // sent to each destination, then received from each source. Empty for exact-size dispatch.
+  // Sync-free between threads (static regions): i32 [2 x ranks], the rows really in each region,
+  // on the GPU: sent to each destination, then received from each source. Empty for exact-size
+  // dispatch and over nccl, where whole regions travel.
   Tensor real_rows;
 
   int64_t sent() const { return send_offsets.back(); }
-  // real_rows' half for rows sent to each destination (received: false) or received from each
-  // source; null for exact-size dispatch.
-  const int32_t* realRows(bool received) const {
-    return real_rows.defined() ? real_rows.as<int32_t>() + (received ? ranks : 0) : nullptr;
+  // real_rows' halves, or null where the rows travel whole (exact-size dispatch, nccl).
+  const int32_t* rowsSentTo() const {
+    return real_rows.defined() ? real_rows.as<int32_t>() : nullptr;
+  }
+  const int32_t* rowsReceivedFrom() const {
+    return real_rows.defined() ? real_rows.as<int32_t>() + ranks : nullptr;
   }
   int64_t received() const { return recv_offsets.back(); }
 };
@@ -497,6 +500,7 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
   // Sync-free: the counts gather in sc->counts (i32, CountsLayout) and are widened into the
   // batch's device_counts at the end; nothing comes back to the host.
   const bool sync_free = state.options.sync_free;
+  const bool over_nccl = group.device_transport != nullptr;
   const CountsLayout at{L, n};
   int32_t* counts = nullptr;
   Status local = checkDispatchOptions(state.options);
@@ -514,8 +518,8 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
   }
   // Sync-free: the handle keeps how many rows each static region really holds, for the counted
   // copies of this call and of combine and the backward passes (the scratch's counts belong to
-  // whichever dispatch ran last).
-  if (local.isOk() && sync_free) {
+  // whichever dispatch ran last). NCCL moves whole regions, so it needs none.
+  if (local.isOk() && sync_free && !over_nccl) {
     local = deviceTensor({2 * n}, DType::kI32, h->device, stream, &h->real_rows);
     if (local.isOk()) {
       local =
@@ -614,7 +618,6 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
   std::byte* scales_to = sb == 0 ? nullptr
                                  : (h->token_major ? static_cast<std::byte*>(batch.x_scales.data())
                                                    : sc->recv_scales.data());
-  const bool over_nccl = group.device_transport != nullptr;
   if (over_nccl) {
     MOECOMM_RETURN_IF_ERROR(readyRound(state, WireOp::kDeviceDispatch, sequence, 1, mid));
     const std::vector<int64_t>& so = h->send_offsets;
@@ -645,11 +648,20 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
     if (count == 0) continue;
     mid = cudaStatus(cudaStreamWaitEvent(stream, reinterpret_cast<cudaEvent_t>(from[s].event), 0),
                      "cudaStreamWaitEvent");
-    const std::array<std::pair<size_t, std::pair<std::byte*, uint64_t>>, 4> copies = {{
-        {rb, {rows_to, from[s].rows}},
-        {static_cast<size_t>(k) * 4, {sc->recv_experts.data(), from[s].experts}},
-        {static_cast<size_t>(k) * 4, {sc->recv_weights.data(), from[s].weights}},
-        {sb, {scales_to, from[s].scales}},  // none (0 bytes) unless FP8
+    // Each buffer of the source's region: bytes a row, where it goes, where it is, and whether
+    // a counted copy may stop at the real rows. The experts always travel whole, because their
+    // -1s past the count are what tells planUnpack that those rows hold nothing.
+    struct Copy {
+      size_t unit;
+      std::byte* to;
+      uint64_t from;
+      bool countable;
+    };
+    const std::array<Copy, 4> copies = {{
+        {rb, rows_to, from[s].rows, true},
+        {static_cast<size_t>(k) * 4, sc->recv_experts.data(), from[s].experts, false},
+        {static_cast<size_t>(k) * 4, sc->recv_weights.data(), from[s].weights, true},
+        {sb, scales_to, from[s].scales, true},  // none (0 bytes) unless FP8
     }};
     if (mid.isOk() && sync_free) {
       mid = cudaStatus(
@@ -657,32 +669,31 @@ Status deviceDispatch(Dispatcher::State& state, const TensorView& x, const Tenso
                           4, cudaMemcpyDefault, stream),
           "cudaMemcpyAsync");
     }
-    // Static regions on this GPU: rows, weights and scales move only as far as the count just
-    // copied; the experts travel whole, because their -1s past the count are what tells
-    // planUnpack that those rows hold nothing.
-    const bool counted = sync_free && countedCopyApplies(counts, from[s], h->device);
+    // Static regions on this GPU: the countable buffers move only as far as the count just
+    // copied, in one launch.
+    const bool counted = countedCopyApplies(h->rowsReceivedFrom(), from[s], h->device);
     if (mid.isOk() && counted) {
       std::array<cuda::CountedRows, 3> parts{};
       int used = 0;
-      for (const auto& [unit, where] : copies) {
-        if (unit == 0 || where.first == sc->recv_experts.data()) continue;
-        parts[used++] = {where.first + first * unit, reinterpret_cast<const void*>(where.second),
-                         static_cast<int64_t>(unit)};
+      for (const Copy& c : copies) {
+        if (c.unit == 0 || !c.countable) continue;
+        parts[used++] = {c.to + first * c.unit, reinterpret_cast<const void*>(c.from),
+                         static_cast<int64_t>(c.unit)};
       }
       mid = cudaStatus(
           cuda::copyCountedRows(parts.data(), used, counts + at.fromRank(s), count, stream),
           "the counted copy");
     }
-    for (const auto& [unit, where] : copies) {
+    for (const Copy& c : copies) {
       if (!mid.isOk()) break;
-      if (unit == 0 || (counted && where.first != sc->recv_experts.data())) continue;
+      if (c.unit == 0 || (counted && c.countable)) continue;
       mid = cudaStatus(
-          cudaMemcpyAsync(where.first + first * unit, reinterpret_cast<const void*>(where.second),
-                          static_cast<size_t>(count) * unit, cudaMemcpyDefault, stream),
+          cudaMemcpyAsync(c.to + first * c.unit, reinterpret_cast<const void*>(c.from),
+                          static_cast<size_t>(count) * c.unit, cudaMemcpyDefault, stream),
           "cudaMemcpyAsync");
     }
   }
-  if (mid.isOk() && sync_free) {
+  if (mid.isOk() && sync_free && !over_nccl) {
     mid = cudaStatus(cudaMemcpyAsync(h->real_rows.as<int32_t>() + n, counts + at.fromRank(0),
                                      static_cast<size_t>(n) * 4, cudaMemcpyDeviceToDevice, stream),
                      "cudaMemcpyAsync");
@@ -795,7 +806,7 @@ Status rowsHome(Dispatcher::State& state, WireOp op, uint64_t sequence, Status l
     if (moved.isOk()) moved = finish();
     return moved;
   }
-  Status mid = pullFromPeers(state, h->send_offsets, unit, sc->back.data(), h->realRows(false),
+  Status mid = pullFromPeers(state, h->send_offsets, unit, sc->back.data(), h->rowsSentTo(),
                              h->device, stream);
   if (mid.isOk()) mid = finish();
   if (mid.isOk()) mid = cudaStatus(cudaEventRecord(sc->events[2], stream), "cudaEventRecord");
@@ -913,7 +924,7 @@ Status deviceCombineBackward(Dispatcher::State& state, const TensorView& grad_ou
                                   sc->recv_rows.data(), h->recv_offsets, rb, stream);
   }
   if (group.device_transport == nullptr) {
-    mid = pullFromPeers(state, h->recv_offsets, rb, sc->recv_rows.data(), h->realRows(true),
+    mid = pullFromPeers(state, h->recv_offsets, rb, sc->recv_rows.data(), h->rowsReceivedFrom(),
                         h->device, stream);
   }
   // Token-major: grad_y is grad_out as received (copied out from the receive buffer at the
